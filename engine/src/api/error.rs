@@ -1,0 +1,148 @@
+//! Every error the API answers is JSON `{"error": {"code", "message"}}` with
+//! a status that says whose fault it is. Bad input is always a 4xx.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tracing::error;
+
+use crate::domain::{AmountError, CurrencyError, Rejection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A business rule refused the request (422 with the rule's code).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The ledger recorded the request as refused (422 with the recorded code).
+    #[error("{}", .0.message)]
+    Refused(crate::domain::Reason),
+    /// The request itself is malformed or invalid.
+    #[error("{message}")]
+    Invalid {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("a valid admin bearer token is required")]
+    Unauthorized,
+    /// A dependency is away; the client may retry.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
+    #[error("unexpected error")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable snake_case code.
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status_and_code(&self) -> (StatusCode, &str) {
+        match self {
+            Self::Rejected(r) => (StatusCode::UNPROCESSABLE_ENTITY, r.code()),
+            Self::Refused(reason) => (StatusCode::UNPROCESSABLE_ENTITY, reason.code.as_str()),
+            Self::Invalid { status, code, .. } => (*status, code),
+            Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
+            Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+            Self::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Unexpected(e) = &self {
+            error!(error = ?e, "Request failed unexpectedly.");
+        }
+        let (status, code) = self.status_and_code();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, Self::Unauthorized) {
+            response.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let (status, code) = match &rejection {
+            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+            JsonRejection::MissingJsonContentType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            JsonRejection::BytesRejection(_)
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
+            _ => (StatusCode::BAD_REQUEST, "invalid_body"),
+        };
+        Self::Invalid {
+            status,
+            code,
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl From<AmountError> for ApiError {
+    fn from(e: AmountError) -> Self {
+        Self::Rejected(Rejection::Amount(e))
+    }
+}
+
+impl From<CurrencyError> for ApiError {
+    fn from(e: CurrencyError) -> Self {
+        Self::Rejected(Rejection::Currency(e))
+    }
+}
+
+/// Extracts a JSON body, answering our JSON error shape on any failure.
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}

@@ -1,0 +1,111 @@
+//! The HTTP API (axum), one file per resource:
+//! - `transfers`: submit (publish to Kafka) and read transfers.
+//! - `accounts`: open accounts, read balances and an account's transfers; deposits and withdrawals (admin).
+//! - `health`: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+//! - `error`: the JSON error shape and the body extractor.
+
+mod accounts;
+pub mod error;
+mod health;
+mod openapi;
+mod transfers;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Router, extract::DefaultBodyLimit};
+use rdkafka::producer::FutureProducer;
+use subtle::ConstantTimeEq;
+
+use crate::cache::Cache;
+use crate::config::Settings;
+use crate::ledger::Ledger;
+use crate::metrics::{Metrics, RequestLabels};
+pub use error::ApiError;
+pub use openapi::ApiDoc;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub ledger: Ledger,
+    pub cache: Cache,
+    pub producer: FutureProducer,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.request_body_bytes_max;
+    Router::new()
+        .route("/v1/transfers", post(transfers::submit))
+        .route("/v1/transfers/{id}", get(transfers::get))
+        .route("/v1/accounts", post(accounts::create))
+        .route("/v1/accounts/{owner_id}/{currency}", get(accounts::get))
+        .route(
+            "/v1/accounts/{owner_id}/{currency}/transfers",
+            get(accounts::transfers),
+        )
+        .route("/v1/deposits", post(accounts::deposit))
+        .route("/v1/withdrawals", post(accounts::withdraw))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "not_found",
+        message: "no such route".into(),
+    }
+}
+
+/// Counts and times every request by its route template (not its raw path, which would explode label cardinality).
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let response = next.run(request).await;
+    let labels = RequestLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    state.metrics.http_requests.get_or_create(&labels).inc();
+    state
+        .metrics
+        .http_request_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Checks `Authorization: Bearer <admin token>` in constant time.
+pub fn require_admin(settings: &Settings, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = settings.admin_token.as_ref() else {
+        return Err(ApiError::Unauthorized);
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}

@@ -1,0 +1,367 @@
+//! `POST /v1/transfers` and `GET /v1/transfers/{id}`.
+//!
+//! Submitting does only cheap work: validate, claim the id in Redis (so a
+//! retry publishes nothing), an advisory balance pre-check, then publish to
+//! Kafka and answer 202 once the broker has acknowledged. The processor's
+//! check under lock in PostgreSQL is the truth.
+
+use anyhow::Context;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+use utoipa::ToSchema;
+
+use super::error::JsonBody;
+use super::{ApiError, AppState};
+use crate::cache::{self, CachedBalance};
+use crate::domain::{
+    Amount, Currency, Money, OwnerId, Rejection, Requested, Submission, TransferId, TransferKind,
+};
+use crate::kafka::{self, TransferRecord};
+use crate::views::TransferStatusView;
+
+/// A transfer request. Give either `amount` (in `currency`) or
+/// `original_amount` with `original_currency` (converted by the conversion hook).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitTransfer {
+    /// Optional client-chosen id (UUID); else the `Idempotency-Key` header; else generated.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub transfer_id: Option<uuid::Uuid>,
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    /// Decimal as a JSON string or number, exact: "12.34" or 12.34. Never rounded.
+    #[schema(value_type = Option<String>, example = "12.34")]
+    pub amount: Option<serde_json::Value>,
+    /// ISO 4217 code of both accounts.
+    pub currency: String,
+    pub description: Option<String>,
+    #[schema(value_type = Option<String>, example = "10.00")]
+    pub original_amount: Option<serde_json::Value>,
+    pub original_currency: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubmitAccepted {
+    #[schema(value_type = String, format = Uuid)]
+    pub transfer_id: uuid::Uuid,
+    pub status: crate::domain::Status,
+    pub version: i32,
+}
+
+/// Reads a JSON string or number as exact decimal text (numbers keep their
+/// original text: serde_json's `arbitrary_precision` is on, so 12.10 stays "12.10").
+pub fn decimal_text(value: &serde_json::Value, field: &str) -> Result<String, ApiError> {
+    match value {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        _ => Err(ApiError::invalid(
+            "amount_invalid",
+            format!("`{field}` must be a decimal string or number"),
+        )),
+    }
+}
+
+fn owner(id: i64, field: &str) -> Result<OwnerId, ApiError> {
+    OwnerId::new(id).map_err(|e| ApiError::invalid("owner_id_invalid", format!("`{field}`: {e}")))
+}
+
+/// The id from the body, else the `Idempotency-Key` header, else a new one.
+fn transfer_id(body: Option<uuid::Uuid>, headers: &HeaderMap) -> Result<TransferId, ApiError> {
+    let header = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let text = v.to_str().map_err(|_| {
+                ApiError::invalid("idempotency_key_invalid", "Idempotency-Key must be a UUID")
+            })?;
+            Some(uuid::Uuid::parse_str(text.trim()).map_err(|_| {
+                ApiError::invalid("idempotency_key_invalid", "Idempotency-Key must be a UUID")
+            })?)
+        }
+    };
+    match (body, header) {
+        (Some(b), Some(h)) if b != h => Err(ApiError::invalid(
+            "idempotency_key_mismatch",
+            "transfer_id and Idempotency-Key differ",
+        )),
+        (Some(id), _) | (None, Some(id)) => Ok(TransferId(id)),
+        (None, None) => Ok(TransferId::generate()),
+    }
+}
+
+/// Validates a request into a submission: every rule that needs no I/O.
+pub fn validate(
+    req: SubmitTransfer,
+    headers: &HeaderMap,
+    description_chars_max: usize,
+) -> Result<Submission, ApiError> {
+    let id = transfer_id(req.transfer_id, headers)?;
+    let sender = owner(req.sender_id, "sender_id")?;
+    let receiver = owner(req.receiver_id, "receiver_id")?;
+    let currency = Currency::parse(&req.currency)?;
+    if sender == receiver {
+        return Err(Rejection::AccountsMustBeDifferent.into());
+    }
+    let requested = match (&req.amount, &req.original_amount, &req.original_currency) {
+        (Some(amount), None, None) => Requested::Amount(Amount::parse_decimal(
+            &decimal_text(amount, "amount")?,
+            currency,
+        )?),
+        (None, Some(amount), Some(code)) => {
+            let original_currency = Currency::parse(code)?;
+            let amount = Amount::parse_decimal(
+                &decimal_text(amount, "original_amount")?,
+                original_currency,
+            )?;
+            Requested::Original(Money {
+                amount,
+                currency: original_currency,
+            })
+        }
+        (None, None, None) => {
+            return Err(ApiError::invalid(
+                "amount_missing",
+                "give `amount`, or `original_amount` with `original_currency`",
+            ));
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "amount_ambiguous",
+                "give either `amount`, or `original_amount` with `original_currency`, not a mix",
+            ));
+        }
+    };
+    if let Some(d) = &req.description
+        && d.chars().count() > description_chars_max
+    {
+        return Err(ApiError::invalid(
+            "description_too_long",
+            format!("the description is longer than {description_chars_max} characters"),
+        ));
+    }
+    Ok(Submission {
+        id,
+        kind: TransferKind::Transfer,
+        sender,
+        receiver,
+        currency,
+        requested,
+        description: req.description,
+        submitted_at: Utc::now(),
+    })
+}
+
+#[utoipa::path(post, path = "/v1/transfers", request_body = SubmitTransfer,
+    params(("Idempotency-Key" = Option<String>, Header, description = "UUID used as the transfer id")),
+    responses((status = 202, body = SubmitAccepted, description = "Accepted and published"),
+              (status = 200, body = SubmitAccepted, description = "The same transfer was submitted before"),
+              (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+              (status = 503, body = super::error::ErrorBody)))]
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<SubmitTransfer>,
+) -> Result<Response, ApiError> {
+    let submission = validate(req, &headers, state.settings.description_chars_max)?;
+    let initiated = TransferStatusView::initiated(&submission);
+    let fingerprint = initiated.fingerprint.clone();
+
+    // 1. Idempotency: claim the id, or find what it already is.
+    let claimed = match state
+        .cache
+        .claim(
+            submission.id,
+            &serde_json::to_string(&initiated).map_err(anyhow::Error::from)?,
+        )
+        .await
+    {
+        Ok(None) => true,
+        Ok(Some(existing)) => {
+            let view: TransferStatusView =
+                serde_json::from_str(&existing.body).context("unreadable status view in Redis")?;
+            if view.fingerprint != fingerprint {
+                return Err(conflict());
+            }
+            if existing.published || existing.version > 1 {
+                return Ok(replayed(&view));
+            }
+            // Claimed but not (yet) acknowledged by the broker: publishing again is
+            // harmless (the ledger applies an id once) and covers a claimant that died.
+            false
+        }
+        Err(e) => {
+            cache::warn_unavailable(&e, "transfer claim");
+            if let Some(existing) = state
+                .ledger
+                .transfer(submission.id)
+                .await
+                .map_err(anyhow::Error::from)?
+            {
+                let view = TransferStatusView::from_ledger(&existing);
+                return if view.fingerprint == fingerprint {
+                    Ok(replayed(&view))
+                } else {
+                    Err(conflict())
+                };
+            }
+            false
+        }
+    };
+
+    // 2. Advisory pre-check, then publish. Release the claim if either refuses.
+    let published = async {
+        precheck(&state, &submission).await?;
+        let record = serde_json::to_vec(&TransferRecord::from_submission(&submission)).map_err(anyhow::Error::from)?;
+        let key = kafka::record_key(submission.sender, submission.currency);
+        kafka::publish(&state.producer, &state.settings.topic, &key, &record, None).await.map_err(|e| {
+            warn!(transfer_id = %submission.id, error = %e, "The broker did not acknowledge a transfer.");
+            ApiError::Unavailable { code: "broker_unavailable", message: "the broker did not acknowledge the transfer; retry with the same id".into() }
+        })
+    }
+    .await;
+    if let Err(e) = published {
+        if claimed && let Err(e) = state.cache.release_unpublished(submission.id).await {
+            cache::warn_unavailable(&e, "claim release");
+        }
+        return Err(e);
+    }
+    if let Err(e) = state.cache.mark_published(submission.id).await {
+        cache::warn_unavailable(&e, "claim publish mark");
+    }
+    let accepted = SubmitAccepted {
+        transfer_id: submission.id.0,
+        status: crate::domain::Status::Initiated,
+        version: 1,
+    };
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+fn conflict() -> ApiError {
+    ApiError::Conflict {
+        code: "idempotency_conflict",
+        message: "this transfer id was already used for a different transfer".into(),
+    }
+}
+
+fn replayed(view: &TransferStatusView) -> Response {
+    let body = SubmitAccepted {
+        transfer_id: view.transfer_id,
+        status: view.status,
+        version: view.version,
+    };
+    (
+        StatusCode::OK,
+        [("idempotent-replayed", "true")],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// Both accounts exist and the sender's cached balance covers the amount.
+/// Advisory only: a stale cache can let a transfer through that the ledger then rejects.
+async fn precheck(state: &AppState, s: &Submission) -> Result<(), ApiError> {
+    let [sender, receiver] =
+        balances(state, [(s.sender, s.currency), (s.receiver, s.currency)]).await?;
+    for (found, owner) in [(&sender, s.sender), (&receiver, s.receiver)] {
+        if found.is_none() {
+            return Err(Rejection::AccountNotFound {
+                owner_id: owner.get(),
+                currency: s.currency.code().into(),
+            }
+            .into());
+        }
+    }
+    if let (Some(sender), Some(amount)) = (sender, s.amount()) {
+        let covered = sender
+            .balance_minor
+            .checked_sub(amount.minor())
+            .is_some_and(|after| after >= sender.floor_minor);
+        if !covered {
+            return Err(Rejection::InsufficientFunds.into());
+        }
+    }
+    Ok(())
+}
+
+/// Balances through the cache, filled from PostgreSQL on a miss (or when Redis is away).
+pub async fn balances<const N: usize>(
+    state: &AppState,
+    keys: [(OwnerId, Currency); N],
+) -> Result<[Option<CachedBalance>; N], ApiError> {
+    let mut found = match state.cache.balances(&keys).await {
+        Ok(cached) => cached,
+        Err(e) => {
+            cache::warn_unavailable(&e, "balance read");
+            vec![None; N]
+        }
+    };
+    let mut fills = Vec::new();
+    for (slot, (owner, currency)) in found.iter_mut().zip(keys) {
+        if slot.is_some() {
+            continue;
+        }
+        if let Some(account) = state
+            .ledger
+            .account(owner, currency)
+            .await
+            .map_err(anyhow::Error::from)?
+        {
+            let balance = CachedBalance {
+                account_id: account.account_id,
+                balance_minor: account.balance_minor,
+                floor_minor: account.floor_minor,
+                version: account.version,
+            };
+            *slot = Some(balance);
+            fills.push((owner, currency, balance));
+        }
+    }
+    if let Err(e) = state.cache.put_balances(&fills).await {
+        cache::warn_unavailable(&e, "balance fill");
+    }
+    Ok(found.try_into().expect("one answer per key"))
+}
+
+#[utoipa::path(get, path = "/v1/transfers/{id}", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = TransferStatusView), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TransferStatusView>, ApiError> {
+    let id = uuid::Uuid::parse_str(&id)
+        .map(TransferId)
+        .map_err(|_| ApiError::invalid("transfer_id_invalid", "the transfer id must be a UUID"))?;
+    let cached = match state.cache.status(id).await {
+        Ok(cached) => {
+            cached.and_then(|(_, body)| serde_json::from_str::<TransferStatusView>(&body).ok())
+        }
+        Err(e) => {
+            cache::warn_unavailable(&e, "status read");
+            None
+        }
+    };
+    // A final status in Redis is as good as PostgreSQL's; an initiated one may
+    // be behind it (Redis was away when the processor finished), so ask the truth.
+    let view = match cached {
+        Some(view) if view.status.is_final() => Some(view),
+        cached => match state
+            .ledger
+            .transfer(id)
+            .await
+            .map_err(anyhow::Error::from)?
+        {
+            Some(stored) => Some(TransferStatusView::from_ledger(&stored)),
+            None => cached,
+        },
+    };
+    let mut view = view.ok_or_else(|| ApiError::NotFound {
+        code: "transfer_not_found",
+        message: format!("no transfer {id}"),
+    })?;
+    view.fingerprint = None;
+    Ok(Json(view))
+}

@@ -1,0 +1,322 @@
+//! Redis: a cache of balances and a fast, versioned view of transfer status.
+//!
+//! Never the truth: every value here can be rebuilt from PostgreSQL, every
+//! write only moves a version forward (a late or replayed update can never
+//! overwrite a newer one), and when Redis is away callers carry on without it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use crate::domain::{Currency, OwnerId, TransferId};
+
+/// Redis answers in well under a millisecond; past this it is treated as away.
+const REDIS_RESPONSE_TIMEOUT_MS: u64 = 250;
+const REDIS_CONNECT_TIMEOUT_MS: u64 = 250;
+/// While Redis is away, try to reconnect at most this often (not on every request).
+const REDIS_RECONNECT_INTERVAL_MS: u64 = 1_000;
+
+/// Sets `body` under `version` only if the stored version is lower (or absent).
+/// KEYS[1] key; ARGV[1] version, ARGV[2] body, ARGV[3] ttl seconds. Returns 1 if written.
+const SET_IF_NEWER: &str = r"
+local current = redis.call('HGET', KEYS[1], 'version')
+if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'body', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1";
+
+/// Claims a transfer id at submission (version 1, unpublished), or returns
+/// what is already there as {body, published, version}.
+/// KEYS[1] key; ARGV[1] body, ARGV[2] ttl seconds.
+const CLAIM: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HMGET', KEYS[1], 'body', 'published', 'version')
+end
+redis.call('HSET', KEYS[1], 'version', 1, 'body', ARGV[1], 'published', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return false";
+
+/// Marks a claim as acknowledged by the broker, if the key still exists (a
+/// plain HSET would resurrect an expired key without its body or TTL). KEYS[1] key.
+const MARK_PUBLISHED: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HSET', KEYS[1], 'published', 1)
+end
+return 0";
+
+/// Releases a claim that was never published (the broker refused it), unless
+/// the processor has moved the transfer on meanwhile. KEYS[1] key.
+const RELEASE_UNPUBLISHED: &str = r"
+if redis.call('HGET', KEYS[1], 'version') == '1' and redis.call('HGET', KEYS[1], 'published') == '0' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+#[derive(Debug, thiserror::Error)]
+#[error("Redis is unavailable: {0}")]
+pub struct CacheError(String);
+
+impl From<redis::RedisError> for CacheError {
+    fn from(e: redis::RedisError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// A balance as cached: enough for the API's advisory pre-check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedBalance {
+    pub account_id: i64,
+    pub balance_minor: i64,
+    pub floor_minor: i64,
+    pub version: i64,
+}
+
+/// What a claim found when the id was already claimed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExistingClaim {
+    pub body: String,
+    pub published: bool,
+    pub version: i64,
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    /// The live connection, or `None` while Redis is away. A `ConnectionManager`
+    /// reconnects by itself once made; this only covers Redis being down at start.
+    connection: Mutex<Option<ConnectionManager>>,
+    /// When the last connection attempt was made, to pace reconnects.
+    last_attempt: std::sync::Mutex<Option<Instant>>,
+    balance_ttl_s: u64,
+    status_ttl_s: u64,
+    /// Prepended to every key, so engines (or tests) sharing one Redis keep apart.
+    key_prefix: String,
+}
+
+impl Cache {
+    pub fn new(
+        url: &str,
+        key_prefix: &str,
+        balance_ttl_s: u64,
+        status_ttl_s: u64,
+    ) -> Result<Self, CacheError> {
+        let client = redis::Client::open(url)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                connection: Mutex::new(None),
+                last_attempt: std::sync::Mutex::new(None),
+                balance_ttl_s,
+                status_ttl_s,
+                key_prefix: key_prefix.to_owned(),
+            }),
+        })
+    }
+
+    pub fn balance_key(&self, owner: OwnerId, currency: Currency) -> String {
+        format!("{}balance:{owner}:{currency}", self.inner.key_prefix)
+    }
+
+    pub fn transfer_key(&self, id: TransferId) -> String {
+        format!("{}transfer:{id}", self.inner.key_prefix)
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, CacheError> {
+        let mut slot = self.inner.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        {
+            let mut last = self.inner.last_attempt.lock().expect("not poisoned");
+            if last
+                .is_some_and(|at| at.elapsed() < Duration::from_millis(REDIS_RECONNECT_INTERVAL_MS))
+            {
+                return Err(CacheError(
+                    "not connected; waiting before the next attempt".into(),
+                ));
+            }
+            *last = Some(Instant::now());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_millis(REDIS_CONNECT_TIMEOUT_MS))
+            .set_response_timeout(Duration::from_millis(REDIS_RESPONSE_TIMEOUT_MS))
+            .set_number_of_retries(1);
+        let connection =
+            ConnectionManager::new_with_config(self.inner.client.clone(), config).await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        let mut c = self.connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Reads cached balances; `None` for each key not cached.
+    pub async fn balances(
+        &self,
+        keys: &[(OwnerId, Currency)],
+    ) -> Result<Vec<Option<CachedBalance>>, CacheError> {
+        let mut c = self.connection().await?;
+        let mut pipe = redis::pipe();
+        for (owner, currency) in keys {
+            pipe.cmd("HMGET")
+                .arg(self.balance_key(*owner, *currency))
+                .arg("version")
+                .arg("body");
+        }
+        let rows: Vec<(Option<i64>, Option<String>)> = pipe.query_async(&mut c).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(version, body)| parse_balance(version?, &body?))
+            .collect())
+    }
+
+    /// Stores balances, each only if newer than what is cached.
+    pub async fn put_balances(
+        &self,
+        entries: &[(OwnerId, Currency, CachedBalance)],
+    ) -> Result<(), CacheError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.connection().await?;
+        let mut pipe = redis::pipe();
+        for (owner, currency, b) in entries {
+            let body = format!("{}:{}:{}", b.balance_minor, b.floor_minor, b.account_id);
+            set_if_newer(
+                &mut pipe,
+                &self.balance_key(*owner, *currency),
+                b.version,
+                &body,
+                self.inner.balance_ttl_s,
+            );
+        }
+        pipe.query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Stores transfer status views (JSON bodies), each only if its version is newer.
+    pub async fn put_statuses(
+        &self,
+        entries: &[(TransferId, i64, String)],
+    ) -> Result<(), CacheError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.connection().await?;
+        let mut pipe = redis::pipe();
+        for (id, version, body) in entries {
+            set_if_newer(
+                &mut pipe,
+                &self.transfer_key(*id),
+                *version,
+                body,
+                self.inner.status_ttl_s,
+            );
+        }
+        pipe.query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// The status view of a transfer, with its version, if cached.
+    pub async fn status(&self, id: TransferId) -> Result<Option<(i64, String)>, CacheError> {
+        let mut c = self.connection().await?;
+        let (version, body): (Option<i64>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.transfer_key(id))
+            .arg("version")
+            .arg("body")
+            .query_async(&mut c)
+            .await?;
+        Ok(version.zip(body))
+    }
+
+    /// Claims `id` for a new submission, or returns the existing claim.
+    pub async fn claim(
+        &self,
+        id: TransferId,
+        body: &str,
+    ) -> Result<Option<ExistingClaim>, CacheError> {
+        let mut c = self.connection().await?;
+        let found: Option<(Option<String>, Option<i64>, Option<i64>)> = redis::cmd("EVAL")
+            .arg(CLAIM)
+            .arg(1)
+            .arg(self.transfer_key(id))
+            .arg(body)
+            .arg(self.inner.status_ttl_s)
+            .query_async(&mut c)
+            .await?;
+        // A key without a body is not a claim we made: treat it as absent.
+        Ok(found.and_then(|(body, published, version)| {
+            Some(ExistingClaim {
+                body: body?,
+                published: published.unwrap_or(0) == 1,
+                version: version.unwrap_or(1),
+            })
+        }))
+    }
+
+    pub async fn mark_published(&self, id: TransferId) -> Result<(), CacheError> {
+        let mut c = self.connection().await?;
+        redis::cmd("EVAL")
+            .arg(MARK_PUBLISHED)
+            .arg(1)
+            .arg(self.transfer_key(id))
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn release_unpublished(&self, id: TransferId) -> Result<(), CacheError> {
+        let mut c = self.connection().await?;
+        redis::cmd("EVAL")
+            .arg(RELEASE_UNPUBLISHED)
+            .arg(1)
+            .arg(self.transfer_key(id))
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+}
+
+fn set_if_newer(pipe: &mut redis::Pipeline, key: &str, version: i64, body: &str, ttl_s: u64) {
+    // EVAL rather than EVALSHA: the script is tiny, Redis caches it by hash, and
+    // a pipeline cannot recover from NOSCRIPT after a Redis restart.
+    pipe.cmd("EVAL")
+        .arg(SET_IF_NEWER)
+        .arg(1)
+        .arg(key)
+        .arg(version)
+        .arg(body)
+        .arg(ttl_s)
+        .ignore();
+}
+
+fn parse_balance(version: i64, body: &str) -> Option<CachedBalance> {
+    let mut parts = body.split(':').map(str::parse::<i64>);
+    let parsed = (
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    );
+    let (balance_minor, floor_minor, account_id) = parsed;
+    Some(CachedBalance {
+        account_id,
+        balance_minor,
+        floor_minor,
+        version,
+    })
+}
+
+/// Logs a cache failure once per call site and moves on: the cache is optional.
+pub fn warn_unavailable(e: &CacheError, what: &str) {
+    warn!(error = %e, what, "Redis is unavailable; carrying on without the cache.");
+}

@@ -1,0 +1,19 @@
+//! Pure domain types: no I/O. Once you hold one of these values, it is valid.
+//!
+//! - `currency`: ISO 4217 codes with their minor-unit exponent.
+//! - `amount`: positive `i64` minor units and exact decimal parsing/formatting.
+//! - `ids`: transfer ids and owner ids.
+//! - `rejection`: the stable, machine-readable reasons a transfer is refused.
+//! - `transfer`: a submission as it travels from the API to the ledger.
+
+mod amount;
+mod currency;
+mod ids;
+mod rejection;
+mod transfer;
+
+pub use amount::{Amount, AmountError, format_minor, parse_decimal_minor};
+pub use currency::{Currency, CurrencyError};
+pub use ids::{OwnerId, OwnerIdError, SYSTEM_OWNER_ID, TransferId};
+pub use rejection::{Reason, Rejection};
+pub use transfer::{Money, Requested, Status, Submission, TransferKind};

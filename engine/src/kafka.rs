@@ -1,0 +1,277 @@
+//! Kafka plumbing shared by the API (publisher) and the processor (consumer):
+//! client settings, topic creation, and the wire format of a transfer record.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Amount, Currency, Money, OwnerId, Requested, Submission, TransferId, TransferKind,
+};
+
+/// Settings every client of ours shares.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        // The local broker listens on IPv4 only; trying ::1 first costs a timeout.
+        .set("broker.address.family", "v4");
+    config
+}
+
+/// Creates the transfers topic and its dead-letter topic if they are missing.
+pub async fn ensure_topics(
+    brokers: &str,
+    topic: &str,
+    dlq_topic: &str,
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
+    let topics = [
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(dlq_topic, 1, TopicReplication::Fixed(1)),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(
+                    |_| tracing::error!(topic = %name, "Topic could not be created."),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An idempotent producer that waits for every in-sync replica (acks=all).
+pub fn producer(brokers: &str, delivery_timeout_ms: u64) -> Result<FutureProducer, KafkaError> {
+    client_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Submit latency matters more than batching efficiency at the API.
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", delivery_timeout_ms.to_string())
+        .create()
+}
+
+/// Sends one record and waits for the broker's acknowledgement.
+pub async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<(), KafkaError> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    if let Some(headers) = headers {
+        record = record.headers(headers);
+    }
+    // Queue-full waits count against librdkafka's message.timeout.ms, so no extra timeout here.
+    producer
+        .send(record, Duration::from_secs(0))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+}
+
+pub fn dlq_headers(reason: &str, source_topic: &str, partition: i32, offset: i64) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "dlq.reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "dlq.source.topic",
+            value: Some(source_topic),
+        })
+        .insert(Header {
+            key: "dlq.source.partition",
+            value: Some(&partition.to_string()),
+        })
+        .insert(Header {
+            key: "dlq.source.offset",
+            value: Some(&offset.to_string()),
+        })
+}
+
+/// Records are keyed by the debit account, so one account's debits keep their order.
+pub fn record_key(sender: OwnerId, currency: Currency) -> String {
+    format!("{sender}:{currency}")
+}
+
+/// The only schema version this engine writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A transfer on the wire (JSON). Amounts are integer minor units.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRecord {
+    pub schema_version: u32,
+    pub transfer_id: uuid::Uuid,
+    pub kind: TransferKind,
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    pub currency: String,
+    #[serde(default)]
+    pub amount_minor: Option<i64>,
+    #[serde(default)]
+    pub original_amount_minor: Option<i64>,
+    #[serde(default)]
+    pub original_currency: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub submitted_at: DateTime<Utc>,
+}
+
+/// Why a record cannot become a submission: it goes to the dead-letter topic.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("not a transfer record: {0}")]
+    Malformed(String),
+    #[error("unknown schema version {0}")]
+    UnknownSchemaVersion(u32),
+    #[error("invalid transfer: {0}")]
+    Invalid(String),
+}
+
+impl DecodeError {
+    /// A stable short code for the `dlq.reason` header's first word.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UnknownSchemaVersion(_) => "unknown_schema_version",
+            Self::Invalid(_) => "invalid",
+        }
+    }
+}
+
+impl TransferRecord {
+    pub fn from_submission(s: &Submission) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            transfer_id: s.id.0,
+            kind: s.kind,
+            sender_id: s.sender.get(),
+            receiver_id: s.receiver.get(),
+            currency: s.currency.code().to_owned(),
+            amount_minor: s.amount().map(Amount::minor),
+            original_amount_minor: s.original().map(|m| m.amount.minor()),
+            original_currency: s.original().map(|m| m.currency.code().to_owned()),
+            description: s.description.clone(),
+            submitted_at: s.submitted_at,
+        }
+    }
+
+    /// Decodes and validates a record's payload into a submission.
+    pub fn decode(payload: Option<&[u8]>) -> Result<Submission, DecodeError> {
+        let payload = payload.ok_or_else(|| DecodeError::Malformed("empty payload".into()))?;
+        // Read the version first, so a future schema is reported as such rather than as malformed.
+        #[derive(Deserialize)]
+        struct Version {
+            schema_version: u32,
+        }
+        let version: Version =
+            serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if version.schema_version != SCHEMA_VERSION {
+            return Err(DecodeError::UnknownSchemaVersion(version.schema_version));
+        }
+        let record: TransferRecord =
+            serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        record.into_submission()
+    }
+
+    fn into_submission(self) -> Result<Submission, DecodeError> {
+        let invalid = |e: &dyn std::fmt::Display| DecodeError::Invalid(e.to_string());
+        if self.kind != TransferKind::Transfer {
+            return Err(DecodeError::Invalid(format!(
+                "kind {} is not processed from the topic",
+                self.kind.as_str()
+            )));
+        }
+        let currency = Currency::parse(&self.currency).map_err(|e| invalid(&e))?;
+        let requested = match (
+            self.amount_minor,
+            self.original_amount_minor,
+            self.original_currency,
+        ) {
+            (Some(amount), None, None) => {
+                Requested::Amount(Amount::from_minor(amount).map_err(|e| invalid(&e))?)
+            }
+            (None, Some(amount), Some(code)) => Requested::Original(Money {
+                amount: Amount::from_minor(amount).map_err(|e| invalid(&e))?,
+                currency: Currency::parse(&code).map_err(|e| invalid(&e))?,
+            }),
+            _ => {
+                return Err(DecodeError::Invalid(
+                    "give either amount_minor or original_amount_minor with original_currency"
+                        .into(),
+                ));
+            }
+        };
+        Ok(Submission {
+            id: TransferId(self.transfer_id),
+            kind: self.kind,
+            sender: OwnerId::new(self.sender_id).map_err(|e| invalid(&e))?,
+            receiver: OwnerId::new(self.receiver_id).map_err(|e| invalid(&e))?,
+            currency,
+            requested,
+            description: self.description,
+            submitted_at: self.submitted_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submission_survives_the_wire() {
+        let s = Submission {
+            id: TransferId::generate(),
+            kind: TransferKind::Transfer,
+            sender: OwnerId::new(7).unwrap(),
+            receiver: OwnerId::new(8).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+            requested: Requested::Original(Money {
+                amount: Amount::from_minor(900).unwrap(),
+                currency: Currency::parse("JPY").unwrap(),
+            }),
+            description: Some("dinner".into()),
+            submitted_at: Utc::now(),
+        };
+        let bytes = serde_json::to_vec(&TransferRecord::from_submission(&s)).unwrap();
+        assert_eq!(TransferRecord::decode(Some(&bytes)), Ok(s));
+    }
+
+    #[test]
+    fn poison_records_are_refused_with_a_reason() {
+        assert!(matches!(
+            TransferRecord::decode(Some(b"not json")),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            TransferRecord::decode(None),
+            Err(DecodeError::Malformed(_))
+        ));
+        let future = br#"{"schema_version": 2, "anything": true}"#;
+        assert_eq!(
+            TransferRecord::decode(Some(future)),
+            Err(DecodeError::UnknownSchemaVersion(2))
+        );
+        let negative = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":-5,"submitted_at":"2026-01-01T00:00:00Z"}"#;
+        assert!(matches!(
+            TransferRecord::decode(Some(negative)),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,177 @@
+//! Accounts, and the synchronous deposit/withdrawal path the API calls.
+
+use chrono::Utc;
+
+use super::{BalanceUpdate, CommitItem, Committed, Disposition, Ledger, LedgerError};
+use crate::domain::{
+    Amount, Currency, OwnerId, Requested, SYSTEM_OWNER_ID, Submission, TransferId, TransferKind,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AccountView {
+    pub account_id: i64,
+    pub owner_id: OwnerId,
+    pub currency: Currency,
+    pub balance_minor: i64,
+    pub floor_minor: i64,
+    pub version: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateAccountError {
+    #[error("owner {owner_id} already has a {currency} account")]
+    Exists {
+        owner_id: OwnerId,
+        currency: Currency,
+    },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("this reference was already used for a different {0}")]
+    ReferenceConflict(&'static str),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+type AccountRow = (i64, i64, String, i64, i64, i64);
+
+fn account_from_row(
+    (account_id, owner_id, currency, balance_minor, floor_minor, version): AccountRow,
+) -> Result<AccountView, LedgerError> {
+    let currency = Currency::parse(&currency).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+    Ok(AccountView {
+        account_id,
+        owner_id: OwnerId::from_stored(owner_id),
+        currency,
+        balance_minor,
+        floor_minor,
+        version,
+    })
+}
+
+impl Ledger {
+    /// Opens an account. `floor_minor` is the lowest balance allowed (0: no overdraft).
+    pub async fn create_account(
+        &self,
+        owner_id: OwnerId,
+        currency: Currency,
+        floor_minor: i64,
+    ) -> Result<AccountView, CreateAccountError> {
+        assert!(
+            floor_minor <= 0,
+            "a floor above zero would make a new account invalid"
+        );
+        let row: Option<AccountRow> = sqlx::query_as(
+            "INSERT INTO accounts (owner_id, currency, floor_minor) VALUES ($1, $2, $3)
+             ON CONFLICT (owner_id, currency) DO NOTHING
+             RETURNING account_id, owner_id, currency, balance_minor, floor_minor, version",
+        )
+        .bind(owner_id.get())
+        .bind(currency.code())
+        .bind(floor_minor)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(LedgerError::from)?;
+        match row {
+            Some(row) => Ok(account_from_row(row)?),
+            None => Err(CreateAccountError::Exists { owner_id, currency }),
+        }
+    }
+
+    /// The account of `owner_id` in `currency`, if it exists.
+    pub async fn account(
+        &self,
+        owner_id: OwnerId,
+        currency: Currency,
+    ) -> Result<Option<AccountView>, LedgerError> {
+        let row: Option<AccountRow> = sqlx::query_as(
+            "SELECT account_id, owner_id, currency, balance_minor, floor_minor, version
+               FROM accounts WHERE owner_id = $1 AND currency = $2",
+        )
+        .bind(owner_id.get())
+        .bind(currency.code())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(account_from_row).transpose()
+    }
+
+    /// Makes sure the currency's system account exists. Its floor is the
+    /// lowest i64: it mirrors all money issued in the currency, negatively.
+    async fn ensure_system_account(&self, currency: Currency) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO accounts (owner_id, currency, floor_minor) VALUES ($1, $2, $3)
+             ON CONFLICT (owner_id, currency) DO NOTHING",
+        )
+        .bind(SYSTEM_OWNER_ID.get())
+        .bind(currency.code())
+        .bind(i64::MIN)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Credits `owner_id` from the system account. Idempotent by `reference`.
+    pub async fn deposit(
+        &self,
+        owner_id: OwnerId,
+        currency: Currency,
+        amount: Amount,
+        reference: &str,
+    ) -> Result<(Committed, Vec<BalanceUpdate>), MoveError> {
+        self.move_with_system(TransferKind::Deposit, owner_id, currency, amount, reference)
+            .await
+    }
+
+    /// Debits `owner_id` to the system account. Idempotent by `reference`.
+    pub async fn withdraw(
+        &self,
+        owner_id: OwnerId,
+        currency: Currency,
+        amount: Amount,
+        reference: &str,
+    ) -> Result<(Committed, Vec<BalanceUpdate>), MoveError> {
+        self.move_with_system(
+            TransferKind::Withdrawal,
+            owner_id,
+            currency,
+            amount,
+            reference,
+        )
+        .await
+    }
+
+    async fn move_with_system(
+        &self,
+        kind: TransferKind,
+        owner_id: OwnerId,
+        currency: Currency,
+        amount: Amount,
+        reference: &str,
+    ) -> Result<(Committed, Vec<BalanceUpdate>), MoveError> {
+        self.ensure_system_account(currency).await?;
+        let (sender, receiver) = match kind {
+            TransferKind::Withdrawal => (owner_id, SYSTEM_OWNER_ID),
+            _ => (SYSTEM_OWNER_ID, owner_id),
+        };
+        let submission = Submission {
+            id: TransferId::for_reference(kind.as_str(), reference),
+            kind,
+            sender,
+            receiver,
+            currency,
+            requested: Requested::Amount(amount),
+            description: Some(reference.to_owned()),
+            submitted_at: Utc::now(),
+        };
+        let item = CommitItem::apply_as_submitted(submission).expect("a deposit names its amount");
+        let mut result = self.commit_batch(std::slice::from_ref(&item)).await?;
+        let committed = result.outcomes.pop().expect("one outcome per item");
+        if committed.disposition == Disposition::Conflict {
+            return Err(MoveError::ReferenceConflict(kind.as_str()));
+        }
+        Ok((committed, result.balances))
+    }
+}

@@ -1,0 +1,74 @@
+//! The ledger in PostgreSQL, the source of truth.
+//!
+//! - `commit`: `commit_batch`, one transaction per batch: lock, decide in Rust, write set-based.
+//! - `accounts`: account creation and the synchronous deposit/withdrawal path.
+//! - `queries`: reads (balances, a transfer with its history, an account's transfers).
+//! - `audit`: the invariants a correct ledger always satisfies, checked by queries.
+
+mod accounts;
+pub mod audit;
+mod commit;
+mod queries;
+
+pub use accounts::{AccountView, CreateAccountError, MoveError};
+pub use commit::{BalanceUpdate, BatchResult, CommitItem, Committed, Disposition, Verdict};
+pub use queries::{HistoryEntry, TransferPage, TransferView};
+
+use sqlx::PgPool;
+
+/// Everything the ledger can fail with that is not a business outcome.
+/// Rejections are *outcomes* (recorded, returned in `Committed`), not errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("the database could not be reached or refused the statement")]
+    Database(#[from] sqlx::Error),
+    #[error("the database holds a value this engine does not understand: {0}")]
+    Corrupt(String),
+}
+
+impl LedgerError {
+    /// Errors worth retrying the whole transaction for: a concurrent insert
+    /// of the same transfer id, a serialization failure, a deadlock.
+    pub fn is_retryable_conflict(&self) -> bool {
+        let Self::Database(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01"))
+    }
+
+    /// Errors that mean the database is away for now (connection, pool
+    /// timeout, I/O), as opposed to a statement that will never succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        ) || matches!(self, Self::Database(sqlx::Error::Database(db)) if db.code().as_deref().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    }
+}
+
+/// The ledger's handle: cheap to clone (a pool).
+#[derive(Clone)]
+pub struct Ledger {
+    pool: PgPool,
+}
+
+impl Ledger {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Applies the schema migrations in `migrations/` (forward-only).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("../migrations").run(pool).await
+}

@@ -1,0 +1,186 @@
+//! Reads: a transfer with its status history, an account's transfers.
+
+use chrono::{DateTime, Utc};
+
+use super::{Ledger, LedgerError};
+use crate::domain::{Currency, OwnerId, Reason, Status, TransferId, TransferKind};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub version: i32,
+    pub status: Status,
+    pub reason: Option<Reason>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferView {
+    pub transfer_id: TransferId,
+    /// Position in the ledger's insertion order; the pagination cursor.
+    pub seq: i64,
+    pub kind: TransferKind,
+    pub sender_id: OwnerId,
+    pub receiver_id: OwnerId,
+    pub currency: Currency,
+    pub amount_minor: Option<i64>,
+    pub original_amount_minor: Option<i64>,
+    pub original_currency: Option<Currency>,
+    pub description: Option<String>,
+    pub status: Status,
+    pub version: i32,
+    pub reason: Option<Reason>,
+    pub created_at: DateTime<Utc>,
+    pub committed_at: Option<DateTime<Utc>>,
+    /// sha256 of what the transfer means (see `Submission::fingerprint`).
+    pub fingerprint: Vec<u8>,
+    /// Oldest first. Empty in listings, which do not load it.
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TransferPage {
+    /// Newest first.
+    pub transfers: Vec<TransferView>,
+    /// Pass as `before` to get the next (older) page; `None` on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// Most transfers one page may return.
+pub const PAGE_SIZE_MAX: i64 = 200;
+
+/// (version, status, reason_code, reason_message, at)
+type HistoryRow = (i32, String, Option<String>, Option<String>, DateTime<Utc>);
+
+#[derive(sqlx::FromRow)]
+struct TransferRow {
+    transfer_id: uuid::Uuid,
+    seq: i64,
+    kind: String,
+    sender_id: i64,
+    receiver_id: i64,
+    currency: String,
+    amount_minor: Option<i64>,
+    original_amount_minor: Option<i64>,
+    original_currency: Option<String>,
+    description: Option<String>,
+    status: String,
+    status_version: i32,
+    reason_code: Option<String>,
+    reason_message: Option<String>,
+    created_at: DateTime<Utc>,
+    committed_at: Option<DateTime<Utc>>,
+    fingerprint: Vec<u8>,
+}
+
+const TRANSFER_COLUMNS: &str =
+    "transfer_id, seq, kind, sender_id, receiver_id, currency, amount_minor,
+    original_amount_minor, original_currency, description, status, status_version, reason_code,
+    reason_message, created_at, committed_at, fingerprint";
+
+fn corrupt(what: &str, value: &str) -> LedgerError {
+    LedgerError::Corrupt(format!("{what} {value:?}"))
+}
+
+fn transfer_from_row(row: TransferRow) -> Result<TransferView, LedgerError> {
+    let currency_of = |c: &str| Currency::parse(c).map_err(|_| corrupt("currency", c));
+    Ok(TransferView {
+        transfer_id: TransferId(row.transfer_id),
+        seq: row.seq,
+        kind: TransferKind::parse(&row.kind).ok_or_else(|| corrupt("kind", &row.kind))?,
+        sender_id: OwnerId::from_stored(row.sender_id),
+        receiver_id: OwnerId::from_stored(row.receiver_id),
+        currency: currency_of(&row.currency)?,
+        amount_minor: row.amount_minor,
+        original_amount_minor: row.original_amount_minor,
+        original_currency: row
+            .original_currency
+            .as_deref()
+            .map(currency_of)
+            .transpose()?,
+        description: row.description,
+        status: Status::parse(&row.status).ok_or_else(|| corrupt("status", &row.status))?,
+        version: row.status_version,
+        reason: row.reason_code.map(|code| Reason {
+            code,
+            message: row.reason_message.unwrap_or_default(),
+        }),
+        created_at: row.created_at,
+        committed_at: row.committed_at,
+        fingerprint: row.fingerprint,
+        history: Vec::new(),
+    })
+}
+
+impl Ledger {
+    /// A transfer with its full status history, or `None` if the ledger has never seen the id.
+    pub async fn transfer(&self, id: TransferId) -> Result<Option<TransferView>, LedgerError> {
+        let row: Option<TransferRow> = sqlx::query_as(&format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut view = transfer_from_row(row)?;
+        let history: Vec<HistoryRow> = sqlx::query_as(
+            "SELECT version, status, reason_code, reason_message, at
+               FROM transfer_status_history WHERE transfer_id = $1 ORDER BY version",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        for (version, status, code, message, at) in history {
+            let status = Status::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+            let reason = code.map(|code| Reason {
+                code,
+                message: message.unwrap_or_default(),
+            });
+            view.history.push(HistoryEntry {
+                version,
+                status,
+                reason,
+                at,
+            });
+        }
+        Ok(Some(view))
+    }
+
+    /// The transfers debiting or crediting an account, newest first, `limit`
+    /// at a time (at most `PAGE_SIZE_MAX`), older than the cursor `before`.
+    pub async fn account_transfers(
+        &self,
+        account_id: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<TransferPage, LedgerError> {
+        let limit = limit.clamp(1, PAGE_SIZE_MAX);
+        let before = before.unwrap_or(i64::MAX);
+        // Two index range scans (debit side, credit side) merged, rather than an OR that cannot use either index well.
+        let sql = format!(
+            "(SELECT {TRANSFER_COLUMNS} FROM transfers WHERE debit_account_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3)
+             UNION ALL
+             (SELECT {TRANSFER_COLUMNS} FROM transfers WHERE credit_account_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3)
+             ORDER BY seq DESC LIMIT $3"
+        );
+        let rows: Vec<TransferRow> = sqlx::query_as(&sql)
+            .bind(account_id)
+            .bind(before)
+            .bind(limit + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut transfers = rows
+            .into_iter()
+            .map(transfer_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_before = if transfers.len() as i64 > limit {
+            transfers.truncate(limit as usize);
+            transfers.last().map(|t| t.seq)
+        } else {
+            None
+        };
+        Ok(TransferPage {
+            transfers,
+            next_before,
+        })
+    }
+}

@@ -1,0 +1,25 @@
+//! transfer-engine: a money-transfer engine with sandboxed WebAssembly policy plugins.
+//!
+//! The pipeline, module by module:
+//! - `api`: HTTP (axum): cheap checks, publish to Kafka, answer at once.
+//! - `processor`: consumes the topic in batches, runs the hooks, commits.
+//! - `hooks`: description rules, currency conversion and validation.
+//! - `ledger`: PostgreSQL, the source of truth; `commit_batch` moves money.
+//! - `cache`: Redis balance cache and versioned status view (never the truth).
+//! - `kafka`: client settings, topics, the record format.
+//! - `domain`: pure types: currencies, amounts, ids, rejections.
+//! - `views`: the JSON a client sees for a transfer.
+//! - `config`, `startup`, `telemetry`, `metrics`: settings, the `Application`, logs, Prometheus.
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod hooks;
+pub mod kafka;
+pub mod ledger;
+pub mod metrics;
+pub mod processor;
+pub mod startup;
+pub mod telemetry;
+pub mod views;

@@ -1,0 +1,105 @@
+//! The `transfer-engine` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use transfer_engine::config::Settings;
+use transfer_engine::startup::{Application, Role, connect_database};
+use transfer_engine::{ledger, telemetry};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A money-transfer engine with sandboxed WebAssembly policy plugins."
+)]
+struct Cli {
+    /// Optional TOML settings file; `TRANSFER_ENGINE_*` variables override it.
+    #[arg(long, env = "TRANSFER_ENGINE_CONFIG_FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// HTTP API and processor in one process (the usual way to run).
+    Run,
+    /// HTTP API only.
+    Serve,
+    /// Processor only.
+    Process,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Check the ledger's invariants; exits non-zero if any is broken.
+    Audit {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref()).context("invalid settings")?;
+    telemetry::init(settings.log_format);
+    let role = match cli.command {
+        Command::Run => Role::All,
+        Command::Serve => Role::Api,
+        Command::Process => Role::Processor,
+        Command::Migrate => {
+            let pool = connect_database(&settings).await?;
+            ledger::migrate(&pool)
+                .await
+                .context("could not apply migrations")?;
+            println!("Migrations applied.");
+            return Ok(());
+        }
+        Command::Audit { json } => return audit(&settings, json).await,
+    };
+    let app = Application::build(settings, role).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+async fn audit(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let pool = connect_database(settings).await?;
+    let report = ledger::Ledger::new(pool).audit().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "Audited {} transfers over {} accounts.",
+            report.transfers, report.accounts
+        );
+        for check in &report.checks {
+            let verdict = if check.violations.is_empty() {
+                "ok"
+            } else {
+                "VIOLATED"
+            };
+            println!("  {verdict:8} {}", check.name);
+            for v in &check.violations {
+                println!("           {v}");
+            }
+        }
+    }
+    anyhow::ensure!(report.passed(), "the ledger audit found violations");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,370 @@
+//! The processor: consumes the transfers topic in batches and, per batch,
+//! decode -> hooks -> `commit_batch` (one PostgreSQL transaction) -> Redis
+//! status and balance cache -> Kafka offsets.
+//!
+//! Offsets are *stored* only after the transaction that covers them has
+//! committed (and dead letters are acknowledged); librdkafka then commits
+//! stored offsets asynchronously. A crash anywhere before that re-delivers
+//! the batch, and the ledger's idempotency makes the replay change nothing.
+
+mod consumer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use consumer::EngineConsumer;
+pub use consumer::build_consumer;
+
+use crate::cache::{self, Cache, CachedBalance};
+use crate::config::Settings;
+use crate::domain::Submission;
+use crate::hooks::{self, HookSet};
+use crate::kafka::{self, TransferRecord};
+use crate::ledger::{BatchResult, CommitItem, Disposition, Ledger, LedgerError};
+use crate::metrics::{Metrics, PartitionLabels};
+use crate::views::TransferStatusView;
+
+/// Backoff while PostgreSQL or the broker is away: doubles from the first to the last.
+const RETRY_BACKOFF_FIRST_MS: u64 = 100;
+const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
+/// How often consumer lag is measured.
+const LAG_INTERVAL_MS: u64 = 5_000;
+
+pub struct Processor {
+    pub settings: Arc<Settings>,
+    pub ledger: Ledger,
+    pub cache: Cache,
+    pub metrics: Arc<Metrics>,
+    /// The current hook set; a new value is picked up between batches, so a
+    /// batch always runs on exactly one set.
+    pub hooks: watch::Receiver<HookSet>,
+    /// For dead letters.
+    pub producer: FutureProducer,
+}
+
+/// A record that could not become a submission, bound for `<topic>.dlq`.
+struct DeadLetter {
+    reason: String,
+    message: OwnedMessage,
+}
+
+impl Processor {
+    /// Runs until `shutdown` turns true, then finishes the batch in hand,
+    /// stores its offsets, commits them and leaves the group.
+    pub async fn run(self, consumer: EngineConsumer, mut shutdown: watch::Receiver<bool>) {
+        let consumer = Arc::new(consumer);
+        let lag_task = tokio::spawn(measure_lag(
+            consumer.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
+        info!(topic = %self.settings.topic, group = %self.settings.consumer_group, "Processor started.");
+        let batch_wait = Duration::from_millis(self.settings.batch_wait_ms);
+        let mut failures = 0u32;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                first = consumer.recv() => first,
+            };
+            let first = match first {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, "Consumer error; backing off.");
+                    tokio::time::sleep(backoff(failures)).await;
+                    continue;
+                }
+            };
+            failures = 0;
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + batch_wait;
+            while batch.len() < self.settings.batch_size_max {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "Consumer error while filling a batch.");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !self.process_batch(&consumer, batch, &mut shutdown).await {
+                break;
+            }
+        }
+        lag_task.abort();
+        consumer::close(consumer).await;
+        info!("Processor stopped.");
+    }
+
+    /// Processes one batch to the end. Returns false if shutdown interrupted
+    /// it before its offsets were stored (the batch will be redelivered).
+    async fn process_batch(
+        &self,
+        consumer: &EngineConsumer,
+        batch: Vec<OwnedMessage>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        self.metrics.batch_size.observe(batch.len() as f64);
+        let mut submissions = Vec::with_capacity(batch.len());
+        let mut dead = Vec::new();
+        for message in &batch {
+            match TransferRecord::decode(message.payload()) {
+                Ok(s) => submissions.push(s),
+                Err(e) => dead.push(DeadLetter {
+                    reason: format!("{}: {e}", e.code()),
+                    message: message.clone(),
+                }),
+            }
+        }
+
+        // Hooks may run plugins for milliseconds each: keep them off the async workers.
+        let hooks = self.hooks.borrow().clone();
+        let items = tokio::task::spawn_blocking(move || {
+            submissions
+                .into_iter()
+                .map(|s| commit_item(&*hooks, s))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("hooks never panic");
+
+        let Some(result) = self.commit_with_retry(&items, shutdown).await else {
+            return false;
+        };
+        for letter in &dead {
+            if !self.dead_letter(letter, shutdown).await {
+                return false;
+            }
+        }
+        self.update_cache(&items, &result).await;
+        self.count(&result, dead.len());
+        store_offsets(consumer, &batch);
+        true
+    }
+
+    async fn commit_with_retry(
+        &self,
+        items: &[CommitItem],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<BatchResult> {
+        let mut failures = 0;
+        loop {
+            let started = Instant::now();
+            match self.ledger.commit_batch(items).await {
+                Ok(result) => {
+                    self.metrics
+                        .commit_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    return Some(result);
+                }
+                Err(e) => {
+                    failures += 1;
+                    log_commit_failure(&e, failures);
+                    if wait_or_stop(backoff(failures), shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes a dead letter, retrying while the broker is away.
+    async fn dead_letter(&self, letter: &DeadLetter, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let m = &letter.message;
+        warn!(partition = m.partition(), offset = m.offset(), reason = %letter.reason, "Record sent to the dead-letter topic.");
+        let headers = kafka::dlq_headers(&letter.reason, m.topic(), m.partition(), m.offset());
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        let dlq = self.settings.dlq_topic();
+        let mut failures = 0;
+        loop {
+            match kafka::publish(
+                &self.producer,
+                &dlq,
+                &key,
+                m.payload().unwrap_or_default(),
+                Some(headers.clone()),
+            )
+            .await
+            {
+                Ok(()) => return true,
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, failures, "Dead letter not acknowledged; retrying.");
+                    if wait_or_stop(backoff(failures), shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes new statuses and balances to Redis. Best effort: PostgreSQL has them.
+    async fn update_cache(&self, items: &[CommitItem], result: &BatchResult) {
+        let statuses: Vec<_> = items
+            .iter()
+            .zip(&result.outcomes)
+            .filter(|(_, c)| c.disposition == Disposition::New)
+            .filter_map(|(item, c)| {
+                let amount = match &item.verdict {
+                    crate::ledger::Verdict::Apply(a) => Some(*a),
+                    _ => item.amount,
+                };
+                let view = TransferStatusView::committed(
+                    &item.submission,
+                    amount,
+                    item.description.clone(),
+                    c,
+                );
+                serde_json::to_string(&view)
+                    .ok()
+                    .map(|body| (c.transfer_id, i64::from(c.version), body))
+            })
+            .collect();
+        if let Err(e) = self.cache.put_statuses(&statuses).await {
+            cache::warn_unavailable(&e, "status update");
+        }
+        let balances: Vec<_> = result
+            .balances
+            .iter()
+            .map(|u| {
+                (
+                    u.owner_id,
+                    u.currency,
+                    CachedBalance {
+                        account_id: u.account_id,
+                        balance_minor: u.balance_minor,
+                        floor_minor: u.floor_minor,
+                        version: u.version,
+                    },
+                )
+            })
+            .collect();
+        if let Err(e) = self.cache.put_balances(&balances).await {
+            cache::warn_unavailable(&e, "balance update");
+        }
+    }
+
+    fn count(&self, result: &BatchResult, dead_letters: usize) {
+        let mut counts: HashMap<&'static str, u64> = HashMap::new();
+        for c in &result.outcomes {
+            let outcome = match (c.disposition, c.status) {
+                (Disposition::Duplicate, _) => "duplicate",
+                (Disposition::Conflict, _) => "conflict",
+                (Disposition::New, status) => status.as_str(),
+            };
+            *counts.entry(outcome).or_default() += 1;
+        }
+        if dead_letters > 0 {
+            counts.insert("dead_lettered", dead_letters as u64);
+        }
+        for (outcome, n) in counts {
+            self.metrics.count_outcome(outcome, n);
+        }
+        debug!(
+            transfers = result.outcomes.len(),
+            dead_letters, "Batch committed."
+        );
+    }
+}
+
+/// Runs the hooks for one submission and turns the answer into a ledger item.
+fn commit_item(hooks: &dyn hooks::Hooks, submission: Submission) -> CommitItem {
+    let outcome = hooks::run(hooks, &submission);
+    CommitItem {
+        submission,
+        verdict: outcome.verdict,
+        description: outcome.description,
+        amount: outcome.amount,
+    }
+}
+
+/// Stores, per partition, the offset after the batch's last record.
+fn store_offsets(consumer: &EngineConsumer, batch: &[OwnedMessage]) {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for m in batch {
+        let slot = next.entry((m.topic(), m.partition())).or_insert(0);
+        *slot = (*slot).max(m.offset() + 1);
+    }
+    for ((topic, partition), offset) in next {
+        // Fails only if the partition was revoked meanwhile: its new owner re-reads
+        // the batch and the ledger recognises every id, so nothing is lost or doubled.
+        if let Err(e) = consumer.store_offset(topic, partition, offset) {
+            debug!(partition, offset, error = %e, "Offset not stored (partition revoked?).");
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let ms = RETRY_BACKOFF_FIRST_MS
+        .saturating_mul(1 << failures.min(16).saturating_sub(1))
+        .min(RETRY_BACKOFF_MAX_MS);
+    Duration::from_millis(ms)
+}
+
+/// Sleeps, or returns true at once if shutdown was requested.
+async fn wait_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
+
+fn log_commit_failure(e: &LedgerError, failures: u32) {
+    if e.is_unavailable() {
+        warn!(error = %e, failures, "PostgreSQL unavailable; batch will be retried, offsets not advanced.");
+    } else {
+        // Not a connection problem: an operator should look. Still retried: the
+        // records must not be skipped, and the cause may be transient.
+        tracing::error!(error = ?e, failures, "Batch commit failed; retrying, offsets not advanced.");
+    }
+}
+
+/// Publishes records-behind-end per assigned partition as a gauge.
+async fn measure_lag(
+    consumer: Arc<EngineConsumer>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if wait_or_stop(Duration::from_millis(LAG_INTERVAL_MS), &mut shutdown).await {
+            return;
+        }
+        let consumer = consumer.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            let mut lags = Vec::new();
+            let Ok(position) = consumer.position() else {
+                return lags;
+            };
+            for element in position.elements() {
+                let Some(at) = element.offset().to_raw() else {
+                    continue;
+                };
+                if let Ok((_, high)) = consumer.fetch_watermarks(
+                    element.topic(),
+                    element.partition(),
+                    Duration::from_millis(500),
+                ) {
+                    lags.push((element.partition(), (high - at.max(0)).max(0)));
+                }
+            }
+            lags
+        })
+        .await;
+        for (partition, lag) in measured.unwrap_or_default() {
+            metrics
+                .consumer_lag
+                .get_or_create(&PartitionLabels { partition })
+                .set(lag);
+        }
+    }
+}

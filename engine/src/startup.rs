@@ -1,0 +1,152 @@
+//! `Application`: what `main` runs and what tests build, the same way.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::api::{self, AppState};
+use crate::cache::Cache;
+use crate::config::Settings;
+use crate::hooks::{HookSet, PassThrough};
+use crate::kafka;
+use crate::ledger::{self, Ledger};
+use crate::metrics::Metrics;
+use crate::processor::{self, Processor};
+
+/// Which parts of the engine this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// HTTP API and processor in one process.
+    All,
+    /// HTTP API only.
+    Api,
+    /// Processor only (the HTTP listener still serves health and metrics).
+    Processor,
+}
+
+/// How long to wait for a PostgreSQL connection before giving up on a request.
+const DATABASE_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    role: Role,
+    /// Publishes the hook set the processor runs on; replaced as a whole.
+    hooks: watch::Sender<HookSet>,
+}
+
+pub async fn connect_database(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    PgPoolOptions::new()
+        .max_connections(settings.database_connections_max)
+        .acquire_timeout(Duration::from_millis(DATABASE_ACQUIRE_TIMEOUT_MS))
+        .connect(settings.database_url.expose())
+        .await
+        .context("could not connect to PostgreSQL (TRANSFER_ENGINE_DATABASE_URL)")
+}
+
+impl Application {
+    /// Connects to everything, applies migrations, creates topics, binds the listener.
+    pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        let pool = connect_database(&settings).await?;
+        ledger::migrate(&pool)
+            .await
+            .context("could not apply migrations")?;
+        let cache = Cache::new(
+            settings.redis_url.expose(),
+            &settings.redis_key_prefix,
+            settings.balance_cache_ttl_s,
+            settings.status_cache_ttl_s,
+        )
+        .context("invalid TRANSFER_ENGINE_REDIS_URL")?;
+        kafka::ensure_topics(
+            &settings.kafka_brokers,
+            &settings.topic,
+            &settings.dlq_topic(),
+            settings.topic_partitions,
+        )
+        .await
+        .context(
+            "could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)",
+        )?;
+        let producer = kafka::producer(&settings.kafka_brokers, settings.publish_timeout_ms)
+            .context("could not create the Kafka producer")?;
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("could not listen on {}", settings.http_addr))?;
+        let state = AppState {
+            settings: Arc::new(settings),
+            ledger: Ledger::new(pool),
+            cache,
+            producer,
+            metrics: Arc::new(Metrics::default()),
+        };
+        let (hooks, _) = watch::channel::<HookSet>(Arc::new(PassThrough));
+        Ok(Self {
+            listener,
+            state,
+            role,
+            hooks,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().expect("bound").port()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains: HTTP stops accepting and
+    /// finishes in-flight requests; the processor finishes and commits its batch,
+    /// stores and commits offsets, and leaves the group.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let processor = if self.role != Role::Api {
+            let consumer = processor::build_consumer(&self.state.settings)
+                .context("could not create the Kafka consumer")?;
+            let processor = Processor {
+                settings: self.state.settings.clone(),
+                ledger: self.state.ledger.clone(),
+                cache: self.state.cache.clone(),
+                metrics: self.state.metrics.clone(),
+                hooks: self.hooks.subscribe(),
+                producer: self.state.producer.clone(),
+            };
+            Some(tokio::spawn(processor.run(consumer, stopped.clone())))
+        } else {
+            None
+        };
+        let mut http_stopped = stopped.clone();
+        let router = api::router(self.state.clone());
+        info!(addr = %self.listener.local_addr()?, role = ?self.role, "Engine listening.");
+        let server = tokio::spawn(async move {
+            axum::serve(self.listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        shutdown.await;
+        info!("Shutting down: draining HTTP and the processor's batch.");
+        let _ = stop.send(true);
+        if let Some(processor) = processor {
+            processor.await.context("processor task failed")?;
+        }
+        server
+            .await
+            .context("HTTP task failed")?
+            .context("HTTP server failed")?;
+        drop(self.hooks);
+        Ok(())
+    }
+}

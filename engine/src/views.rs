@@ -1,0 +1,143 @@
+//! The JSON a client sees for a transfer, shared by the API (from PostgreSQL)
+//! and the processor (which writes the same view to Redis after a commit).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::{Amount, Reason, Status, Submission, TransferKind, format_minor};
+use crate::ledger::{Committed, HistoryEntry, TransferView};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HistoryView {
+    pub version: i32,
+    pub status: Status,
+    pub reason: Option<Reason>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TransferStatusView {
+    #[schema(value_type = String, format = Uuid)]
+    pub transfer_id: uuid::Uuid,
+    pub kind: TransferKind,
+    pub status: Status,
+    /// Rises by one with every status change: 1 initiated, 2 final.
+    pub version: i32,
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    pub currency: String,
+    /// Decimal text in the currency's precision, for example "12.34"; absent until known.
+    pub amount: Option<String>,
+    pub amount_minor: Option<i64>,
+    pub original_amount: Option<String>,
+    pub original_amount_minor: Option<i64>,
+    pub original_currency: Option<String>,
+    pub description: Option<String>,
+    /// Why, when rejected or failed.
+    pub reason: Option<Reason>,
+    pub created_at: DateTime<Utc>,
+    pub committed_at: Option<DateTime<Utc>>,
+    /// Every status the transfer has had, oldest first.
+    pub history: Vec<HistoryView>,
+    /// sha256 of the transfer's meaning, to tell a retry from a conflict.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(ignore)]
+    pub fingerprint: Option<String>,
+}
+
+fn history_view(h: &HistoryEntry) -> HistoryView {
+    HistoryView {
+        version: h.version,
+        status: h.status,
+        reason: h.reason.clone(),
+        at: h.at,
+    }
+}
+
+impl TransferStatusView {
+    /// The view of a transfer just accepted by the API: version 1, initiated.
+    pub fn initiated(s: &Submission) -> Self {
+        let exponent = s.currency.exponent();
+        let original = s.original();
+        Self {
+            transfer_id: s.id.0,
+            kind: s.kind,
+            status: Status::Initiated,
+            version: 1,
+            sender_id: s.sender.get(),
+            receiver_id: s.receiver.get(),
+            currency: s.currency.code().to_owned(),
+            amount: s.amount().map(|a| format_minor(a.minor(), exponent)),
+            amount_minor: s.amount().map(Amount::minor),
+            original_amount: original
+                .map(|m| format_minor(m.amount.minor(), m.currency.exponent())),
+            original_amount_minor: original.map(|m| m.amount.minor()),
+            original_currency: original.map(|m| m.currency.code().to_owned()),
+            description: s.description.clone(),
+            reason: None,
+            created_at: s.submitted_at,
+            committed_at: None,
+            history: vec![HistoryView {
+                version: 1,
+                status: Status::Initiated,
+                reason: None,
+                at: s.submitted_at,
+            }],
+            fingerprint: Some(hex::encode(s.fingerprint())),
+        }
+    }
+
+    /// The view after a commit that recorded this transfer for the first time.
+    pub fn committed(
+        s: &Submission,
+        amount: Option<Amount>,
+        description: Option<String>,
+        c: &Committed,
+    ) -> Self {
+        let mut view = Self::initiated(s);
+        if let Some(amount) = amount {
+            view.amount = Some(format_minor(amount.minor(), s.currency.exponent()));
+            view.amount_minor = Some(amount.minor());
+        }
+        view.description = description;
+        view.status = c.status;
+        view.version = c.version;
+        view.reason = c.reason.clone();
+        view.committed_at = Some(c.committed_at);
+        view.history.push(HistoryView {
+            version: c.version,
+            status: c.status,
+            reason: c.reason.clone(),
+            at: c.committed_at,
+        });
+        view
+    }
+
+    pub fn from_ledger(t: &TransferView) -> Self {
+        let exponent = t.currency.exponent();
+        Self {
+            transfer_id: t.transfer_id.0,
+            kind: t.kind,
+            status: t.status,
+            version: t.version,
+            sender_id: t.sender_id.get(),
+            receiver_id: t.receiver_id.get(),
+            currency: t.currency.code().to_owned(),
+            amount: t.amount_minor.map(|m| format_minor(m, exponent)),
+            amount_minor: t.amount_minor,
+            original_amount: t
+                .original_amount_minor
+                .zip(t.original_currency)
+                .map(|(m, c)| format_minor(m, c.exponent())),
+            original_amount_minor: t.original_amount_minor,
+            original_currency: t.original_currency.map(|c| c.code().to_owned()),
+            description: t.description.clone(),
+            reason: t.reason.clone(),
+            created_at: t.created_at,
+            committed_at: t.committed_at,
+            history: t.history.iter().map(history_view).collect(),
+            fingerprint: Some(hex::encode(&t.fingerprint)),
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Test harness: each test gets its own database (`test_<uuid>`, migrations
+//! applied), its own topic and consumer group, and the engine started on
+//! port 0 exactly as `main` starts it. Real PostgreSQL, Redis and broker.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::time::Duration;
+
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use transfer_engine::config::{Secret, Settings};
+use transfer_engine::domain::{Amount, Currency, OwnerId};
+use transfer_engine::ledger::{self, Ledger};
+use transfer_engine::startup::{Application, Role};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn database_url() -> String {
+    std::env::var("TRANSFER_ENGINE_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        "postgres://transfer_engine:transfer_engine@127.0.0.1:5432/transfer_engine".into()
+    })
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TRANSFER_ENGINE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("TRANSFER_ENGINE_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("a database URL ends in /<database>");
+    format!("{base}/{name}")
+}
+
+/// A fresh, migrated database of its own.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&database_url())
+            .await
+            .expect("PostgreSQL is reachable (scripts/test starts it)");
+        admin
+            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .expect("create test database");
+        let url = with_database(&database_url(), &name);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        ledger::migrate(&pool).await.expect("migrations apply");
+        Self { name, url, pool }
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        Ledger::new(self.pool.clone())
+    }
+
+    /// Drops the database (best effort).
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        if let Ok(mut admin) = PgConnection::connect(&database_url()).await {
+            let _ = admin
+                .execute(
+                    format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str(),
+                )
+                .await;
+        }
+    }
+}
+
+pub fn eur() -> Currency {
+    Currency::parse("EUR").unwrap()
+}
+
+pub fn owner(id: i64) -> OwnerId {
+    OwnerId::new(id).unwrap()
+}
+
+pub fn amount(minor: i64) -> Amount {
+    Amount::from_minor(minor).unwrap()
+}
+
+/// Opens accounts for `owners` in `currency` and deposits `balance_minor` into each.
+pub async fn seed(
+    ledger: &Ledger,
+    owners: impl IntoIterator<Item = i64>,
+    currency: Currency,
+    balance_minor: i64,
+) {
+    for id in owners {
+        ledger.create_account(owner(id), currency, 0).await.unwrap();
+        if balance_minor > 0 {
+            ledger
+                .deposit(
+                    owner(id),
+                    currency,
+                    amount(balance_minor),
+                    &format!("seed-{id}-{currency}"),
+                )
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Runs the ledger audit and panics with the report if any invariant is broken.
+pub async fn assert_audit_passes(ledger: &Ledger) {
+    let report = ledger.audit().await.unwrap();
+    assert!(report.passed(), "ledger audit failed: {report:#?}");
+}
+
+/// The engine, running in this process against its own database and topic.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    pub settings: Settings,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings for a test: unique topic and group, port 0, its own database.
+pub fn test_settings(db: &TestDb) -> Settings {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    Settings {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: Secret::new(db.url.clone()),
+        redis_url: Secret::new(redis_url()),
+        redis_key_prefix: format!("test-{unique}:"),
+        kafka_brokers: kafka_brokers(),
+        topic: format!("transfers-{unique}"),
+        topic_partitions: 2,
+        consumer_group: format!("group-{unique}"),
+        admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        database_connections_max: 8,
+        ..Settings::default()
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let db = TestDb::new().await;
+        let settings = test_settings(&db);
+        Self::spawn_with(db, settings, Role::All).await
+    }
+
+    pub async fn spawn_with(db: TestDb, settings: Settings, role: Role) -> Self {
+        transfer_engine::telemetry::init(settings.log_format);
+        let app = Application::build(settings.clone(), role)
+            .await
+            .expect("the engine starts");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stop.await;
+        }));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Self {
+            address,
+            client,
+            db,
+            settings,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        self.db.ledger()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Opens an account over HTTP and deposits `balance` (decimal text) into it.
+    pub async fn open_account(&self, owner_id: i64, currency: &str, balance: &str) {
+        let r = self
+            .post(
+                "/v1/accounts",
+                &serde_json::json!({"owner_id": owner_id, "currency": currency}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        if balance != "0" {
+            let body = serde_json::json!({"owner_id": owner_id, "currency": currency, "amount": balance, "reference": format!("open-{owner_id}-{currency}")});
+            let r = self.admin_post("/v1/deposits", &body).await;
+            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        }
+    }
+
+    /// Polls `GET /v1/transfers/{id}` until the status is final.
+    pub async fn wait_final(&self, id: &str) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.get(&format!("/v1/transfers/{id}")).await;
+            if r.status() == 200 {
+                let body: serde_json::Value = r.json().await.unwrap();
+                if body["status"] != "initiated" {
+                    return body;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "transfer {id} did not reach a final status in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Graceful shutdown, then the database is dropped.
+    pub async fn stop(mut self) {
+        self.shutdown_engine().await;
+        self.db.drop_database().await;
+    }
+
+    /// Graceful shutdown of the engine only; the database stays for inspection.
+    pub async fn shutdown_engine(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(60), h)
+                .await
+                .expect("engine stops in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
