@@ -16,18 +16,17 @@ use transfer_engine::startup::{Application, Role};
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub fn database_url() -> String {
-    std::env::var("TRANSFER_ENGINE_TEST_DATABASE_URL").unwrap_or_else(|_| {
+    std::env::var("TRANSFER_TESTS_DATABASE_URL").unwrap_or_else(|_| {
         "postgres://transfer_engine:transfer_engine@127.0.0.1:5432/transfer_engine".into()
     })
 }
 
 pub fn redis_url() -> String {
-    std::env::var("TRANSFER_ENGINE_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+    std::env::var("TRANSFER_TESTS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
 pub fn kafka_brokers() -> String {
-    std::env::var("TRANSFER_ENGINE_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    std::env::var("TRANSFER_TESTS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
 fn with_database(url: &str, name: &str) -> String {
