@@ -101,12 +101,7 @@ struct Inner {
 }
 
 impl Cache {
-    pub fn new(
-        url: &str,
-        key_prefix: &str,
-        balance_ttl_s: u64,
-        status_ttl_s: u64,
-    ) -> Result<Self, CacheError> {
+    pub fn new(url: &str, key_prefix: &str, balance_ttl_s: u64, status_ttl_s: u64) -> Result<Self, CacheError> {
         let client = redis::Client::open(url)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -135,12 +130,8 @@ impl Cache {
         }
         {
             let mut last = self.inner.last_attempt.lock().expect("not poisoned");
-            if last
-                .is_some_and(|at| at.elapsed() < Duration::from_millis(REDIS_RECONNECT_INTERVAL_MS))
-            {
-                return Err(CacheError(
-                    "not connected; waiting before the next attempt".into(),
-                ));
+            if last.is_some_and(|at| at.elapsed() < Duration::from_millis(REDIS_RECONNECT_INTERVAL_MS)) {
+                return Err(CacheError("not connected; waiting before the next attempt".into()));
             }
             *last = Some(Instant::now());
         }
@@ -148,8 +139,7 @@ impl Cache {
             .set_connection_timeout(Duration::from_millis(REDIS_CONNECT_TIMEOUT_MS))
             .set_response_timeout(Duration::from_millis(REDIS_RESPONSE_TIMEOUT_MS))
             .set_number_of_retries(1);
-        let connection =
-            ConnectionManager::new_with_config(self.inner.client.clone(), config).await?;
+        let connection = ConnectionManager::new_with_config(self.inner.client.clone(), config).await?;
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -161,30 +151,18 @@ impl Cache {
     }
 
     /// Reads cached balances; `None` for each key not cached.
-    pub async fn balances(
-        &self,
-        keys: &[(OwnerId, Currency)],
-    ) -> Result<Vec<Option<CachedBalance>>, CacheError> {
+    pub async fn balances(&self, keys: &[(OwnerId, Currency)]) -> Result<Vec<Option<CachedBalance>>, CacheError> {
         let mut c = self.connection().await?;
         let mut pipe = redis::pipe();
         for (owner, currency) in keys {
-            pipe.cmd("HMGET")
-                .arg(self.balance_key(*owner, *currency))
-                .arg("version")
-                .arg("body");
+            pipe.cmd("HMGET").arg(self.balance_key(*owner, *currency)).arg("version").arg("body");
         }
         let rows: Vec<(Option<i64>, Option<String>)> = pipe.query_async(&mut c).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(version, body)| parse_balance(version?, &body?))
-            .collect())
+        Ok(rows.into_iter().map(|(version, body)| parse_balance(version?, &body?)).collect())
     }
 
     /// Stores balances, each only if newer than what is cached.
-    pub async fn put_balances(
-        &self,
-        entries: &[(OwnerId, Currency, CachedBalance)],
-    ) -> Result<(), CacheError> {
+    pub async fn put_balances(&self, entries: &[(OwnerId, Currency, CachedBalance)]) -> Result<(), CacheError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -192,36 +170,21 @@ impl Cache {
         let mut pipe = redis::pipe();
         for (owner, currency, b) in entries {
             let body = format!("{}:{}:{}", b.balance_minor, b.floor_minor, b.account_id);
-            set_if_newer(
-                &mut pipe,
-                &self.balance_key(*owner, *currency),
-                b.version,
-                &body,
-                self.inner.balance_ttl_s,
-            );
+            set_if_newer(&mut pipe, &self.balance_key(*owner, *currency), b.version, &body, self.inner.balance_ttl_s);
         }
         pipe.query_async::<()>(&mut c).await?;
         Ok(())
     }
 
     /// Stores transfer status views (JSON bodies), each only if its version is newer.
-    pub async fn put_statuses(
-        &self,
-        entries: &[(TransferId, i64, String)],
-    ) -> Result<(), CacheError> {
+    pub async fn put_statuses(&self, entries: &[(TransferId, i64, String)]) -> Result<(), CacheError> {
         if entries.is_empty() {
             return Ok(());
         }
         let mut c = self.connection().await?;
         let mut pipe = redis::pipe();
         for (id, version, body) in entries {
-            set_if_newer(
-                &mut pipe,
-                &self.transfer_key(*id),
-                *version,
-                body,
-                self.inner.status_ttl_s,
-            );
+            set_if_newer(&mut pipe, &self.transfer_key(*id), *version, body, self.inner.status_ttl_s);
         }
         pipe.query_async::<()>(&mut c).await?;
         Ok(())
@@ -230,21 +193,13 @@ impl Cache {
     /// The status view of a transfer, with its version, if cached.
     pub async fn status(&self, id: TransferId) -> Result<Option<(i64, String)>, CacheError> {
         let mut c = self.connection().await?;
-        let (version, body): (Option<i64>, Option<String>) = redis::cmd("HMGET")
-            .arg(self.transfer_key(id))
-            .arg("version")
-            .arg("body")
-            .query_async(&mut c)
-            .await?;
+        let (version, body): (Option<i64>, Option<String>) =
+            redis::cmd("HMGET").arg(self.transfer_key(id)).arg("version").arg("body").query_async(&mut c).await?;
         Ok(version.zip(body))
     }
 
     /// Claims `id` for a new submission, or returns the existing claim.
-    pub async fn claim(
-        &self,
-        id: TransferId,
-        body: &str,
-    ) -> Result<Option<ExistingClaim>, CacheError> {
+    pub async fn claim(&self, id: TransferId, body: &str) -> Result<Option<ExistingClaim>, CacheError> {
         let mut c = self.connection().await?;
         let found: Option<(Option<String>, Option<i64>, Option<i64>)> = redis::cmd("EVAL")
             .arg(CLAIM)
@@ -256,33 +211,19 @@ impl Cache {
             .await?;
         // A key without a body is not a claim we made: treat it as absent.
         Ok(found.and_then(|(body, published, version)| {
-            Some(ExistingClaim {
-                body: body?,
-                published: published.unwrap_or(0) == 1,
-                version: version.unwrap_or(1),
-            })
+            Some(ExistingClaim { body: body?, published: published.unwrap_or(0) == 1, version: version.unwrap_or(1) })
         }))
     }
 
     pub async fn mark_published(&self, id: TransferId) -> Result<(), CacheError> {
         let mut c = self.connection().await?;
-        redis::cmd("EVAL")
-            .arg(MARK_PUBLISHED)
-            .arg(1)
-            .arg(self.transfer_key(id))
-            .query_async::<()>(&mut c)
-            .await?;
+        redis::cmd("EVAL").arg(MARK_PUBLISHED).arg(1).arg(self.transfer_key(id)).query_async::<()>(&mut c).await?;
         Ok(())
     }
 
     pub async fn release_unpublished(&self, id: TransferId) -> Result<(), CacheError> {
         let mut c = self.connection().await?;
-        redis::cmd("EVAL")
-            .arg(RELEASE_UNPUBLISHED)
-            .arg(1)
-            .arg(self.transfer_key(id))
-            .query_async::<()>(&mut c)
-            .await?;
+        redis::cmd("EVAL").arg(RELEASE_UNPUBLISHED).arg(1).arg(self.transfer_key(id)).query_async::<()>(&mut c).await?;
         Ok(())
     }
 }
@@ -290,30 +231,14 @@ impl Cache {
 fn set_if_newer(pipe: &mut redis::Pipeline, key: &str, version: i64, body: &str, ttl_s: u64) {
     // EVAL rather than EVALSHA: the script is tiny, Redis caches it by hash, and
     // a pipeline cannot recover from NOSCRIPT after a Redis restart.
-    pipe.cmd("EVAL")
-        .arg(SET_IF_NEWER)
-        .arg(1)
-        .arg(key)
-        .arg(version)
-        .arg(body)
-        .arg(ttl_s)
-        .ignore();
+    pipe.cmd("EVAL").arg(SET_IF_NEWER).arg(1).arg(key).arg(version).arg(body).arg(ttl_s).ignore();
 }
 
 fn parse_balance(version: i64, body: &str) -> Option<CachedBalance> {
     let mut parts = body.split(':').map(str::parse::<i64>);
-    let parsed = (
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-    );
+    let parsed = (parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?);
     let (balance_minor, floor_minor, account_id) = parsed;
-    Some(CachedBalance {
-        account_id,
-        balance_minor,
-        floor_minor,
-        version,
-    })
+    Some(CachedBalance { account_id, balance_minor, floor_minor, version })
 }
 
 /// Logs a cache failure once per call site and moves on: the cache is optional.

@@ -10,6 +10,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::plugins::SandboxLimits;
+use crate::plugins::set::FailureMode;
+
 /// A value that must never reach a log line: prints as `***`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -63,6 +66,21 @@ pub struct Settings {
     pub status_cache_ttl_s: u64,
     /// `text` for people, `json` for log pipelines.
     pub log_format: LogFormat,
+    /// CPU time one plugin call may take before it is interrupted.
+    pub plugin_call_ms_max: u64,
+    /// CPU time a plugin's instantiation and `configure` may take.
+    pub plugin_configure_ms_max: u64,
+    /// Linear memory one plugin instance may grow to.
+    pub plugin_memory_bytes_max: usize,
+    /// Plugin instances live at once (pooling allocator slots).
+    pub plugin_instances_max: u32,
+    /// Largest component an upload may carry (the body limit of the upload route).
+    pub plugin_upload_bytes_max: usize,
+    /// `closed` (a faulting plugin fails the transfer) or `open` (a faulting
+    /// validator or describer is skipped; its fault is still recorded).
+    pub plugin_failure_mode: FailureMode,
+    /// How often engines poll for plugin changes if a NOTIFY is missed.
+    pub plugin_poll_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +111,13 @@ impl Default for Settings {
             balance_cache_ttl_s: 60,
             status_cache_ttl_s: 24 * 60 * 60,
             log_format: LogFormat::Text,
+            plugin_call_ms_max: SandboxLimits::default().call_ms_max,
+            plugin_configure_ms_max: SandboxLimits::default().configure_ms_max,
+            plugin_memory_bytes_max: SandboxLimits::default().memory_bytes_max,
+            plugin_instances_max: SandboxLimits::default().instances_max,
+            plugin_upload_bytes_max: 32 << 20,
+            plugin_failure_mode: FailureMode::Closed,
+            plugin_poll_ms: 1_000,
         }
     }
 }
@@ -104,9 +129,19 @@ impl Settings {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        // CONFIG_FILE names the file itself (read by the CLI), not a setting.
-        figment = figment.merge(Env::prefixed("TRANSFER_ENGINE_").ignore(&["config_file"]));
+        // CONFIG_FILE and URL are read by the CLI itself (the file's path, the
+        // engine to talk to), not settings of the engine.
+        figment = figment.merge(Env::prefixed("TRANSFER_ENGINE_").ignore(&["config_file", "url"]));
         figment.extract().map_err(Box::new)
+    }
+
+    pub fn sandbox_limits(&self) -> SandboxLimits {
+        SandboxLimits {
+            call_ms_max: self.plugin_call_ms_max,
+            configure_ms_max: self.plugin_configure_ms_max,
+            memory_bytes_max: self.plugin_memory_bytes_max,
+            instances_max: self.plugin_instances_max,
+        }
     }
 
     pub fn dlq_topic(&self) -> String {
@@ -122,10 +157,7 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let settings = Settings {
-            admin_token: Some(Secret::new("hunter2")),
-            ..Settings::default()
-        };
+        let settings = Settings { admin_token: Some(Secret::new("hunter2")), ..Settings::default() };
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"));
         assert!(!shown.contains("postgres://"));

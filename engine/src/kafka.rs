@@ -12,9 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{
-    Amount, Currency, Money, OwnerId, Requested, Submission, TransferId, TransferKind,
-};
+use crate::domain::{Amount, Currency, Money, OwnerId, Requested, Submission, TransferId, TransferKind};
 
 /// Settings every client of ours shares.
 pub fn client_config(brokers: &str) -> ClientConfig {
@@ -27,25 +25,15 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 }
 
 /// Creates the transfers topic and its dead-letter topic if they are missing.
-pub async fn ensure_topics(
-    brokers: &str,
-    topic: &str,
-    dlq_topic: &str,
-    partitions: i32,
-) -> Result<(), KafkaError> {
+pub async fn ensure_topics(brokers: &str, topic: &str, dlq_topic: &str, partitions: i32) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
-    let topics = [
-        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(dlq_topic, 1, TopicReplication::Fixed(1)),
-    ];
+    let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1)), NewTopic::new(dlq_topic, 1, TopicReplication::Fixed(1))];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(
-                    |_| tracing::error!(topic = %name, "Topic could not be created."),
-                );
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::error!(topic = %name, "Topic could not be created."));
             }
         }
     }
@@ -76,31 +64,15 @@ pub async fn publish(
         record = record.headers(headers);
     }
     // Queue-full waits count against librdkafka's message.timeout.ms, so no extra timeout here.
-    producer
-        .send(record, Duration::from_secs(0))
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
+    producer.send(record, Duration::from_secs(0)).await.map(|_| ()).map_err(|(e, _)| e)
 }
 
 pub fn dlq_headers(reason: &str, source_topic: &str, partition: i32, offset: i64) -> OwnedHeaders {
     OwnedHeaders::new()
-        .insert(Header {
-            key: "dlq.reason",
-            value: Some(reason),
-        })
-        .insert(Header {
-            key: "dlq.source.topic",
-            value: Some(source_topic),
-        })
-        .insert(Header {
-            key: "dlq.source.partition",
-            value: Some(&partition.to_string()),
-        })
-        .insert(Header {
-            key: "dlq.source.offset",
-            value: Some(&offset.to_string()),
-        })
+        .insert(Header { key: "dlq.reason", value: Some(reason) })
+        .insert(Header { key: "dlq.source.topic", value: Some(source_topic) })
+        .insert(Header { key: "dlq.source.partition", value: Some(&partition.to_string()) })
+        .insert(Header { key: "dlq.source.offset", value: Some(&offset.to_string()) })
 }
 
 /// Records are keyed by the debit account, so one account's debits keep their order.
@@ -179,42 +151,28 @@ impl TransferRecord {
         struct Version {
             schema_version: u32,
         }
-        let version: Version =
-            serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let version: Version = serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if version.schema_version != SCHEMA_VERSION {
             return Err(DecodeError::UnknownSchemaVersion(version.schema_version));
         }
-        let record: TransferRecord =
-            serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let record: TransferRecord = serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         record.into_submission()
     }
 
     fn into_submission(self) -> Result<Submission, DecodeError> {
         let invalid = |e: &dyn std::fmt::Display| DecodeError::Invalid(e.to_string());
         if self.kind != TransferKind::Transfer {
-            return Err(DecodeError::Invalid(format!(
-                "kind {} is not processed from the topic",
-                self.kind.as_str()
-            )));
+            return Err(DecodeError::Invalid(format!("kind {} is not processed from the topic", self.kind.as_str())));
         }
         let currency = Currency::parse(&self.currency).map_err(|e| invalid(&e))?;
-        let requested = match (
-            self.amount_minor,
-            self.original_amount_minor,
-            self.original_currency,
-        ) {
-            (Some(amount), None, None) => {
-                Requested::Amount(Amount::from_minor(amount).map_err(|e| invalid(&e))?)
-            }
+        let requested = match (self.amount_minor, self.original_amount_minor, self.original_currency) {
+            (Some(amount), None, None) => Requested::Amount(Amount::from_minor(amount).map_err(|e| invalid(&e))?),
             (None, Some(amount), Some(code)) => Requested::Original(Money {
                 amount: Amount::from_minor(amount).map_err(|e| invalid(&e))?,
                 currency: Currency::parse(&code).map_err(|e| invalid(&e))?,
             }),
             _ => {
-                return Err(DecodeError::Invalid(
-                    "give either amount_minor or original_amount_minor with original_currency"
-                        .into(),
-                ));
+                return Err(DecodeError::Invalid("give either amount_minor or original_amount_minor with original_currency".into()));
             }
         };
         Ok(Submission {
@@ -242,10 +200,7 @@ mod tests {
             sender: OwnerId::new(7).unwrap(),
             receiver: OwnerId::new(8).unwrap(),
             currency: Currency::parse("EUR").unwrap(),
-            requested: Requested::Original(Money {
-                amount: Amount::from_minor(900).unwrap(),
-                currency: Currency::parse("JPY").unwrap(),
-            }),
+            requested: Requested::Original(Money { amount: Amount::from_minor(900).unwrap(), currency: Currency::parse("JPY").unwrap() }),
             description: Some("dinner".into()),
             submitted_at: Utc::now(),
         };
@@ -255,23 +210,11 @@ mod tests {
 
     #[test]
     fn poison_records_are_refused_with_a_reason() {
-        assert!(matches!(
-            TransferRecord::decode(Some(b"not json")),
-            Err(DecodeError::Malformed(_))
-        ));
-        assert!(matches!(
-            TransferRecord::decode(None),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(TransferRecord::decode(Some(b"not json")), Err(DecodeError::Malformed(_))));
+        assert!(matches!(TransferRecord::decode(None), Err(DecodeError::Malformed(_))));
         let future = br#"{"schema_version": 2, "anything": true}"#;
-        assert_eq!(
-            TransferRecord::decode(Some(future)),
-            Err(DecodeError::UnknownSchemaVersion(2))
-        );
+        assert_eq!(TransferRecord::decode(Some(future)), Err(DecodeError::UnknownSchemaVersion(2)));
         let negative = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":-5,"submitted_at":"2026-01-01T00:00:00Z"}"#;
-        assert!(matches!(
-            TransferRecord::decode(Some(negative)),
-            Err(DecodeError::Invalid(_))
-        ));
+        assert!(matches!(TransferRecord::decode(Some(negative)), Err(DecodeError::Invalid(_))));
     }
 }

@@ -4,6 +4,7 @@
 //! - `api`: HTTP (axum): cheap checks, publish to Kafka, answer at once.
 //! - `processor`: consumes the topic in batches, runs the hooks, commits.
 //! - `hooks`: description rules, currency conversion and validation.
+//! - `plugins`: the sandboxed WebAssembly plugins behind the hooks, and their registry.
 //! - `ledger`: PostgreSQL, the source of truth; `commit_batch` moves money.
 //! - `cache`: Redis balance cache and versioned status view (never the truth).
 //! - `kafka`: client settings, topics, the record format.
@@ -13,12 +14,14 @@
 
 pub mod api;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod hooks;
 pub mod kafka;
 pub mod ledger;
 pub mod metrics;
+pub mod plugins;
 pub mod processor;
 pub mod startup;
 pub mod telemetry;

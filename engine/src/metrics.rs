@@ -41,66 +41,29 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("transfer_engine");
         let http_requests = Family::<RequestLabels, Counter>::default();
         let http_request_duration =
-            Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
-            });
+            Family::<RequestLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_25, 2.0, 16)));
         let transfers = Family::<OutcomeLabels, Counter>::default();
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let commit_duration = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));
         let consumer_lag = Family::<PartitionLabels, Gauge>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered",
-            http_requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency",
-            http_request_duration.clone(),
-        );
-        registry.register(
-            "transfers",
-            "Transfers processed, by outcome",
-            transfers.clone(),
-        );
-        registry.register(
-            "batch_size",
-            "Records per processor batch",
-            batch_size.clone(),
-        );
-        registry.register(
-            "commit_duration_seconds",
-            "PostgreSQL batch commit latency",
-            commit_duration.clone(),
-        );
-        registry.register(
-            "consumer_lag",
-            "Records behind the partition's end after the last batch",
-            consumer_lag.clone(),
-        );
-        Self {
-            registry,
-            http_requests,
-            http_request_duration,
-            transfers,
-            batch_size,
-            commit_duration,
-            consumer_lag,
-        }
+        registry.register("http_requests", "HTTP requests answered", http_requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency", http_request_duration.clone());
+        registry.register("transfers", "Transfers processed, by outcome", transfers.clone());
+        registry.register("batch_size", "Records per processor batch", batch_size.clone());
+        registry.register("commit_duration_seconds", "PostgreSQL batch commit latency", commit_duration.clone());
+        registry.register("consumer_lag", "Records behind the partition's end after the last batch", consumer_lag.clone());
+        Self { registry, http_requests, http_request_duration, transfers, batch_size, commit_duration, consumer_lag }
     }
 }
 
 impl Metrics {
     pub fn count_outcome(&self, outcome: &'static str, n: u64) {
-        self.transfers
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc_by(n);
+        self.transfers.get_or_create(&OutcomeLabels { outcome }).inc_by(n);
     }
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

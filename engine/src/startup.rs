@@ -13,10 +13,11 @@ use tracing::info;
 use crate::api::{self, AppState};
 use crate::cache::Cache;
 use crate::config::Settings;
-use crate::hooks::{HookSet, PassThrough};
+use crate::hooks::HookSet;
 use crate::kafka;
 use crate::ledger::{self, Ledger};
 use crate::metrics::Metrics;
+use crate::plugins::{Registry, Sandbox};
 use crate::processor::{self, Processor};
 
 /// Which parts of the engine this process runs.
@@ -39,6 +40,8 @@ pub struct Application {
     role: Role,
     /// Publishes the hook set the processor runs on; replaced as a whole.
     hooks: watch::Sender<HookSet>,
+    /// The generation of the plugin set loaded at start.
+    plugin_generation: i64,
 }
 
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
@@ -54,45 +57,26 @@ impl Application {
     /// Connects to everything, applies migrations, creates topics, binds the listener.
     pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
         let pool = connect_database(&settings).await?;
-        ledger::migrate(&pool)
+        ledger::migrate(&pool).await.context("could not apply migrations")?;
+        let cache =
+            Cache::new(settings.redis_url.expose(), &settings.redis_key_prefix, settings.balance_cache_ttl_s, settings.status_cache_ttl_s)
+                .context("invalid TRANSFER_ENGINE_REDIS_URL")?;
+        kafka::ensure_topics(&settings.kafka_brokers, &settings.topic, &settings.dlq_topic(), settings.topic_partitions)
             .await
-            .context("could not apply migrations")?;
-        let cache = Cache::new(
-            settings.redis_url.expose(),
-            &settings.redis_key_prefix,
-            settings.balance_cache_ttl_s,
-            settings.status_cache_ttl_s,
-        )
-        .context("invalid TRANSFER_ENGINE_REDIS_URL")?;
-        kafka::ensure_topics(
-            &settings.kafka_brokers,
-            &settings.topic,
-            &settings.dlq_topic(),
-            settings.topic_partitions,
-        )
-        .await
-        .context(
-            "could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)",
-        )?;
-        let producer = kafka::producer(&settings.kafka_brokers, settings.publish_timeout_ms)
-            .context("could not create the Kafka producer")?;
-        let listener = TcpListener::bind(settings.http_addr)
-            .await
-            .with_context(|| format!("could not listen on {}", settings.http_addr))?;
-        let state = AppState {
-            settings: Arc::new(settings),
-            ledger: Ledger::new(pool),
-            cache,
-            producer,
-            metrics: Arc::new(Metrics::default()),
-        };
-        let (hooks, _) = watch::channel::<HookSet>(Arc::new(PassThrough));
-        Ok(Self {
-            listener,
-            state,
-            role,
-            hooks,
-        })
+            .context("could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)")?;
+        let producer =
+            kafka::producer(&settings.kafka_brokers, settings.publish_timeout_ms).context("could not create the Kafka producer")?;
+        let listener =
+            TcpListener::bind(settings.http_addr).await.with_context(|| format!("could not listen on {}", settings.http_addr))?;
+        let sandbox = Sandbox::new(settings.sandbox_limits())?;
+        let plugins = Arc::new(Registry::new(pool.clone(), sandbox, settings.description_chars_max, settings.plugin_failure_mode));
+        // Fail closed at start too: an engine that cannot load its policy does not process.
+        let set = plugins.load_set().await.context("could not load the active plugins")?;
+        let plugin_generation = set.generation;
+        let (hooks, _) = watch::channel::<HookSet>(Arc::new(set));
+        let metrics = Arc::new(Metrics::default());
+        let state = AppState { settings: Arc::new(settings), ledger: Ledger::new(pool), cache, producer, metrics, plugins };
+        Ok(Self { listener, state, role, hooks, plugin_generation })
     }
 
     pub fn port(&self) -> u16 {
@@ -106,14 +90,10 @@ impl Application {
     /// Serves until `shutdown` completes, then drains: HTTP stops accepting and
     /// finishes in-flight requests; the processor finishes and commits its batch,
     /// stores and commits offsets, and leaves the group.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let processor = if self.role != Role::Api {
-            let consumer = processor::build_consumer(&self.state.settings)
-                .context("could not create the Kafka consumer")?;
+            let consumer = processor::build_consumer(&self.state.settings).context("could not create the Kafka consumer")?;
             let processor = Processor {
                 settings: self.state.settings.clone(),
                 ledger: self.state.ledger.clone(),
@@ -122,6 +102,8 @@ impl Application {
                 hooks: self.hooks.subscribe(),
                 producer: self.state.producer.clone(),
             };
+            let poll = Duration::from_millis(self.state.settings.plugin_poll_ms);
+            tokio::spawn(self.state.plugins.clone().watch(self.hooks.clone(), self.plugin_generation, poll, stopped.clone()));
             Some(tokio::spawn(processor.run(consumer, stopped.clone())))
         } else {
             None
@@ -142,10 +124,7 @@ impl Application {
         if let Some(processor) = processor {
             processor.await.context("processor task failed")?;
         }
-        server
-            .await
-            .context("HTTP task failed")?
-            .context("HTTP server failed")?;
+        server.await.context("HTTP task failed")?.context("HTTP server failed")?;
         drop(self.hooks);
         Ok(())
     }

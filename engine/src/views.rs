@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::{Amount, Reason, Status, Submission, TransferKind, format_minor};
+use crate::hooks::Decision;
 use crate::ledger::{Committed, HistoryEntry, TransferView};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -40,6 +41,9 @@ pub struct TransferStatusView {
     pub committed_at: Option<DateTime<Utc>>,
     /// Every status the transfer has had, oldest first.
     pub history: Vec<HistoryView>,
+    /// What each plugin decided for this transfer (name, version, sha256, outcome), in order.
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
     /// sha256 of the transfer's meaning, to tell a retry from a conflict.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(ignore)]
@@ -47,12 +51,7 @@ pub struct TransferStatusView {
 }
 
 fn history_view(h: &HistoryEntry) -> HistoryView {
-    HistoryView {
-        version: h.version,
-        status: h.status,
-        reason: h.reason.clone(),
-        at: h.at,
-    }
+    HistoryView { version: h.version, status: h.status, reason: h.reason.clone(), at: h.at }
 }
 
 impl TransferStatusView {
@@ -70,32 +69,23 @@ impl TransferStatusView {
             currency: s.currency.code().to_owned(),
             amount: s.amount().map(|a| format_minor(a.minor(), exponent)),
             amount_minor: s.amount().map(Amount::minor),
-            original_amount: original
-                .map(|m| format_minor(m.amount.minor(), m.currency.exponent())),
+            original_amount: original.map(|m| format_minor(m.amount.minor(), m.currency.exponent())),
             original_amount_minor: original.map(|m| m.amount.minor()),
             original_currency: original.map(|m| m.currency.code().to_owned()),
             description: s.description.clone(),
             reason: None,
             created_at: s.submitted_at,
             committed_at: None,
-            history: vec![HistoryView {
-                version: 1,
-                status: Status::Initiated,
-                reason: None,
-                at: s.submitted_at,
-            }],
+            history: vec![HistoryView { version: 1, status: Status::Initiated, reason: None, at: s.submitted_at }],
+            decisions: Vec::new(),
             fingerprint: Some(hex::encode(s.fingerprint())),
         }
     }
 
     /// The view after a commit that recorded this transfer for the first time.
-    pub fn committed(
-        s: &Submission,
-        amount: Option<Amount>,
-        description: Option<String>,
-        c: &Committed,
-    ) -> Self {
+    pub fn committed(s: &Submission, amount: Option<Amount>, description: Option<String>, decisions: &[Decision], c: &Committed) -> Self {
         let mut view = Self::initiated(s);
+        view.decisions = decisions.to_vec();
         if let Some(amount) = amount {
             view.amount = Some(format_minor(amount.minor(), s.currency.exponent()));
             view.amount_minor = Some(amount.minor());
@@ -105,12 +95,7 @@ impl TransferStatusView {
         view.version = c.version;
         view.reason = c.reason.clone();
         view.committed_at = Some(c.committed_at);
-        view.history.push(HistoryView {
-            version: c.version,
-            status: c.status,
-            reason: c.reason.clone(),
-            at: c.committed_at,
-        });
+        view.history.push(HistoryView { version: c.version, status: c.status, reason: c.reason.clone(), at: c.committed_at });
         view
     }
 
@@ -126,10 +111,7 @@ impl TransferStatusView {
             currency: t.currency.code().to_owned(),
             amount: t.amount_minor.map(|m| format_minor(m, exponent)),
             amount_minor: t.amount_minor,
-            original_amount: t
-                .original_amount_minor
-                .zip(t.original_currency)
-                .map(|(m, c)| format_minor(m, c.exponent())),
+            original_amount: t.original_amount_minor.zip(t.original_currency).map(|(m, c)| format_minor(m, c.exponent())),
             original_amount_minor: t.original_amount_minor,
             original_currency: t.original_currency.map(|c| c.code().to_owned()),
             description: t.description.clone(),
@@ -137,6 +119,7 @@ impl TransferStatusView {
             created_at: t.created_at,
             committed_at: t.committed_at,
             history: t.history.iter().map(history_view).collect(),
+            decisions: t.decisions.clone(),
             fingerprint: Some(hex::encode(&t.fingerprint)),
         }
     }

@@ -10,9 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::{TestDb, amount, assert_audit_passes, eur, owner, seed};
 use proptest::prelude::*;
-use transfer_engine::domain::{
-    Currency, Reason, Requested, Status, Submission, TransferId, TransferKind,
-};
+use transfer_engine::domain::{Currency, Reason, Requested, Status, Submission, TransferId, TransferKind};
 use transfer_engine::ledger::{CommitItem, Disposition, Ledger, Verdict};
 
 fn transfer(id: TransferId, from: i64, to: i64, minor: i64, currency: Currency) -> CommitItem {
@@ -34,12 +32,7 @@ fn new_transfer(from: i64, to: i64, minor: i64) -> CommitItem {
 }
 
 async fn balance(ledger: &Ledger, id: i64) -> i64 {
-    ledger
-        .account(owner(id), eur())
-        .await
-        .unwrap()
-        .unwrap()
-        .balance_minor
+    ledger.account(owner(id), eur()).await.unwrap().unwrap().balance_minor
 }
 
 #[tokio::test]
@@ -48,23 +41,13 @@ async fn a_completed_transfer_moves_money_and_records_two_entries_and_two_versio
     let ledger = db.ledger();
     seed(&ledger, [1, 2], eur(), 1_000).await;
     let item = new_transfer(1, 2, 250);
-    let result = ledger
-        .commit_batch(std::slice::from_ref(&item))
-        .await
-        .unwrap();
+    let result = ledger.commit_batch(std::slice::from_ref(&item)).await.unwrap();
     let outcome = &result.outcomes[0];
-    assert_eq!(
-        (outcome.status, outcome.version, outcome.disposition),
-        (Status::Completed, 2, Disposition::New)
-    );
+    assert_eq!((outcome.status, outcome.version, outcome.disposition), (Status::Completed, 2, Disposition::New));
     assert_eq!(balance(&ledger, 1).await, 750);
     assert_eq!(balance(&ledger, 2).await, 1_250);
     let stored = ledger.transfer(item.submission.id).await.unwrap().unwrap();
-    let history: Vec<_> = stored
-        .history
-        .iter()
-        .map(|h| (h.version, h.status))
-        .collect();
+    let history: Vec<_> = stored.history.iter().map(|h| (h.version, h.status)).collect();
     assert_eq!(history, [(1, Status::Initiated), (2, Status::Completed)]);
     assert_eq!(result.balances.len(), 2);
     assert_audit_passes(&ledger).await;
@@ -76,29 +59,10 @@ async fn a_rejected_transfer_does_not_abort_its_batch_and_debits_in_one_batch_se
     let db = TestDb::new().await;
     let ledger = db.ledger();
     seed(&ledger, [1, 2, 3], eur(), 100).await;
-    let batch = [
-        new_transfer(1, 2, 60),
-        new_transfer(1, 3, 60),
-        new_transfer(2, 3, 10),
-        new_transfer(1, 99, 1),
-        new_transfer(3, 3, 1),
-    ];
+    let batch = [new_transfer(1, 2, 60), new_transfer(1, 3, 60), new_transfer(2, 3, 10), new_transfer(1, 99, 1), new_transfer(3, 3, 1)];
     let result = ledger.commit_batch(&batch).await.unwrap();
-    let codes: Vec<_> = result
-        .outcomes
-        .iter()
-        .map(|o| o.reason.as_ref().map(|r| r.code.as_str()))
-        .collect();
-    assert_eq!(
-        codes,
-        [
-            None,
-            Some("insufficient_funds"),
-            None,
-            Some("account_not_found"),
-            Some("accounts_must_be_different")
-        ]
-    );
+    let codes: Vec<_> = result.outcomes.iter().map(|o| o.reason.as_ref().map(|r| r.code.as_str())).collect();
+    assert_eq!(codes, [None, Some("insufficient_funds"), None, Some("account_not_found"), Some("accounts_must_be_different")]);
     assert_eq!(balance(&ledger, 1).await, 40);
     assert_eq!(balance(&ledger, 2).await, 150);
     assert_eq!(balance(&ledger, 3).await, 110);
@@ -112,33 +76,16 @@ async fn a_committed_id_replays_its_outcome_and_a_different_payload_is_a_recorde
     let ledger = db.ledger();
     seed(&ledger, [1, 2], eur(), 100).await;
     let id = TransferId::generate();
-    let first = ledger
-        .commit_batch(&[transfer(id, 1, 2, 30, eur())])
-        .await
-        .unwrap();
+    let first = ledger.commit_batch(&[transfer(id, 1, 2, 30, eur())]).await.unwrap();
     assert_eq!(first.outcomes[0].disposition, Disposition::New);
     // Same id, same meaning: the original outcome, nothing moves.
-    let again = ledger
-        .commit_batch(&[transfer(id, 1, 2, 30, eur()), transfer(id, 1, 2, 30, eur())])
-        .await
-        .unwrap();
-    assert!(
-        again
-            .outcomes
-            .iter()
-            .all(|o| o.disposition == Disposition::Duplicate && o.status == Status::Completed)
-    );
+    let again = ledger.commit_batch(&[transfer(id, 1, 2, 30, eur()), transfer(id, 1, 2, 30, eur())]).await.unwrap();
+    assert!(again.outcomes.iter().all(|o| o.disposition == Disposition::Duplicate && o.status == Status::Completed));
     // Same id, other meaning: a conflict, never applied.
-    let conflict = ledger
-        .commit_batch(&[transfer(id, 1, 2, 31, eur())])
-        .await
-        .unwrap();
+    let conflict = ledger.commit_batch(&[transfer(id, 1, 2, 31, eur())]).await.unwrap();
     assert_eq!(conflict.outcomes[0].disposition, Disposition::Conflict);
     assert_eq!(balance(&ledger, 1).await, 70);
-    let (conflicts,): (i64,) = sqlx::query_as("SELECT count(*) FROM transfer_conflicts")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let (conflicts,): (i64,) = sqlx::query_as("SELECT count(*) FROM transfer_conflicts").fetch_one(&db.pool).await.unwrap();
     assert_eq!(conflicts, 1);
     assert_audit_passes(&ledger).await;
     db.drop_database().await;
@@ -150,22 +97,13 @@ async fn hook_rejections_and_failures_are_recorded_without_moving_money() {
     let ledger = db.ledger();
     seed(&ledger, [1, 2], eur(), 100).await;
     let mut rejected = new_transfer(1, 2, 10);
-    rejected.verdict = Verdict::Reject(Reason {
-        code: "amount_over_limit".into(),
-        message: "too much".into(),
-    });
+    rejected.verdict = Verdict::Reject(Reason { code: "amount_over_limit".into(), message: "too much".into() });
     let mut failed = new_transfer(1, 2, 10);
-    failed.verdict = Verdict::Fail(Reason {
-        code: "plugin_failed".into(),
-        message: "limits@3 trapped".into(),
-    });
+    failed.verdict = Verdict::Fail(Reason { code: "plugin_failed".into(), message: "limits@3 trapped".into() });
     let result = ledger.commit_batch(&[rejected, failed]).await.unwrap();
     assert_eq!(result.outcomes[0].status, Status::Rejected);
     assert_eq!(result.outcomes[1].status, Status::Failed);
-    assert_eq!(
-        result.outcomes[1].reason.as_ref().unwrap().code,
-        "plugin_failed"
-    );
+    assert_eq!(result.outcomes[1].reason.as_ref().unwrap().code, "plugin_failed");
     assert_eq!(balance(&ledger, 1).await, 100);
     assert_audit_passes(&ledger).await;
     db.drop_database().await;
@@ -176,33 +114,13 @@ async fn deposits_and_withdrawals_are_idempotent_by_reference_and_respect_the_fl
     let db = TestDb::new().await;
     let ledger = db.ledger();
     seed(&ledger, [1], eur(), 0).await;
-    let (first, _) = ledger
-        .deposit(owner(1), eur(), amount(500), "wire-1")
-        .await
-        .unwrap();
-    let (again, _) = ledger
-        .deposit(owner(1), eur(), amount(500), "wire-1")
-        .await
-        .unwrap();
-    assert_eq!(
-        (first.disposition, again.disposition),
-        (Disposition::New, Disposition::Duplicate)
-    );
-    assert!(
-        ledger
-            .deposit(owner(1), eur(), amount(501), "wire-1")
-            .await
-            .is_err()
-    );
-    let (too_much, _) = ledger
-        .withdraw(owner(1), eur(), amount(501), "out-1")
-        .await
-        .unwrap();
+    let (first, _) = ledger.deposit(owner(1), eur(), amount(500), "wire-1").await.unwrap();
+    let (again, _) = ledger.deposit(owner(1), eur(), amount(500), "wire-1").await.unwrap();
+    assert_eq!((first.disposition, again.disposition), (Disposition::New, Disposition::Duplicate));
+    assert!(ledger.deposit(owner(1), eur(), amount(501), "wire-1").await.is_err());
+    let (too_much, _) = ledger.withdraw(owner(1), eur(), amount(501), "out-1").await.unwrap();
     assert_eq!(too_much.reason.unwrap().code, "insufficient_funds");
-    ledger
-        .withdraw(owner(1), eur(), amount(500), "out-2")
-        .await
-        .unwrap();
+    ledger.withdraw(owner(1), eur(), amount(500), "out-2").await.unwrap();
     assert_eq!(balance(&ledger, 1).await, 0);
     assert_audit_passes(&ledger).await;
     db.drop_database().await;
@@ -214,31 +132,14 @@ async fn an_accounts_transfers_are_listed_newest_first_in_pages() {
     let ledger = db.ledger();
     seed(&ledger, [1, 2], eur(), 1_000).await;
     for minor in 1..=5 {
-        ledger
-            .commit_batch(&[new_transfer(1, 2, minor)])
-            .await
-            .unwrap();
+        ledger.commit_batch(&[new_transfer(1, 2, minor)]).await.unwrap();
     }
     let account = ledger.account(owner(1), eur()).await.unwrap().unwrap();
-    let first = ledger
-        .account_transfers(account.account_id, None, 2)
-        .await
-        .unwrap();
-    let amounts: Vec<_> = first
-        .transfers
-        .iter()
-        .map(|t| t.amount_minor.unwrap())
-        .collect();
+    let first = ledger.account_transfers(account.account_id, None, 2).await.unwrap();
+    let amounts: Vec<_> = first.transfers.iter().map(|t| t.amount_minor.unwrap()).collect();
     assert_eq!(amounts, [5, 4]);
-    let second = ledger
-        .account_transfers(account.account_id, first.next_before, 10)
-        .await
-        .unwrap();
-    let amounts: Vec<_> = second
-        .transfers
-        .iter()
-        .map(|t| t.amount_minor.unwrap())
-        .collect();
+    let second = ledger.account_transfers(account.account_id, first.next_before, 10).await.unwrap();
+    let amounts: Vec<_> = second.transfers.iter().map(|t| t.amount_minor.unwrap()).collect();
     assert_eq!(amounts, [3, 2, 1, 1_000]);
     assert!(second.next_before.is_none());
     db.drop_database().await;
@@ -249,9 +150,7 @@ async fn the_balance_floor_is_also_enforced_by_the_database() {
     let db = TestDb::new().await;
     let ledger = db.ledger();
     seed(&ledger, [1], eur(), 10).await;
-    let overdraw = sqlx::query("UPDATE accounts SET balance_minor = -1 WHERE owner_id = 1")
-        .execute(&db.pool)
-        .await;
+    let overdraw = sqlx::query("UPDATE accounts SET balance_minor = -1 WHERE owner_id = 1").execute(&db.pool).await;
     assert!(overdraw.is_err(), "the CHECK constraint is the backstop");
     db.drop_database().await;
 }
@@ -268,11 +167,7 @@ async fn concurrent_crossing_batches_neither_deadlock_nor_overdraw_nor_double_ap
     let ledger = db.ledger();
     seed(&ledger, 1..=ACCOUNTS, eur(), 10_000).await;
     // Ids every task will also submit: the ledger must apply each once.
-    let shared: Arc<Vec<CommitItem>> = Arc::new(
-        (0..50)
-            .map(|i| new_transfer(1 + i % ACCOUNTS, 1 + (i + 3) % ACCOUNTS, 7))
-            .collect(),
-    );
+    let shared: Arc<Vec<CommitItem>> = Arc::new((0..50).map(|i| new_transfer(1 + i % ACCOUNTS, 1 + (i + 3) % ACCOUNTS, 7)).collect());
     let deadline = tokio::time::Instant::now() + Duration::from_millis(RUN_MS);
     let mut tasks = Vec::new();
     for task in 0..TASKS {
@@ -295,17 +190,8 @@ async fn concurrent_crossing_batches_neither_deadlock_nor_overdraw_nor_double_ap
                     })
                     .collect();
                 batch.push(shared[(round + task) % shared.len()].clone());
-                let result = ledger
-                    .commit_batch(&batch)
-                    .await
-                    .expect("no deadlock or other error escapes commit_batch");
-                new_ids.extend(
-                    result
-                        .outcomes
-                        .iter()
-                        .filter(|o| o.disposition == Disposition::New)
-                        .map(|o| o.transfer_id),
-                );
+                let result = ledger.commit_batch(&batch).await.expect("no deadlock or other error escapes commit_batch");
+                new_ids.extend(result.outcomes.iter().filter(|o| o.disposition == Disposition::New).map(|o| o.transfer_id));
                 round += 1;
             }
             new_ids
@@ -317,20 +203,15 @@ async fn concurrent_crossing_batches_neither_deadlock_nor_overdraw_nor_double_ap
             *applied.entry(id).or_default() += 1;
         }
     }
-    assert!(
-        applied.values().all(|n| *n == 1),
-        "an id was recorded as new twice"
-    );
-    let (entries_per_shared,): (i64,) =
-        sqlx::query_as("SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM ledger_entries WHERE transfer_id = ANY($1) GROUP BY transfer_id) x")
-            .bind(shared.iter().map(|i| i.submission.id.0).collect::<Vec<_>>())
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert!(
-        entries_per_shared <= 2,
-        "a shared id was applied more than once"
-    );
+    assert!(applied.values().all(|n| *n == 1), "an id was recorded as new twice");
+    let (entries_per_shared,): (i64,) = sqlx::query_as(
+        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM ledger_entries WHERE transfer_id = ANY($1) GROUP BY transfer_id) x",
+    )
+    .bind(shared.iter().map(|i| i.submission.id.0).collect::<Vec<_>>())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(entries_per_shared <= 2, "a shared id was applied more than once");
     assert_audit_passes(&ledger).await;
     db.drop_database().await;
 }

@@ -56,46 +56,26 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CreateAccount>,
 ) -> Result<(StatusCode, Json<AccountBody>), ApiError> {
-    let owner = OwnerId::new(req.owner_id)
-        .map_err(|e| ApiError::invalid("owner_id_invalid", e.to_string()))?;
+    let owner = OwnerId::new(req.owner_id).map_err(|e| ApiError::invalid("owner_id_invalid", e.to_string()))?;
     let currency = Currency::parse(&req.currency)?;
-    let account = state
-        .ledger
-        .create_account(owner, currency, 0)
-        .await
-        .map_err(|e| match e {
-            CreateAccountError::Exists { .. } => ApiError::Conflict {
-                code: "account_exists",
-                message: e.to_string(),
-            },
-            CreateAccountError::Ledger(e) => ApiError::Unexpected(e.into()),
-        })?;
-    let balance = CachedBalance {
-        account_id: account.account_id,
-        balance_minor: 0,
-        floor_minor: account.floor_minor,
-        version: account.version,
-    };
-    Ok((
-        StatusCode::CREATED,
-        Json(account_body(owner, currency, &balance)),
-    ))
+    let account = state.ledger.create_account(owner, currency, 0).await.map_err(|e| match e {
+        CreateAccountError::Exists { .. } => ApiError::Conflict { code: "account_exists", message: e.to_string() },
+        CreateAccountError::Ledger(e) => ApiError::Unexpected(e.into()),
+    })?;
+    let balance =
+        CachedBalance { account_id: account.account_id, balance_minor: 0, floor_minor: account.floor_minor, version: account.version };
+    Ok((StatusCode::CREATED, Json(account_body(owner, currency, &balance))))
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}",
     params(("owner_id" = i64, Path), ("currency" = String, Path)),
     responses((status = 200, body = AccountBody), (status = 404, body = super::error::ErrorBody)))]
-pub async fn get(
-    State(state): State<AppState>,
-    Path((owner_id, currency)): Path<(String, String)>,
-) -> Result<Json<AccountBody>, ApiError> {
+pub async fn get(State(state): State<AppState>, Path((owner_id, currency)): Path<(String, String)>) -> Result<Json<AccountBody>, ApiError> {
     let owner = path_owner(&owner_id)?;
     let currency = Currency::parse(&currency)?;
     let [balance] = balances(&state, [(owner, currency)]).await?;
-    let balance = balance.ok_or_else(|| ApiError::NotFound {
-        code: "account_not_found",
-        message: format!("owner {owner} has no {currency} account"),
-    })?;
+    let balance = balance
+        .ok_or_else(|| ApiError::NotFound { code: "account_not_found", message: format!("owner {owner} has no {currency} account") })?;
     Ok(Json(account_body(owner, currency, &balance)))
 }
 
@@ -129,21 +109,11 @@ pub async fn transfers(
     let Query(query) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
     let owner = path_owner(&owner_id)?;
     let currency = Currency::parse(&currency)?;
-    let account = state
-        .ledger
-        .account(owner, currency)
-        .await
-        .map_err(anyhow::Error::from)?;
-    let account = account.ok_or_else(|| ApiError::NotFound {
-        code: "account_not_found",
-        message: format!("owner {owner} has no {currency} account"),
-    })?;
+    let account = state.ledger.account(owner, currency).await.map_err(anyhow::Error::from)?;
+    let account = account
+        .ok_or_else(|| ApiError::NotFound { code: "account_not_found", message: format!("owner {owner} has no {currency} account") })?;
     let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT);
-    let page = state
-        .ledger
-        .account_transfers(account.account_id, query.before, limit)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let page = state.ledger.account_transfers(account.account_id, query.before, limit).await.map_err(anyhow::Error::from)?;
     let transfers = page
         .transfers
         .iter()
@@ -153,10 +123,7 @@ pub async fn transfers(
             view
         })
         .collect();
-    Ok(Json(TransferPageBody {
-        transfers,
-        next_before: page.next_before,
-    }))
+    Ok(Json(TransferPageBody { transfers, next_before: page.next_before }))
 }
 
 /// A deposit or withdrawal. `reference` makes it idempotent: the same
@@ -201,46 +168,23 @@ async fn move_money(
     deposit: bool,
 ) -> Result<(StatusCode, Json<TransferStatusView>), ApiError> {
     require_admin(&state.settings, &headers)?;
-    let owner = OwnerId::new(req.owner_id)
-        .map_err(|e| ApiError::invalid("owner_id_invalid", e.to_string()))?;
+    let owner = OwnerId::new(req.owner_id).map_err(|e| ApiError::invalid("owner_id_invalid", e.to_string()))?;
     let currency = Currency::parse(&req.currency)?;
     let amount = Amount::parse_decimal(&decimal_text(&req.amount, "amount")?, currency)?;
     if req.reference.is_empty() || req.reference.chars().count() > REFERENCE_CHARS_MAX {
-        return Err(ApiError::invalid(
-            "reference_invalid",
-            format!("the reference must have 1 to {REFERENCE_CHARS_MAX} characters"),
-        ));
+        return Err(ApiError::invalid("reference_invalid", format!("the reference must have 1 to {REFERENCE_CHARS_MAX} characters")));
     }
     // Refuse a missing account before anything is recorded, so the reference stays usable.
-    if state
-        .ledger
-        .account(owner, currency)
-        .await
-        .map_err(anyhow::Error::from)?
-        .is_none()
-    {
-        return Err(crate::domain::Rejection::AccountNotFound {
-            owner_id: owner.get(),
-            currency: currency.code().into(),
-        }
-        .into());
+    if state.ledger.account(owner, currency).await.map_err(anyhow::Error::from)?.is_none() {
+        return Err(crate::domain::Rejection::AccountNotFound { owner_id: owner.get(), currency: currency.code().into() }.into());
     }
     let moved = if deposit {
-        state
-            .ledger
-            .deposit(owner, currency, amount, &req.reference)
-            .await
+        state.ledger.deposit(owner, currency, amount, &req.reference).await
     } else {
-        state
-            .ledger
-            .withdraw(owner, currency, amount, &req.reference)
-            .await
+        state.ledger.withdraw(owner, currency, amount, &req.reference).await
     };
     let (committed, updates) = moved.map_err(|e| match e {
-        MoveError::ReferenceConflict(_) => ApiError::Conflict {
-            code: "reference_conflict",
-            message: e.to_string(),
-        },
+        MoveError::ReferenceConflict(_) => ApiError::Conflict { code: "reference_conflict", message: e.to_string() },
         MoveError::Ledger(e) => ApiError::Unexpected(e.into()),
     })?;
     let fills: Vec<_> = updates
@@ -249,12 +193,7 @@ async fn move_money(
             (
                 u.owner_id,
                 u.currency,
-                CachedBalance {
-                    account_id: u.account_id,
-                    balance_minor: u.balance_minor,
-                    floor_minor: u.floor_minor,
-                    version: u.version,
-                },
+                CachedBalance { account_id: u.account_id, balance_minor: u.balance_minor, floor_minor: u.floor_minor, version: u.version },
             )
         })
         .collect();
@@ -264,19 +203,10 @@ async fn move_money(
     if let Some(reason) = committed.reason {
         return Err(ApiError::Refused(reason));
     }
-    let stored = state
-        .ledger
-        .transfer(committed.transfer_id)
-        .await
-        .map_err(anyhow::Error::from)?;
-    let mut view = TransferStatusView::from_ledger(&stored.ok_or_else(|| {
-        anyhow::anyhow!("committed transfer {} not found", committed.transfer_id)
-    })?);
+    let stored = state.ledger.transfer(committed.transfer_id).await.map_err(anyhow::Error::from)?;
+    let mut view =
+        TransferStatusView::from_ledger(&stored.ok_or_else(|| anyhow::anyhow!("committed transfer {} not found", committed.transfer_id))?);
     view.fingerprint = None;
-    let status = if committed.disposition == crate::ledger::Disposition::New {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if committed.disposition == crate::ledger::Disposition::New { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view)))
 }

@@ -20,11 +20,7 @@ pub enum ApiError {
     Refused(crate::domain::Reason),
     /// The request itself is malformed or invalid.
     #[error("{message}")]
-    Invalid {
-        status: StatusCode,
-        code: &'static str,
-        message: String,
-    },
+    Invalid { status: StatusCode, code: &'static str, message: String },
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
     #[error("{message}")]
@@ -52,11 +48,7 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code,
-            message: message.into(),
-        }
+        Self::Invalid { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: message.into() }
     }
 
     pub fn status_and_code(&self) -> (StatusCode, &str) {
@@ -79,18 +71,10 @@ impl IntoResponse for ApiError {
             error!(error = ?e, "Request failed unexpectedly.");
         }
         let (status, code) = self.status_and_code();
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: code.to_owned(),
-                message: self.to_string(),
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: self.to_string() } };
         let mut response = (status, Json(body)).into_response();
         if matches!(self, Self::Unauthorized) {
-            response.headers_mut().insert(
-                "www-authenticate",
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -101,21 +85,13 @@ impl From<JsonRejection> for ApiError {
         let (status, code) = match &rejection {
             JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-            JsonRejection::MissingJsonContentType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            JsonRejection::BytesRejection(_)
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
+            JsonRejection::MissingJsonContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
             }
             _ => (StatusCode::BAD_REQUEST, "invalid_body"),
         };
-        Self::Invalid {
-            status,
-            code,
-            message: rejection.body_text(),
-        }
+        Self::Invalid { status, code, message: rejection.body_text() }
     }
 }
 

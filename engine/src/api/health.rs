@@ -20,13 +20,7 @@ pub async fn healthz() -> impl IntoResponse {
 /// PostgreSQL, Redis and the broker are reachable; 503 naming any that is not.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let timeout = Duration::from_millis(READINESS_PROBE_TIMEOUT_MS);
-    let postgres = async {
-        sqlx::query("SELECT 1")
-            .execute(state.ledger.pool())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    };
+    let postgres = async { sqlx::query("SELECT 1").execute(state.ledger.pool()).await.map(|_| ()).map_err(|e| e.to_string()) };
     let redis = async { state.cache.ping().await.map_err(|e| e.to_string()) };
     let producer = state.producer.clone();
     let topic = state.settings.topic.clone();
@@ -34,66 +28,30 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         // fetch_metadata blocks its thread: keep it off the async workers.
         tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), timeout)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            producer.client().fetch_metadata(Some(&topic), timeout).map(|_| ()).map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()))
     };
-    let (postgres, redis, broker) = tokio::join!(
-        bounded(timeout, postgres),
-        bounded(timeout, redis),
-        bounded(timeout, broker)
-    );
+    let (postgres, redis, broker) = tokio::join!(bounded(timeout, postgres), bounded(timeout, redis), bounded(timeout, broker));
     let checks = [("postgres", postgres), ("redis", redis), ("broker", broker)];
-    let failing: Vec<&str> = checks
-        .iter()
-        .filter(|(_, r)| r.is_err())
-        .map(|(n, _)| *n)
-        .collect();
-    let detail: serde_json::Map<String, serde_json::Value> = checks
-        .iter()
-        .map(|(n, r)| {
-            (
-                n.to_string(),
-                json!(r.as_ref().err().map_or("ok".to_owned(), |e| e.clone())),
-            )
-        })
-        .collect();
+    let failing: Vec<&str> = checks.iter().filter(|(_, r)| r.is_err()).map(|(n, _)| *n).collect();
+    let detail: serde_json::Map<String, serde_json::Value> =
+        checks.iter().map(|(n, r)| (n.to_string(), json!(r.as_ref().err().map_or("ok".to_owned(), |e| e.clone())))).collect();
     if failing.is_empty() {
-        (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "checks": detail})),
-        )
+        (StatusCode::OK, Json(json!({"status": "ready", "checks": detail})))
     } else {
         let message = format!("not ready: {} unreachable", failing.join(", "));
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": {"code": "not_ready", "message": message}, "checks": detail})),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"code": "not_ready", "message": message}, "checks": detail})))
     }
 }
 
-async fn bounded(
-    timeout: Duration,
-    probe: impl Future<Output = Result<(), String>>,
-) -> Result<(), String> {
-    tokio::time::timeout(timeout, probe)
-        .await
-        .unwrap_or_else(|_| Err("timed out".to_owned()))
+async fn bounded(timeout: Duration, probe: impl Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::time::timeout(timeout, probe).await.unwrap_or_else(|_| Err("timed out".to_owned()))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
 }
 
 pub async fn openapi() -> impl IntoResponse {

@@ -1,14 +1,16 @@
 //! The HTTP API (axum), one file per resource:
 //! - `transfers`: submit (publish to Kafka) and read transfers.
 //! - `accounts`: open accounts, read balances and an account's transfers; deposits and withdrawals (admin).
+//! - `admin`: plugins: upload, list, activate (rollback), deactivate, validation order.
 //! - `health`: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
 //! - `error`: the JSON error shape and the body extractor.
 
 mod accounts;
+mod admin;
 pub mod error;
 mod health;
 mod openapi;
-mod transfers;
+pub mod transfers;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +39,7 @@ pub struct AppState {
     pub cache: Cache,
     pub producer: FutureProducer,
     pub metrics: Arc<Metrics>,
+    pub plugins: Arc<crate::plugins::Registry>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -46,12 +49,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/transfers/{id}", get(transfers::get))
         .route("/v1/accounts", post(accounts::create))
         .route("/v1/accounts/{owner_id}/{currency}", get(accounts::get))
-        .route(
-            "/v1/accounts/{owner_id}/{currency}/transfers",
-            get(accounts::transfers),
-        )
+        .route("/v1/accounts/{owner_id}/{currency}/transfers", get(accounts::transfers))
         .route("/v1/deposits", post(accounts::deposit))
         .route("/v1/withdrawals", post(accounts::withdraw))
+        .route(
+            "/v1/admin/plugins",
+            get(admin::list).post(admin::upload).layer(DefaultBodyLimit::max(admin::upload_body_bytes_max(&state.settings))),
+        )
+        .route("/v1/admin/plugins/{name}/activate", post(admin::activate))
+        .route("/v1/admin/plugins/{name}/deactivate", post(admin::deactivate))
+        .route("/v1/admin/validation-order", axum::routing::put(admin::set_validation_order))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -63,33 +70,18 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::NotFound {
-        code: "not_found",
-        message: "no such route".into(),
-    }
+    ApiError::NotFound { code: "not_found", message: "no such route".into() }
 }
 
 /// Counts and times every request by its route template (not its raw path, which would explode label cardinality).
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let response = next.run(request).await;
-    let labels = RequestLabels {
-        method,
-        route,
-        status: response.status().as_u16(),
-    };
+    let labels = RequestLabels { method, route, status: response.status().as_u16() };
     state.metrics.http_requests.get_or_create(&labels).inc();
-    state
-        .metrics
-        .http_request_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.http_request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -103,9 +95,5 @@ pub fn require_admin(settings: &Settings, headers: &HeaderMap) -> Result<(), Api
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
-    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) { Ok(()) } else { Err(ApiError::Unauthorized) }
 }

@@ -14,6 +14,11 @@ use utoipa::{Modify, OpenApi};
         super::accounts::transfers,
         super::accounts::deposit,
         super::accounts::withdraw,
+        super::admin::upload,
+        super::admin::list,
+        super::admin::activate,
+        super::admin::deactivate,
+        super::admin::set_validation_order,
     ),
     modifiers(&AdminToken)
 )]
@@ -24,9 +29,6 @@ struct AdminToken;
 impl Modify for AdminToken {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "admin_token",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+        components.add_security_scheme("admin_token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
     }
 }

@@ -18,9 +18,7 @@ use utoipa::ToSchema;
 use super::error::JsonBody;
 use super::{ApiError, AppState};
 use crate::cache::{self, CachedBalance};
-use crate::domain::{
-    Amount, Currency, Money, OwnerId, Rejection, Requested, Submission, TransferId, TransferKind,
-};
+use crate::domain::{Amount, Currency, Money, OwnerId, Rejection, Requested, Submission, TransferId, TransferKind};
 use crate::kafka::{self, TransferRecord};
 use crate::views::TransferStatusView;
 
@@ -59,10 +57,7 @@ pub fn decimal_text(value: &serde_json::Value, field: &str) -> Result<String, Ap
     match value {
         serde_json::Value::String(s) => Ok(s.clone()),
         serde_json::Value::Number(n) => Ok(n.to_string()),
-        _ => Err(ApiError::invalid(
-            "amount_invalid",
-            format!("`{field}` must be a decimal string or number"),
-        )),
+        _ => Err(ApiError::invalid("amount_invalid", format!("`{field}` must be a decimal string or number"))),
     }
 }
 
@@ -75,30 +70,22 @@ fn transfer_id(body: Option<uuid::Uuid>, headers: &HeaderMap) -> Result<Transfer
     let header = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let text = v.to_str().map_err(|_| {
-                ApiError::invalid("idempotency_key_invalid", "Idempotency-Key must be a UUID")
-            })?;
-            Some(uuid::Uuid::parse_str(text.trim()).map_err(|_| {
-                ApiError::invalid("idempotency_key_invalid", "Idempotency-Key must be a UUID")
-            })?)
+            let text = v.to_str().map_err(|_| ApiError::invalid("idempotency_key_invalid", "Idempotency-Key must be a UUID"))?;
+            Some(
+                uuid::Uuid::parse_str(text.trim())
+                    .map_err(|_| ApiError::invalid("idempotency_key_invalid", "Idempotency-Key must be a UUID"))?,
+            )
         }
     };
     match (body, header) {
-        (Some(b), Some(h)) if b != h => Err(ApiError::invalid(
-            "idempotency_key_mismatch",
-            "transfer_id and Idempotency-Key differ",
-        )),
+        (Some(b), Some(h)) if b != h => Err(ApiError::invalid("idempotency_key_mismatch", "transfer_id and Idempotency-Key differ")),
         (Some(id), _) | (None, Some(id)) => Ok(TransferId(id)),
         (None, None) => Ok(TransferId::generate()),
     }
 }
 
 /// Validates a request into a submission: every rule that needs no I/O.
-pub fn validate(
-    req: SubmitTransfer,
-    headers: &HeaderMap,
-    description_chars_max: usize,
-) -> Result<Submission, ApiError> {
+pub fn validate(req: SubmitTransfer, headers: &HeaderMap, description_chars_max: usize) -> Result<Submission, ApiError> {
     let id = transfer_id(req.transfer_id, headers)?;
     let sender = owner(req.sender_id, "sender_id")?;
     let receiver = owner(req.receiver_id, "receiver_id")?;
@@ -107,26 +94,14 @@ pub fn validate(
         return Err(Rejection::AccountsMustBeDifferent.into());
     }
     let requested = match (&req.amount, &req.original_amount, &req.original_currency) {
-        (Some(amount), None, None) => Requested::Amount(Amount::parse_decimal(
-            &decimal_text(amount, "amount")?,
-            currency,
-        )?),
+        (Some(amount), None, None) => Requested::Amount(Amount::parse_decimal(&decimal_text(amount, "amount")?, currency)?),
         (None, Some(amount), Some(code)) => {
             let original_currency = Currency::parse(code)?;
-            let amount = Amount::parse_decimal(
-                &decimal_text(amount, "original_amount")?,
-                original_currency,
-            )?;
-            Requested::Original(Money {
-                amount,
-                currency: original_currency,
-            })
+            let amount = Amount::parse_decimal(&decimal_text(amount, "original_amount")?, original_currency)?;
+            Requested::Original(Money { amount, currency: original_currency })
         }
         (None, None, None) => {
-            return Err(ApiError::invalid(
-                "amount_missing",
-                "give `amount`, or `original_amount` with `original_currency`",
-            ));
+            return Err(ApiError::invalid("amount_missing", "give `amount`, or `original_amount` with `original_currency`"));
         }
         _ => {
             return Err(ApiError::invalid(
@@ -171,18 +146,10 @@ pub async fn submit(
     let fingerprint = initiated.fingerprint.clone();
 
     // 1. Idempotency: claim the id, or find what it already is.
-    let claimed = match state
-        .cache
-        .claim(
-            submission.id,
-            &serde_json::to_string(&initiated).map_err(anyhow::Error::from)?,
-        )
-        .await
-    {
+    let claimed = match state.cache.claim(submission.id, &serde_json::to_string(&initiated).map_err(anyhow::Error::from)?).await {
         Ok(None) => true,
         Ok(Some(existing)) => {
-            let view: TransferStatusView =
-                serde_json::from_str(&existing.body).context("unreadable status view in Redis")?;
+            let view: TransferStatusView = serde_json::from_str(&existing.body).context("unreadable status view in Redis")?;
             if view.fingerprint != fingerprint {
                 return Err(conflict());
             }
@@ -195,18 +162,9 @@ pub async fn submit(
         }
         Err(e) => {
             cache::warn_unavailable(&e, "transfer claim");
-            if let Some(existing) = state
-                .ledger
-                .transfer(submission.id)
-                .await
-                .map_err(anyhow::Error::from)?
-            {
+            if let Some(existing) = state.ledger.transfer(submission.id).await.map_err(anyhow::Error::from)? {
                 let view = TransferStatusView::from_ledger(&existing);
-                return if view.fingerprint == fingerprint {
-                    Ok(replayed(&view))
-                } else {
-                    Err(conflict())
-                };
+                return if view.fingerprint == fingerprint { Ok(replayed(&view)) } else { Err(conflict()) };
             }
             false
         }
@@ -219,7 +177,10 @@ pub async fn submit(
         let key = kafka::record_key(submission.sender, submission.currency);
         kafka::publish(&state.producer, &state.settings.topic, &key, &record, None).await.map_err(|e| {
             warn!(transfer_id = %submission.id, error = %e, "The broker did not acknowledge a transfer.");
-            ApiError::Unavailable { code: "broker_unavailable", message: "the broker did not acknowledge the transfer; retry with the same id".into() }
+            ApiError::Unavailable {
+                code: "broker_unavailable",
+                message: "the broker did not acknowledge the transfer; retry with the same id".into(),
+            }
         })
     }
     .await;
@@ -232,54 +193,30 @@ pub async fn submit(
     if let Err(e) = state.cache.mark_published(submission.id).await {
         cache::warn_unavailable(&e, "claim publish mark");
     }
-    let accepted = SubmitAccepted {
-        transfer_id: submission.id.0,
-        status: crate::domain::Status::Initiated,
-        version: 1,
-    };
+    let accepted = SubmitAccepted { transfer_id: submission.id.0, status: crate::domain::Status::Initiated, version: 1 };
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
 fn conflict() -> ApiError {
-    ApiError::Conflict {
-        code: "idempotency_conflict",
-        message: "this transfer id was already used for a different transfer".into(),
-    }
+    ApiError::Conflict { code: "idempotency_conflict", message: "this transfer id was already used for a different transfer".into() }
 }
 
 fn replayed(view: &TransferStatusView) -> Response {
-    let body = SubmitAccepted {
-        transfer_id: view.transfer_id,
-        status: view.status,
-        version: view.version,
-    };
-    (
-        StatusCode::OK,
-        [("idempotent-replayed", "true")],
-        Json(body),
-    )
-        .into_response()
+    let body = SubmitAccepted { transfer_id: view.transfer_id, status: view.status, version: view.version };
+    (StatusCode::OK, [("idempotent-replayed", "true")], Json(body)).into_response()
 }
 
 /// Both accounts exist and the sender's cached balance covers the amount.
 /// Advisory only: a stale cache can let a transfer through that the ledger then rejects.
 async fn precheck(state: &AppState, s: &Submission) -> Result<(), ApiError> {
-    let [sender, receiver] =
-        balances(state, [(s.sender, s.currency), (s.receiver, s.currency)]).await?;
+    let [sender, receiver] = balances(state, [(s.sender, s.currency), (s.receiver, s.currency)]).await?;
     for (found, owner) in [(&sender, s.sender), (&receiver, s.receiver)] {
         if found.is_none() {
-            return Err(Rejection::AccountNotFound {
-                owner_id: owner.get(),
-                currency: s.currency.code().into(),
-            }
-            .into());
+            return Err(Rejection::AccountNotFound { owner_id: owner.get(), currency: s.currency.code().into() }.into());
         }
     }
     if let (Some(sender), Some(amount)) = (sender, s.amount()) {
-        let covered = sender
-            .balance_minor
-            .checked_sub(amount.minor())
-            .is_some_and(|after| after >= sender.floor_minor);
+        let covered = sender.balance_minor.checked_sub(amount.minor()).is_some_and(|after| after >= sender.floor_minor);
         if !covered {
             return Err(Rejection::InsufficientFunds.into());
         }
@@ -288,10 +225,7 @@ async fn precheck(state: &AppState, s: &Submission) -> Result<(), ApiError> {
 }
 
 /// Balances through the cache, filled from PostgreSQL on a miss (or when Redis is away).
-pub async fn balances<const N: usize>(
-    state: &AppState,
-    keys: [(OwnerId, Currency); N],
-) -> Result<[Option<CachedBalance>; N], ApiError> {
+pub async fn balances<const N: usize>(state: &AppState, keys: [(OwnerId, Currency); N]) -> Result<[Option<CachedBalance>; N], ApiError> {
     let mut found = match state.cache.balances(&keys).await {
         Ok(cached) => cached,
         Err(e) => {
@@ -304,12 +238,7 @@ pub async fn balances<const N: usize>(
         if slot.is_some() {
             continue;
         }
-        if let Some(account) = state
-            .ledger
-            .account(owner, currency)
-            .await
-            .map_err(anyhow::Error::from)?
-        {
+        if let Some(account) = state.ledger.account(owner, currency).await.map_err(anyhow::Error::from)? {
             let balance = CachedBalance {
                 account_id: account.account_id,
                 balance_minor: account.balance_minor,
@@ -328,17 +257,12 @@ pub async fn balances<const N: usize>(
 
 #[utoipa::path(get, path = "/v1/transfers/{id}", params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = TransferStatusView), (status = 404, body = super::error::ErrorBody)))]
-pub async fn get(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<TransferStatusView>, ApiError> {
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TransferStatusView>, ApiError> {
     let id = uuid::Uuid::parse_str(&id)
         .map(TransferId)
         .map_err(|_| ApiError::invalid("transfer_id_invalid", "the transfer id must be a UUID"))?;
     let cached = match state.cache.status(id).await {
-        Ok(cached) => {
-            cached.and_then(|(_, body)| serde_json::from_str::<TransferStatusView>(&body).ok())
-        }
+        Ok(cached) => cached.and_then(|(_, body)| serde_json::from_str::<TransferStatusView>(&body).ok()),
         Err(e) => {
             cache::warn_unavailable(&e, "status read");
             None
@@ -348,20 +272,12 @@ pub async fn get(
     // be behind it (Redis was away when the processor finished), so ask the truth.
     let view = match cached {
         Some(view) if view.status.is_final() => Some(view),
-        cached => match state
-            .ledger
-            .transfer(id)
-            .await
-            .map_err(anyhow::Error::from)?
-        {
+        cached => match state.ledger.transfer(id).await.map_err(anyhow::Error::from)? {
             Some(stored) => Some(TransferStatusView::from_ledger(&stored)),
             None => cached,
         },
     };
-    let mut view = view.ok_or_else(|| ApiError::NotFound {
-        code: "transfer_not_found",
-        message: format!("no transfer {id}"),
-    })?;
+    let mut view = view.ok_or_else(|| ApiError::NotFound { code: "transfer_not_found", message: format!("no transfer {id}") })?;
     view.fingerprint = None;
     Ok(Json(view))
 }

@@ -9,9 +9,7 @@ pub struct Amount(i64);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AmountError {
-    #[error(
-        "the amount must be a plain decimal number such as \"12.34\" (no sign other than '-', no exponent, no spaces)"
-    )]
+    #[error("the amount must be a plain decimal number such as \"12.34\" (no sign other than '-', no exponent, no spaces)")]
     Malformed,
     #[error("the amount must be greater than zero")]
     NotPositive,
@@ -55,11 +53,7 @@ impl Amount {
 /// the exact refusal reasons above, which general decimal parsers round away.
 pub fn parse_decimal_minor(text: &str, exponent: u8) -> Result<i64, AmountError> {
     if text.is_empty() || text.len() > DECIMAL_TEXT_CHARS_MAX {
-        return Err(if text.is_empty() {
-            AmountError::Malformed
-        } else {
-            AmountError::OutOfRange
-        });
+        return Err(if text.is_empty() { AmountError::Malformed } else { AmountError::OutOfRange });
     }
     let (negative, unsigned) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -70,11 +64,7 @@ pub fn parse_decimal_minor(text: &str, exponent: u8) -> Result<i64, AmountError>
         None => (unsigned, ""),
     };
     let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty()
-        || !all_digits(whole)
-        || !all_digits(fraction)
-        || (unsigned.contains('.') && fraction.is_empty())
-    {
+    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) || (unsigned.contains('.') && fraction.is_empty()) {
         return Err(AmountError::Malformed);
     }
     if fraction.len() > usize::from(exponent) {
@@ -83,21 +73,11 @@ pub fn parse_decimal_minor(text: &str, exponent: u8) -> Result<i64, AmountError>
     // Accumulate as a negative number so that i64::MIN itself is reachable.
     let mut minor: i64 = 0;
     let padding = usize::from(exponent) - fraction.len();
-    let digits = whole
-        .bytes()
-        .chain(fraction.bytes())
-        .chain(std::iter::repeat_n(b'0', padding));
+    let digits = whole.bytes().chain(fraction.bytes()).chain(std::iter::repeat_n(b'0', padding));
     for digit in digits {
-        minor = minor
-            .checked_mul(10)
-            .and_then(|m| m.checked_sub(i64::from(digit - b'0')))
-            .ok_or(AmountError::OutOfRange)?;
+        minor = minor.checked_mul(10).and_then(|m| m.checked_sub(i64::from(digit - b'0'))).ok_or(AmountError::OutOfRange)?;
     }
-    if negative {
-        Ok(minor)
-    } else {
-        minor.checked_neg().ok_or(AmountError::OutOfRange)
-    }
+    if negative { Ok(minor) } else { minor.checked_neg().ok_or(AmountError::OutOfRange) }
 }
 
 /// Formats minor units as decimal text with exactly `exponent` fractional
@@ -137,31 +117,15 @@ mod tests {
 
     #[test]
     fn more_fraction_digits_than_the_currency_allows_is_refused_not_rounded() {
-        assert_eq!(
-            parse_decimal_minor("12.345", 2),
-            Err(AmountError::PrecisionExceeded { allowed: 2 })
-        );
-        assert_eq!(
-            parse_decimal_minor("1.230", 2),
-            Err(AmountError::PrecisionExceeded { allowed: 2 })
-        );
-        assert_eq!(
-            parse_decimal_minor("1.5", 0),
-            Err(AmountError::PrecisionExceeded { allowed: 0 })
-        );
+        assert_eq!(parse_decimal_minor("12.345", 2), Err(AmountError::PrecisionExceeded { allowed: 2 }));
+        assert_eq!(parse_decimal_minor("1.230", 2), Err(AmountError::PrecisionExceeded { allowed: 2 }));
+        assert_eq!(parse_decimal_minor("1.5", 0), Err(AmountError::PrecisionExceeded { allowed: 0 }));
     }
 
     #[test]
     fn exponents_signs_spaces_and_bare_points_are_malformed() {
-        for text in [
-            "1e2", "1E2", "+1", ".5", "5.", " 1", "1 ", "1,00", "--1", "-", "", "0x10", "１",
-            "1.2.3", "NaN", "inf",
-        ] {
-            assert_eq!(
-                parse_decimal_minor(text, 2),
-                Err(AmountError::Malformed),
-                "{text:?}"
-            );
+        for text in ["1e2", "1E2", "+1", ".5", "5.", " 1", "1 ", "1,00", "--1", "-", "", "0x10", "１", "1.2.3", "NaN", "inf"] {
+            assert_eq!(parse_decimal_minor(text, 2), Err(AmountError::Malformed), "{text:?}");
         }
     }
 
@@ -170,36 +134,18 @@ mod tests {
         assert_eq!(parse_decimal_minor("9223372036854775807", 0), Ok(i64::MAX));
         assert_eq!(parse_decimal_minor("-9223372036854775808", 0), Ok(i64::MIN));
         assert_eq!(parse_decimal_minor("92233720368547758.07", 2), Ok(i64::MAX));
-        assert_eq!(
-            parse_decimal_minor("9223372036854775808", 0),
-            Err(AmountError::OutOfRange)
-        );
-        assert_eq!(
-            parse_decimal_minor("92233720368547758.08", 2),
-            Err(AmountError::OutOfRange)
-        );
-        assert_eq!(
-            parse_decimal_minor(&"9".repeat(60), 0),
-            Err(AmountError::OutOfRange)
-        );
+        assert_eq!(parse_decimal_minor("9223372036854775808", 0), Err(AmountError::OutOfRange));
+        assert_eq!(parse_decimal_minor("92233720368547758.08", 2), Err(AmountError::OutOfRange));
+        assert_eq!(parse_decimal_minor(&"9".repeat(60), 0), Err(AmountError::OutOfRange));
         assert_eq!(format_minor(i64::MIN, 2), "-92233720368547758.08");
         assert_eq!(format_minor(i64::MAX, 3), "9223372036854775.807");
     }
 
     #[test]
     fn amounts_must_be_positive() {
-        assert_eq!(
-            Amount::parse_decimal("0", eur()),
-            Err(AmountError::NotPositive)
-        );
-        assert_eq!(
-            Amount::parse_decimal("0.00", eur()),
-            Err(AmountError::NotPositive)
-        );
-        assert_eq!(
-            Amount::parse_decimal("-1", eur()),
-            Err(AmountError::NotPositive)
-        );
+        assert_eq!(Amount::parse_decimal("0", eur()), Err(AmountError::NotPositive));
+        assert_eq!(Amount::parse_decimal("0.00", eur()), Err(AmountError::NotPositive));
+        assert_eq!(Amount::parse_decimal("-1", eur()), Err(AmountError::NotPositive));
         assert_eq!(Amount::parse_decimal("0.01", eur()).unwrap().minor(), 1);
     }
 

@@ -45,10 +45,7 @@ impl Rejection {
     }
 
     pub fn to_reason(&self) -> Reason {
-        Reason {
-            code: self.code().to_owned(),
-            message: self.to_string(),
-        }
+        Reason { code: self.code().to_owned(), message: self.to_string() }
     }
 }
 

@@ -11,9 +11,7 @@ pub struct Money {
 }
 
 /// What moves money, and between which kinds of account.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferKind {
     /// Between two owners' accounts; submitted over HTTP, processed from Kafka.
@@ -44,9 +42,7 @@ impl TransferKind {
 }
 
 /// A transfer's lifecycle. `Initiated` is version 1; each of the others is final.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Initiated,

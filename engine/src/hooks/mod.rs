@@ -1,9 +1,9 @@
 //! The three policy hooks every transfer passes, in this order: description
 //! rules, currency conversion (only when the client gave another currency),
 //! then validation. `run` applies them to a submission and yields the
-//! ledger's verdict.
+//! ledger's verdict, with a record of what each plugin decided.
 //!
-//! `PassThrough` is the built-in policy (accept as given); the plugin host
+//! `PassThrough` is the built-in policy (accept as given); `plugins::PluginSet`
 //! provides the same interface over sandboxed WebAssembly components.
 
 use crate::domain::{Amount, Currency, Money, Reason, Rejection, Requested, Submission};
@@ -21,23 +21,60 @@ pub enum HookError {
     Fail(Reason),
 }
 
-/// The policy hooks. Implementations must be cheap to call and must never panic.
+/// Which hook a decision was made in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HookPoint {
+    Describe,
+    Convert,
+    Validate,
+}
+
+impl HookPoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Describe => "describe",
+            Self::Convert => "convert",
+            Self::Validate => "validate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Describe, Self::Convert, Self::Validate].into_iter().find(|h| h.as_str() == s)
+    }
+}
+
+/// What one plugin decided for one transfer: recorded with the transfer, in
+/// the same transaction, so every outcome can be traced to an exact plugin.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Decision {
+    pub hook: HookPoint,
+    pub plugin: String,
+    pub version: i32,
+    /// Hex sha256 of the component.
+    pub sha256: String,
+    /// allowed, rewritten, converted, rejected or failed.
+    pub outcome: String,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub duration_us: i32,
+}
+
+/// The policy hooks. Implementations must be cheap to call and must never
+/// panic; each appends what a plugin decided (if one did) to `decisions`.
 pub trait Hooks: Send + Sync {
     /// Returns the description to store (rewritten), or refuses it.
-    fn describe(&self, description: &str, submission: &Submission) -> Result<String, HookError>;
+    fn describe(&self, description: &str, submission: &Submission, decisions: &mut Vec<Decision>) -> Result<String, HookError>;
     /// Converts `source` into `target` minor units.
-    fn convert(
-        &self,
-        source: Money,
-        target: Currency,
-        submission: &Submission,
-    ) -> Result<Amount, HookError>;
+    fn convert(&self, source: Money, target: Currency, submission: &Submission, decisions: &mut Vec<Decision>)
+    -> Result<Amount, HookError>;
     /// Decides whether the transfer (with its final amount) may go ahead.
     fn validate(
         &self,
         submission: &Submission,
         amount: Amount,
         description: Option<&str>,
+        decisions: &mut Vec<Decision>,
     ) -> Result<(), HookError>;
 }
 
@@ -46,29 +83,26 @@ pub trait Hooks: Send + Sync {
 pub struct PassThrough;
 
 impl Hooks for PassThrough {
-    fn describe(&self, description: &str, _: &Submission) -> Result<String, HookError> {
+    fn describe(&self, description: &str, _: &Submission, _: &mut Vec<Decision>) -> Result<String, HookError> {
         Ok(description.to_owned())
     }
 
-    fn convert(
-        &self,
-        source: Money,
-        target: Currency,
-        _: &Submission,
-    ) -> Result<Amount, HookError> {
-        if source.currency == target {
-            return Ok(source.amount);
-        }
-        let rejection = Rejection::ConversionUnavailable {
-            from: source.currency.code().into(),
-            to: target.code().into(),
-        };
-        Err(HookError::Reject(rejection.to_reason()))
+    fn convert(&self, source: Money, target: Currency, _: &Submission, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
+        convert_without_rates(source, target)
     }
 
-    fn validate(&self, _: &Submission, _: Amount, _: Option<&str>) -> Result<(), HookError> {
+    fn validate(&self, _: &Submission, _: Amount, _: Option<&str>, _: &mut Vec<Decision>) -> Result<(), HookError> {
         Ok(())
     }
+}
+
+/// Conversion with no converter: the same currency is 1:1, any other is refused.
+pub fn convert_without_rates(source: Money, target: Currency) -> Result<Amount, HookError> {
+    if source.currency == target {
+        return Ok(source.amount);
+    }
+    let rejection = Rejection::ConversionUnavailable { from: source.currency.code().into(), to: target.code().into() };
+    Err(HookError::Reject(rejection.to_reason()))
 }
 
 /// What the hooks made of a submission: the ledger's verdict, plus the
@@ -78,23 +112,21 @@ pub struct HookOutcome {
     pub verdict: Verdict,
     pub description: Option<String>,
     pub amount: Option<Amount>,
+    /// What each plugin decided, in the order the hooks ran.
+    pub decisions: Vec<Decision>,
 }
 
 /// Runs the hooks in their fixed order; the first refusal or failure wins.
 pub fn run(hooks: &dyn Hooks, submission: &Submission) -> HookOutcome {
     let mut description = submission.description.clone();
     let mut amount = submission.amount();
-    let decided = decide(hooks, submission, &mut description, &mut amount);
-    let verdict = match decided {
+    let mut decisions = Vec::new();
+    let verdict = match decide(hooks, submission, &mut description, &mut amount, &mut decisions) {
         Ok(amount) => Verdict::Apply(amount),
         Err(HookError::Reject(reason)) => Verdict::Reject(reason),
         Err(HookError::Fail(reason)) => Verdict::Fail(reason),
     };
-    HookOutcome {
-        verdict,
-        description,
-        amount,
-    }
+    HookOutcome { verdict, description, amount, decisions }
 }
 
 /// The hook sequence; records the rewritten description and the converted
@@ -104,15 +136,18 @@ fn decide(
     s: &Submission,
     description: &mut Option<String>,
     amount: &mut Option<Amount>,
+    decisions: &mut Vec<Decision>,
 ) -> Result<Amount, HookError> {
     if let Some(original) = &s.description {
-        *description = Some(hooks.describe(original, s)?);
+        *description = Some(hooks.describe(original, s, decisions)?);
     }
     let converted = match s.requested {
         Requested::Amount(a) => a,
-        Requested::Original(source) => hooks.convert(source, s.currency, s)?,
+        // Only a different currency needs the converter.
+        Requested::Original(source) if source.currency == s.currency => source.amount,
+        Requested::Original(source) => hooks.convert(source, s.currency, s, decisions)?,
     };
     *amount = Some(converted);
-    hooks.validate(s, converted, description.as_deref())?;
+    hooks.validate(s, converted, description.as_deref(), decisions)?;
     Ok(converted)
 }

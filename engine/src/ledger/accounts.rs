@@ -3,9 +3,7 @@
 use chrono::Utc;
 
 use super::{BalanceUpdate, CommitItem, Committed, Disposition, Ledger, LedgerError};
-use crate::domain::{
-    Amount, Currency, OwnerId, Requested, SYSTEM_OWNER_ID, Submission, TransferId, TransferKind,
-};
+use crate::domain::{Amount, Currency, OwnerId, Requested, SYSTEM_OWNER_ID, Submission, TransferId, TransferKind};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AccountView {
@@ -20,10 +18,7 @@ pub struct AccountView {
 #[derive(Debug, thiserror::Error)]
 pub enum CreateAccountError {
     #[error("owner {owner_id} already has a {currency} account")]
-    Exists {
-        owner_id: OwnerId,
-        currency: Currency,
-    },
+    Exists { owner_id: OwnerId, currency: Currency },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 }
@@ -38,32 +33,15 @@ pub enum MoveError {
 
 type AccountRow = (i64, i64, String, i64, i64, i64);
 
-fn account_from_row(
-    (account_id, owner_id, currency, balance_minor, floor_minor, version): AccountRow,
-) -> Result<AccountView, LedgerError> {
+fn account_from_row((account_id, owner_id, currency, balance_minor, floor_minor, version): AccountRow) -> Result<AccountView, LedgerError> {
     let currency = Currency::parse(&currency).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-    Ok(AccountView {
-        account_id,
-        owner_id: OwnerId::from_stored(owner_id),
-        currency,
-        balance_minor,
-        floor_minor,
-        version,
-    })
+    Ok(AccountView { account_id, owner_id: OwnerId::from_stored(owner_id), currency, balance_minor, floor_minor, version })
 }
 
 impl Ledger {
     /// Opens an account. `floor_minor` is the lowest balance allowed (0: no overdraft).
-    pub async fn create_account(
-        &self,
-        owner_id: OwnerId,
-        currency: Currency,
-        floor_minor: i64,
-    ) -> Result<AccountView, CreateAccountError> {
-        assert!(
-            floor_minor <= 0,
-            "a floor above zero would make a new account invalid"
-        );
+    pub async fn create_account(&self, owner_id: OwnerId, currency: Currency, floor_minor: i64) -> Result<AccountView, CreateAccountError> {
+        assert!(floor_minor <= 0, "a floor above zero would make a new account invalid");
         let row: Option<AccountRow> = sqlx::query_as(
             "INSERT INTO accounts (owner_id, currency, floor_minor) VALUES ($1, $2, $3)
              ON CONFLICT (owner_id, currency) DO NOTHING
@@ -82,11 +60,7 @@ impl Ledger {
     }
 
     /// The account of `owner_id` in `currency`, if it exists.
-    pub async fn account(
-        &self,
-        owner_id: OwnerId,
-        currency: Currency,
-    ) -> Result<Option<AccountView>, LedgerError> {
+    pub async fn account(&self, owner_id: OwnerId, currency: Currency) -> Result<Option<AccountView>, LedgerError> {
         let row: Option<AccountRow> = sqlx::query_as(
             "SELECT account_id, owner_id, currency, balance_minor, floor_minor, version
                FROM accounts WHERE owner_id = $1 AND currency = $2",
@@ -121,8 +95,7 @@ impl Ledger {
         amount: Amount,
         reference: &str,
     ) -> Result<(Committed, Vec<BalanceUpdate>), MoveError> {
-        self.move_with_system(TransferKind::Deposit, owner_id, currency, amount, reference)
-            .await
+        self.move_with_system(TransferKind::Deposit, owner_id, currency, amount, reference).await
     }
 
     /// Debits `owner_id` to the system account. Idempotent by `reference`.
@@ -133,14 +106,7 @@ impl Ledger {
         amount: Amount,
         reference: &str,
     ) -> Result<(Committed, Vec<BalanceUpdate>), MoveError> {
-        self.move_with_system(
-            TransferKind::Withdrawal,
-            owner_id,
-            currency,
-            amount,
-            reference,
-        )
-        .await
+        self.move_with_system(TransferKind::Withdrawal, owner_id, currency, amount, reference).await
     }
 
     async fn move_with_system(

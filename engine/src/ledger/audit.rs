@@ -70,29 +70,16 @@ impl Ledger {
     pub async fn audit(&self) -> Result<AuditReport, LedgerError> {
         let mut tx = self.pool.begin().await?;
         // One snapshot for all checks, so a commit in between cannot fake a violation.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let (transfers,): (i64,) = sqlx::query_as("SELECT count(*) FROM transfers")
-            .fetch_one(&mut *tx)
-            .await?;
-        let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts")
-            .fetch_one(&mut *tx)
-            .await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let (transfers,): (i64,) = sqlx::query_as("SELECT count(*) FROM transfers").fetch_one(&mut *tx).await?;
+        let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(&mut *tx).await?;
         let mut checks = Vec::with_capacity(CHECKS.len());
         for (name, sql) in CHECKS {
-            let rows: Vec<(Option<String>,)> =
-                sqlx::query_as(&format!("{sql} LIMIT {VIOLATIONS_SHOWN_MAX}"))
-                    .fetch_all(&mut *tx)
-                    .await?;
+            let rows: Vec<(Option<String>,)> = sqlx::query_as(&format!("{sql} LIMIT {VIOLATIONS_SHOWN_MAX}")).fetch_all(&mut *tx).await?;
             let violations = rows.into_iter().map(|(v,)| v.unwrap_or_default()).collect();
             checks.push(Check { name, violations });
         }
         tx.commit().await?;
-        Ok(AuditReport {
-            transfers,
-            accounts,
-            checks,
-        })
+        Ok(AuditReport { transfers, accounts, checks })
     }
 }

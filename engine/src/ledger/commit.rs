@@ -15,6 +15,7 @@ use tracing::{instrument, warn};
 
 use super::{Ledger, LedgerError};
 use crate::domain::{Amount, Currency, OwnerId, Reason, Rejection, Status, Submission, TransferId};
+use crate::hooks::Decision;
 
 /// How often a batch is retried after losing a race (a concurrent insert of
 /// the same id, a deadlock the lock order should already prevent).
@@ -42,6 +43,8 @@ pub struct CommitItem {
     /// The amount to record when the verdict is not `Apply` (the converted
     /// amount if conversion ran, else the submitted one, else unknown).
     pub amount: Option<Amount>,
+    /// What each plugin decided, recorded with the transfer when it is new.
+    pub decisions: Vec<Decision>,
 }
 
 impl CommitItem {
@@ -49,12 +52,7 @@ impl CommitItem {
     pub fn apply_as_submitted(submission: Submission) -> Option<Self> {
         let amount = submission.amount()?;
         let description = submission.description.clone();
-        Some(Self {
-            submission,
-            verdict: Verdict::Apply(amount),
-            description,
-            amount: Some(amount),
-        })
+        Some(Self { submission, verdict: Verdict::Apply(amount), description, amount: Some(amount), decisions: Vec::new() })
     }
 }
 
@@ -136,6 +134,33 @@ struct NewRows {
     entry_amount_minor: Vec<i64>,
     conflict_transfer_id: Vec<uuid::Uuid>,
     conflict_fingerprint: Vec<Vec<u8>>,
+    decision_transfer_id: Vec<uuid::Uuid>,
+    decision_position: Vec<i16>,
+    decision_hook: Vec<&'static str>,
+    decision_plugin: Vec<String>,
+    decision_version: Vec<i32>,
+    decision_sha256: Vec<Vec<u8>>,
+    decision_outcome: Vec<String>,
+    decision_code: Vec<Option<String>>,
+    decision_message: Vec<Option<String>>,
+    decision_duration_us: Vec<i32>,
+}
+
+impl NewRows {
+    fn push_decisions(&mut self, id: uuid::Uuid, decisions: &[Decision]) {
+        for (position, d) in decisions.iter().enumerate() {
+            self.decision_transfer_id.push(id);
+            self.decision_position.push(i16::try_from(position).unwrap_or(i16::MAX));
+            self.decision_hook.push(d.hook.as_str());
+            self.decision_plugin.push(d.plugin.clone());
+            self.decision_version.push(d.version);
+            self.decision_sha256.push(hex::decode(&d.sha256).unwrap_or_default());
+            self.decision_outcome.push(d.outcome.clone());
+            self.decision_code.push(d.code.clone());
+            self.decision_message.push(d.message.clone());
+            self.decision_duration_us.push(d.duration_us);
+        }
+    }
 }
 
 /// What the ledger already holds for an id (or what this batch decided for it).
@@ -151,15 +176,7 @@ struct Known {
 type AccountKey = (i64, &'static str);
 
 /// (transfer_id, fingerprint, status, status_version, reason_code, reason_message, committed_at)
-type ExistingRow = (
-    uuid::Uuid,
-    Vec<u8>,
-    String,
-    i32,
-    Option<String>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-);
+type ExistingRow = (uuid::Uuid, Vec<u8>, String, i32, Option<String>, Option<String>, Option<DateTime<Utc>>);
 
 impl Ledger {
     /// Commits a batch atomically and returns one outcome per item, in order.
@@ -171,10 +188,7 @@ impl Ledger {
             match self.try_commit_batch(items).await {
                 Err(e) if e.is_retryable_conflict() && attempt < COMMIT_ATTEMPTS_MAX => {
                     warn!(attempt, error = %e, "Batch lost a race; retrying it.");
-                    tokio::time::sleep(Duration::from_millis(
-                        COMMIT_RETRY_BACKOFF_MS * u64::from(attempt),
-                    ))
-                    .await;
+                    tokio::time::sleep(Duration::from_millis(COMMIT_RETRY_BACKOFF_MS * u64::from(attempt))).await;
                     attempt += 1;
                 }
                 result => return result,
@@ -211,15 +225,8 @@ impl Ledger {
         .await?;
         let mut accounts: HashMap<AccountKey, LockedAccount> = HashMap::with_capacity(rows.len());
         for (account_id, owner_id, currency, balance_minor, floor_minor, version) in rows {
-            let currency =
-                Currency::parse(&currency).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-            let account = LockedAccount {
-                account_id,
-                balance_minor,
-                floor_minor,
-                version,
-                changed: false,
-            };
+            let currency = Currency::parse(&currency).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+            let account = LockedAccount { account_id, balance_minor, floor_minor, version, changed: false };
             accounts.insert((owner_id, currency.code()), account);
         }
 
@@ -235,23 +242,10 @@ impl Ledger {
         .await?;
         let mut known: HashMap<uuid::Uuid, Known> = HashMap::with_capacity(existing.len());
         for (id, fingerprint, status, version, code, message, committed_at) in existing {
-            let status = Status::parse(&status)
-                .ok_or_else(|| LedgerError::Corrupt(format!("status {status:?}")))?;
-            let reason = code.map(|code| Reason {
-                code,
-                message: message.unwrap_or_default(),
-            });
+            let status = Status::parse(&status).ok_or_else(|| LedgerError::Corrupt(format!("status {status:?}")))?;
+            let reason = code.map(|code| Reason { code, message: message.unwrap_or_default() });
             let committed_at = committed_at.unwrap_or_else(Utc::now);
-            known.insert(
-                id,
-                Known {
-                    fingerprint,
-                    status,
-                    version,
-                    reason,
-                    committed_at,
-                },
-            );
+            known.insert(id, Known { fingerprint, status, version, reason, committed_at });
         }
 
         // 3. Decide each transfer in order.
@@ -281,8 +275,7 @@ impl Ledger {
                     });
                 }
                 Entry::Vacant(slot) => {
-                    let (status, reason, amount_minor, debit, credit) =
-                        decide(item, &mut accounts, &mut rows);
+                    let (status, reason, amount_minor, debit, credit) = decide(item, &mut accounts, &mut rows);
                     rows.transfer_id.push(s.id.0);
                     rows.kind.push(s.kind.as_str());
                     rows.sender_id.push(s.sender.get());
@@ -291,25 +284,16 @@ impl Ledger {
                     rows.credit_account_id.push(credit);
                     rows.currency.push(s.currency.code());
                     rows.amount_minor.push(amount_minor);
-                    rows.original_amount_minor
-                        .push(s.original().map(|m| m.amount.minor()));
-                    rows.original_currency
-                        .push(s.original().map(|m| m.currency.code()));
+                    rows.original_amount_minor.push(s.original().map(|m| m.amount.minor()));
+                    rows.original_currency.push(s.original().map(|m| m.currency.code()));
                     rows.description.push(item.description.clone());
                     rows.status.push(status.as_str());
-                    rows.reason_code
-                        .push(reason.as_ref().map(|r| r.code.clone()));
-                    rows.reason_message
-                        .push(reason.as_ref().map(|r| r.message.clone()));
+                    rows.reason_code.push(reason.as_ref().map(|r| r.code.clone()));
+                    rows.reason_message.push(reason.as_ref().map(|r| r.message.clone()));
                     rows.fingerprint.push(fingerprint.clone());
                     rows.created_at.push(s.submitted_at);
-                    slot.insert(Known {
-                        fingerprint,
-                        status,
-                        version: FINAL_VERSION_NEW,
-                        reason: reason.clone(),
-                        committed_at: now,
-                    });
+                    rows.push_decisions(s.id.0, &item.decisions);
+                    slot.insert(Known { fingerprint, status, version: FINAL_VERSION_NEW, reason: reason.clone(), committed_at: now });
                     outcomes.push(Committed {
                         transfer_id: s.id,
                         status,
@@ -364,13 +348,7 @@ fn decide(
     item: &CommitItem,
     accounts: &mut HashMap<AccountKey, LockedAccount>,
     rows: &mut NewRows,
-) -> (
-    Status,
-    Option<Reason>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-) {
+) -> (Status, Option<Reason>, Option<i64>, Option<i64>, Option<i64>) {
     let s = &item.submission;
     let debit_key = (s.sender.get(), s.currency.code());
     let credit_key = (s.receiver.get(), s.currency.code());
@@ -379,53 +357,22 @@ fn decide(
     let amount = match &item.verdict {
         Verdict::Apply(amount) => *amount,
         Verdict::Reject(reason) => {
-            return (
-                Status::Rejected,
-                Some(reason.clone()),
-                item.amount.map(Amount::minor),
-                debit_id,
-                credit_id,
-            );
+            return (Status::Rejected, Some(reason.clone()), item.amount.map(Amount::minor), debit_id, credit_id);
         }
         Verdict::Fail(reason) => {
-            return (
-                Status::Failed,
-                Some(reason.clone()),
-                item.amount.map(Amount::minor),
-                debit_id,
-                credit_id,
-            );
+            return (Status::Failed, Some(reason.clone()), item.amount.map(Amount::minor), debit_id, credit_id);
         }
     };
-    let reject = |r: Rejection| {
-        (
-            Status::Rejected,
-            Some(r.to_reason()),
-            Some(amount.minor()),
-            debit_id,
-            credit_id,
-        )
-    };
+    let reject = |r: Rejection| (Status::Rejected, Some(r.to_reason()), Some(amount.minor()), debit_id, credit_id);
     if s.sender == s.receiver {
         return reject(Rejection::AccountsMustBeDifferent);
     }
     let (Some(debit_id), Some(credit_id)) = (debit_id, credit_id) else {
-        let missing = if debit_id.is_none() {
-            s.sender
-        } else {
-            s.receiver
-        };
-        return reject(Rejection::AccountNotFound {
-            owner_id: missing.get(),
-            currency: s.currency.code().to_owned(),
-        });
+        let missing = if debit_id.is_none() { s.sender } else { s.receiver };
+        return reject(Rejection::AccountNotFound { owner_id: missing.get(), currency: s.currency.code().to_owned() });
     };
     let debit = &accounts[&debit_key];
-    let Some(new_debit) = debit
-        .balance_minor
-        .checked_sub(amount.minor())
-        .filter(|b| *b >= debit.floor_minor)
-    else {
+    let Some(new_debit) = debit.balance_minor.checked_sub(amount.minor()).filter(|b| *b >= debit.floor_minor) else {
         return reject(Rejection::InsufficientFunds);
     };
     let credit = &accounts[&credit_key];
@@ -440,22 +387,11 @@ fn decide(
     }
     rows.entry_transfer_id.extend([s.id.0, s.id.0]);
     rows.entry_account_id.extend([debit_id, credit_id]);
-    rows.entry_amount_minor
-        .extend([-amount.minor(), amount.minor()]);
-    (
-        Status::Completed,
-        None,
-        Some(amount.minor()),
-        Some(debit_id),
-        Some(credit_id),
-    )
+    rows.entry_amount_minor.extend([-amount.minor(), amount.minor()]);
+    (Status::Completed, None, Some(amount.minor()), Some(debit_id), Some(credit_id))
 }
 
-async fn write_rows(
-    tx: &mut sqlx::PgConnection,
-    rows: &NewRows,
-    now: DateTime<Utc>,
-) -> Result<(), LedgerError> {
+async fn write_rows(tx: &mut sqlx::PgConnection, rows: &NewRows, now: DateTime<Utc>) -> Result<(), LedgerError> {
     if !rows.transfer_id.is_empty() {
         sqlx::query(
             "INSERT INTO transfers (transfer_id, kind, sender_id, receiver_id, debit_account_id, credit_account_id,
@@ -518,6 +454,26 @@ async fn write_rows(
         .bind(&rows.entry_transfer_id)
         .bind(&rows.entry_account_id)
         .bind(&rows.entry_amount_minor)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !rows.decision_transfer_id.is_empty() {
+        sqlx::query(
+            "INSERT INTO plugin_decisions (transfer_id, position, hook, plugin_name, plugin_version, plugin_sha256,
+                                           outcome, code, message, duration_us)
+             SELECT * FROM UNNEST($1::uuid[], $2::smallint[], $3::text[], $4::text[], $5::int[], $6::bytea[],
+                                  $7::text[], $8::text[], $9::text[], $10::int[])",
+        )
+        .bind(&rows.decision_transfer_id)
+        .bind(&rows.decision_position)
+        .bind(&rows.decision_hook)
+        .bind(&rows.decision_plugin)
+        .bind(&rows.decision_version)
+        .bind(&rows.decision_sha256)
+        .bind(&rows.decision_outcome)
+        .bind(&rows.decision_code)
+        .bind(&rows.decision_message)
+        .bind(&rows.decision_duration_us)
         .execute(&mut *tx)
         .await?;
     }

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Ledger, LedgerError};
 use crate::domain::{Currency, OwnerId, Reason, Status, TransferId, TransferKind};
+use crate::hooks::{Decision, HookPoint};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryEntry {
@@ -35,6 +36,8 @@ pub struct TransferView {
     pub fingerprint: Vec<u8>,
     /// Oldest first. Empty in listings, which do not load it.
     pub history: Vec<HistoryEntry>,
+    /// What each plugin decided, in order. Empty in listings.
+    pub decisions: Vec<Decision>,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +50,9 @@ pub struct TransferPage {
 
 /// Most transfers one page may return.
 pub const PAGE_SIZE_MAX: i64 = 200;
+
+/// (hook, plugin_name, plugin_version, plugin_sha256, outcome, code, message, duration_us)
+type DecisionRow = (String, String, i32, Vec<u8>, String, Option<String>, Option<String>, i32);
 
 /// (version, status, reason_code, reason_message, at)
 type HistoryRow = (i32, String, Option<String>, Option<String>, DateTime<Utc>);
@@ -72,8 +78,7 @@ struct TransferRow {
     fingerprint: Vec<u8>,
 }
 
-const TRANSFER_COLUMNS: &str =
-    "transfer_id, seq, kind, sender_id, receiver_id, currency, amount_minor,
+const TRANSFER_COLUMNS: &str = "transfer_id, seq, kind, sender_id, receiver_id, currency, amount_minor,
     original_amount_minor, original_currency, description, status, status_version, reason_code,
     reason_message, created_at, committed_at, fingerprint";
 
@@ -92,34 +97,26 @@ fn transfer_from_row(row: TransferRow) -> Result<TransferView, LedgerError> {
         currency: currency_of(&row.currency)?,
         amount_minor: row.amount_minor,
         original_amount_minor: row.original_amount_minor,
-        original_currency: row
-            .original_currency
-            .as_deref()
-            .map(currency_of)
-            .transpose()?,
+        original_currency: row.original_currency.as_deref().map(currency_of).transpose()?,
         description: row.description,
         status: Status::parse(&row.status).ok_or_else(|| corrupt("status", &row.status))?,
         version: row.status_version,
-        reason: row.reason_code.map(|code| Reason {
-            code,
-            message: row.reason_message.unwrap_or_default(),
-        }),
+        reason: row.reason_code.map(|code| Reason { code, message: row.reason_message.unwrap_or_default() }),
         created_at: row.created_at,
         committed_at: row.committed_at,
         fingerprint: row.fingerprint,
         history: Vec::new(),
+        decisions: Vec::new(),
     })
 }
 
 impl Ledger {
     /// A transfer with its full status history, or `None` if the ledger has never seen the id.
     pub async fn transfer(&self, id: TransferId) -> Result<Option<TransferView>, LedgerError> {
-        let row: Option<TransferRow> = sqlx::query_as(&format!(
-            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = $1"
-        ))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<TransferRow> = sqlx::query_as(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let mut view = transfer_from_row(row)?;
         let history: Vec<HistoryRow> = sqlx::query_as(
@@ -131,28 +128,26 @@ impl Ledger {
         .await?;
         for (version, status, code, message, at) in history {
             let status = Status::parse(&status).ok_or_else(|| corrupt("status", &status))?;
-            let reason = code.map(|code| Reason {
-                code,
-                message: message.unwrap_or_default(),
-            });
-            view.history.push(HistoryEntry {
-                version,
-                status,
-                reason,
-                at,
-            });
+            let reason = code.map(|code| Reason { code, message: message.unwrap_or_default() });
+            view.history.push(HistoryEntry { version, status, reason, at });
+        }
+        let decisions: Vec<DecisionRow> = sqlx::query_as(
+            "SELECT hook, plugin_name, plugin_version, plugin_sha256, outcome, code, message, duration_us
+               FROM plugin_decisions WHERE transfer_id = $1 ORDER BY position",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        for (hook, plugin, version, sha256, outcome, code, message, duration_us) in decisions {
+            let hook = HookPoint::parse(&hook).ok_or_else(|| corrupt("hook", &hook))?;
+            view.decisions.push(Decision { hook, plugin, version, sha256: hex::encode(sha256), outcome, code, message, duration_us });
         }
         Ok(Some(view))
     }
 
     /// The transfers debiting or crediting an account, newest first, `limit`
     /// at a time (at most `PAGE_SIZE_MAX`), older than the cursor `before`.
-    pub async fn account_transfers(
-        &self,
-        account_id: i64,
-        before: Option<i64>,
-        limit: i64,
-    ) -> Result<TransferPage, LedgerError> {
+    pub async fn account_transfers(&self, account_id: i64, before: Option<i64>, limit: i64) -> Result<TransferPage, LedgerError> {
         let limit = limit.clamp(1, PAGE_SIZE_MAX);
         let before = before.unwrap_or(i64::MAX);
         // Two index range scans (debit side, credit side) merged, rather than an OR that cannot use either index well.
@@ -162,25 +157,14 @@ impl Ledger {
              (SELECT {TRANSFER_COLUMNS} FROM transfers WHERE credit_account_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3)
              ORDER BY seq DESC LIMIT $3"
         );
-        let rows: Vec<TransferRow> = sqlx::query_as(&sql)
-            .bind(account_id)
-            .bind(before)
-            .bind(limit + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut transfers = rows
-            .into_iter()
-            .map(transfer_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<TransferRow> = sqlx::query_as(&sql).bind(account_id).bind(before).bind(limit + 1).fetch_all(&self.pool).await?;
+        let mut transfers = rows.into_iter().map(transfer_from_row).collect::<Result<Vec<_>, _>>()?;
         let next_before = if transfers.len() as i64 > limit {
             transfers.truncate(limit as usize);
             transfers.last().map(|t| t.seq)
         } else {
             None
         };
-        Ok(TransferPage {
-            transfers,
-            next_before,
-        })
+        Ok(TransferPage { transfers, next_before })
     }
 }

@@ -44,10 +44,7 @@ pub async fn close(consumer: Arc<EngineConsumer>) {
         }
         drop(consumer);
     });
-    if tokio::time::timeout(Duration::from_millis(CONSUMER_CLOSE_TIMEOUT_MS), closing)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_millis(CONSUMER_CLOSE_TIMEOUT_MS), closing).await.is_err() {
         warn!("Consumer close timed out; leaving it behind.");
     }
 }

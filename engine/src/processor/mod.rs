@@ -61,11 +61,7 @@ impl Processor {
     /// stores its offsets, commits them and leaves the group.
     pub async fn run(self, consumer: EngineConsumer, mut shutdown: watch::Receiver<bool>) {
         let consumer = Arc::new(consumer);
-        let lag_task = tokio::spawn(measure_lag(
-            consumer.clone(),
-            self.metrics.clone(),
-            shutdown.clone(),
-        ));
+        let lag_task = tokio::spawn(measure_lag(consumer.clone(), self.metrics.clone(), shutdown.clone()));
         info!(topic = %self.settings.topic, group = %self.settings.consumer_group, "Processor started.");
         let batch_wait = Duration::from_millis(self.settings.batch_wait_ms);
         let mut failures = 0u32;
@@ -108,35 +104,22 @@ impl Processor {
 
     /// Processes one batch to the end. Returns false if shutdown interrupted
     /// it before its offsets were stored (the batch will be redelivered).
-    async fn process_batch(
-        &self,
-        consumer: &EngineConsumer,
-        batch: Vec<OwnedMessage>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
+    async fn process_batch(&self, consumer: &EngineConsumer, batch: Vec<OwnedMessage>, shutdown: &mut watch::Receiver<bool>) -> bool {
         self.metrics.batch_size.observe(batch.len() as f64);
         let mut submissions = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         for message in &batch {
             match TransferRecord::decode(message.payload()) {
                 Ok(s) => submissions.push(s),
-                Err(e) => dead.push(DeadLetter {
-                    reason: format!("{}: {e}", e.code()),
-                    message: message.clone(),
-                }),
+                Err(e) => dead.push(DeadLetter { reason: format!("{}: {e}", e.code()), message: message.clone() }),
             }
         }
 
         // Hooks may run plugins for milliseconds each: keep them off the async workers.
         let hooks = self.hooks.borrow().clone();
-        let items = tokio::task::spawn_blocking(move || {
-            submissions
-                .into_iter()
-                .map(|s| commit_item(&*hooks, s))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .expect("hooks never panic");
+        let items = tokio::task::spawn_blocking(move || submissions.into_iter().map(|s| commit_item(&*hooks, s)).collect::<Vec<_>>())
+            .await
+            .expect("hooks never panic");
 
         let Some(result) = self.commit_with_retry(&items, shutdown).await else {
             return false;
@@ -152,19 +135,13 @@ impl Processor {
         true
     }
 
-    async fn commit_with_retry(
-        &self,
-        items: &[CommitItem],
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<BatchResult> {
+    async fn commit_with_retry(&self, items: &[CommitItem], shutdown: &mut watch::Receiver<bool>) -> Option<BatchResult> {
         let mut failures = 0;
         loop {
             let started = Instant::now();
             match self.ledger.commit_batch(items).await {
                 Ok(result) => {
-                    self.metrics
-                        .commit_duration
-                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
                     return Some(result);
                 }
                 Err(e) => {
@@ -187,15 +164,7 @@ impl Processor {
         let dlq = self.settings.dlq_topic();
         let mut failures = 0;
         loop {
-            match kafka::publish(
-                &self.producer,
-                &dlq,
-                &key,
-                m.payload().unwrap_or_default(),
-                Some(headers.clone()),
-            )
-            .await
-            {
+            match kafka::publish(&self.producer, &dlq, &key, m.payload().unwrap_or_default(), Some(headers.clone())).await {
                 Ok(()) => return true,
                 Err(e) => {
                     failures += 1;
@@ -219,15 +188,8 @@ impl Processor {
                     crate::ledger::Verdict::Apply(a) => Some(*a),
                     _ => item.amount,
                 };
-                let view = TransferStatusView::committed(
-                    &item.submission,
-                    amount,
-                    item.description.clone(),
-                    c,
-                );
-                serde_json::to_string(&view)
-                    .ok()
-                    .map(|body| (c.transfer_id, i64::from(c.version), body))
+                let view = TransferStatusView::committed(&item.submission, amount, item.description.clone(), &item.decisions, c);
+                serde_json::to_string(&view).ok().map(|body| (c.transfer_id, i64::from(c.version), body))
             })
             .collect();
         if let Err(e) = self.cache.put_statuses(&statuses).await {
@@ -270,10 +232,7 @@ impl Processor {
         for (outcome, n) in counts {
             self.metrics.count_outcome(outcome, n);
         }
-        debug!(
-            transfers = result.outcomes.len(),
-            dead_letters, "Batch committed."
-        );
+        debug!(transfers = result.outcomes.len(), dead_letters, "Batch committed.");
     }
 }
 
@@ -285,6 +244,7 @@ fn commit_item(hooks: &dyn hooks::Hooks, submission: Submission) -> CommitItem {
         verdict: outcome.verdict,
         description: outcome.description,
         amount: outcome.amount,
+        decisions: outcome.decisions,
     }
 }
 
@@ -305,9 +265,7 @@ fn store_offsets(consumer: &EngineConsumer, batch: &[OwnedMessage]) {
 }
 
 fn backoff(failures: u32) -> Duration {
-    let ms = RETRY_BACKOFF_FIRST_MS
-        .saturating_mul(1 << failures.min(16).saturating_sub(1))
-        .min(RETRY_BACKOFF_MAX_MS);
+    let ms = RETRY_BACKOFF_FIRST_MS.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(RETRY_BACKOFF_MAX_MS);
     Duration::from_millis(ms)
 }
 
@@ -330,11 +288,7 @@ fn log_commit_failure(e: &LedgerError, failures: u32) {
 }
 
 /// Publishes records-behind-end per assigned partition as a gauge.
-async fn measure_lag(
-    consumer: Arc<EngineConsumer>,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn measure_lag(consumer: Arc<EngineConsumer>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
     loop {
         if wait_or_stop(Duration::from_millis(LAG_INTERVAL_MS), &mut shutdown).await {
             return;
@@ -349,11 +303,7 @@ async fn measure_lag(
                 let Some(at) = element.offset().to_raw() else {
                     continue;
                 };
-                if let Ok((_, high)) = consumer.fetch_watermarks(
-                    element.topic(),
-                    element.partition(),
-                    Duration::from_millis(500),
-                ) {
+                if let Ok((_, high)) = consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_millis(500)) {
                     lags.push((element.partition(), (high - at.max(0)).max(0)));
                 }
             }
@@ -361,10 +311,7 @@ async fn measure_lag(
         })
         .await;
         for (partition, lag) in measured.unwrap_or_default() {
-            metrics
-                .consumer_lag
-                .get_or_create(&PartitionLabels { partition })
-                .set(lag);
+            metrics.consumer_lag.get_or_create(&PartitionLabels { partition }).set(lag);
         }
     }
 }

@@ -16,9 +16,8 @@ use transfer_engine::startup::{Application, Role};
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub fn database_url() -> String {
-    std::env::var("TRANSFER_TESTS_DATABASE_URL").unwrap_or_else(|_| {
-        "postgres://transfer_engine:transfer_engine@127.0.0.1:5432/transfer_engine".into()
-    })
+    std::env::var("TRANSFER_TESTS_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://transfer_engine:transfer_engine@127.0.0.1:5432/transfer_engine".into())
 }
 
 pub fn redis_url() -> String {
@@ -30,9 +29,7 @@ pub fn kafka_brokers() -> String {
 }
 
 fn with_database(url: &str, name: &str) -> String {
-    let (base, _) = url
-        .rsplit_once('/')
-        .expect("a database URL ends in /<database>");
+    let (base, _) = url.rsplit_once('/').expect("a database URL ends in /<database>");
     format!("{base}/{name}")
 }
 
@@ -46,19 +43,10 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> Self {
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&database_url())
-            .await
-            .expect("PostgreSQL is reachable (scripts/test starts it)");
-        admin
-            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-            .await
-            .expect("create test database");
+        let mut admin = PgConnection::connect(&database_url()).await.expect("PostgreSQL is reachable (scripts/test starts it)");
+        admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create test database");
         let url = with_database(&database_url(), &name);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(20)
-            .connect(&url)
-            .await
-            .expect("connect to test database");
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(&url).await.expect("connect to test database");
         ledger::migrate(&pool).await.expect("migrations apply");
         Self { name, url, pool }
     }
@@ -71,11 +59,7 @@ impl TestDb {
     pub async fn drop_database(self) {
         self.pool.close().await;
         if let Ok(mut admin) = PgConnection::connect(&database_url()).await {
-            let _ = admin
-                .execute(
-                    format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str(),
-                )
-                .await;
+            let _ = admin.execute(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str()).await;
         }
     }
 }
@@ -93,24 +77,11 @@ pub fn amount(minor: i64) -> Amount {
 }
 
 /// Opens accounts for `owners` in `currency` and deposits `balance_minor` into each.
-pub async fn seed(
-    ledger: &Ledger,
-    owners: impl IntoIterator<Item = i64>,
-    currency: Currency,
-    balance_minor: i64,
-) {
+pub async fn seed(ledger: &Ledger, owners: impl IntoIterator<Item = i64>, currency: Currency, balance_minor: i64) {
     for id in owners {
         ledger.create_account(owner(id), currency, 0).await.unwrap();
         if balance_minor > 0 {
-            ledger
-                .deposit(
-                    owner(id),
-                    currency,
-                    amount(balance_minor),
-                    &format!("seed-{id}-{currency}"),
-                )
-                .await
-                .unwrap();
+            ledger.deposit(owner(id), currency, amount(balance_minor), &format!("seed-{id}-{currency}")).await.unwrap();
         }
     }
 }
@@ -158,26 +129,14 @@ impl TestApp {
 
     pub async fn spawn_with(db: TestDb, settings: Settings, role: Role) -> Self {
         transfer_engine::telemetry::init(settings.log_format);
-        let app = Application::build(settings.clone(), role)
-            .await
-            .expect("the engine starts");
+        let app = Application::build(settings.clone(), role).await.expect("the engine starts");
         let address = format!("http://127.0.0.1:{}", app.port());
         let (shutdown, stop) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until_stopped(async move {
             let _ = stop.await;
         }));
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        Self {
-            address,
-            client,
-            db,
-            settings,
-            shutdown: Some(shutdown),
-            handle: Some(handle),
-        }
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        Self { address, client, db, settings, shutdown: Some(shutdown), handle: Some(handle) }
     }
 
     pub fn ledger(&self) -> Ledger {
@@ -189,40 +148,20 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
     }
 
     pub async fn admin_post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.client.post(self.url(path)).bearer_auth(ADMIN_TOKEN).json(body).send().await.expect("request sent")
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request sent")
+        self.client.get(self.url(path)).send().await.expect("request sent")
     }
 
     /// Opens an account over HTTP and deposits `balance` (decimal text) into it.
     pub async fn open_account(&self, owner_id: i64, currency: &str, balance: &str) {
-        let r = self
-            .post(
-                "/v1/accounts",
-                &serde_json::json!({"owner_id": owner_id, "currency": currency}),
-            )
-            .await;
+        let r = self.post("/v1/accounts", &serde_json::json!({"owner_id": owner_id, "currency": currency})).await;
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
         if balance != "0" {
             let body = serde_json::json!({"owner_id": owner_id, "currency": currency, "amount": balance, "reference": format!("open-{owner_id}-{currency}")});
@@ -242,10 +181,7 @@ impl TestApp {
                     return body;
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "transfer {id} did not reach a final status in time"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "transfer {id} did not reach a final status in time");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -262,11 +198,35 @@ impl TestApp {
             let _ = s.send(());
         }
         if let Some(h) = self.handle.take() {
-            tokio::time::timeout(Duration::from_secs(60), h)
-                .await
-                .expect("engine stops in time")
-                .unwrap()
-                .unwrap();
+            tokio::time::timeout(Duration::from_secs(60), h).await.expect("engine stops in time").unwrap().unwrap();
         }
+    }
+}
+
+/// A built example plugin or fixture (`plugins/build.sh` writes them; `scripts/test` runs it).
+pub fn plugin_bytes(file_stem: &str) -> Vec<u8> {
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+    let path = dist.join(format!("{file_stem}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (build the plugins first: plugins/build.sh)", path.display()))
+}
+
+impl TestApp {
+    /// Uploads a plugin version over the admin API and returns the answer.
+    pub async fn upload_plugin(
+        &self,
+        name: &str,
+        file_stem: &str,
+        kind: &str,
+        config: serde_json::Value,
+        activate: bool,
+    ) -> serde_json::Value {
+        use base64::Engine as _;
+        let component = base64::engine::general_purpose::STANDARD.encode(plugin_bytes(file_stem));
+        let body = serde_json::json!({"name": name, "kind": kind, "config": config, "component": component, "activate": activate});
+        let r = self.admin_post("/v1/admin/plugins", &body).await;
+        let status = r.status();
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, 201, "{answer}");
+        answer
     }
 }

@@ -1,0 +1,77 @@
+//! WebAssembly policy plugins.
+//!
+//! - `bindings`: the one `bindgen!` site for `wit/plugin.wit`.
+//! - `sandbox`: the wasmtime engine, linker and limits every plugin runs under.
+//! - `loaded`: one plugin version with its reusable instance.
+//! - `set`: the active plugins as a `Hooks` implementation, recording decisions.
+//! - `registry`: plugins in PostgreSQL: upload, activate, order, hot reload.
+
+pub mod bindings;
+pub mod loaded;
+pub mod registry;
+pub mod sandbox;
+pub mod set;
+
+use std::fmt;
+
+pub use loaded::{Fault, LoadedPlugin, PluginMeta};
+pub use registry::{PluginInfo, Registry};
+pub use sandbox::{Sandbox, SandboxLimits};
+pub use set::PluginSet;
+
+/// Which hook a plugin serves, that is, which WIT world it exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginKind {
+    Validator,
+    Converter,
+    Describer,
+}
+
+impl PluginKind {
+    pub const ALL: [Self; 3] = [Self::Validator, Self::Converter, Self::Describer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Validator => "validator",
+            Self::Converter => "converter",
+            Self::Describer => "describer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("the plugin was refused: {0}")]
+    Invalid(String),
+    #[error("the plugin refused its configuration: {0}")]
+    ConfigRefused(String),
+    #[error("plugin names are 1 to 63 characters of a-z, 0-9, '_' and '-', starting with a letter")]
+    BadName,
+    #[error("no plugin {0}")]
+    NotFound(String),
+    #[error("another {kind} plugin ({name}) is active; deactivate it first")]
+    KindAlreadyActive { kind: PluginKind, name: String },
+    #[error("the plugin sandbox could not be set up: {0}")]
+    Sandbox(String),
+    #[error("the plugin registry's database is unavailable")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Names as the database accepts them (see the CHECK in the migration).
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}

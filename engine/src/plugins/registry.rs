@@ -1,0 +1,367 @@
+//! Plugins in PostgreSQL: upload (checked and compiled before it is
+//! accepted), activation by version (an earlier version is the rollback),
+//! validation order, and the watcher that rebuilds the active set on every
+//! change (LISTEN/NOTIFY, with a poll as fallback) and publishes it whole.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use wasmtime::component::Component;
+
+use super::set::{FailureMode, PluginSet};
+use super::{LoadedPlugin, PluginError, PluginKind, PluginMeta, Sandbox, valid_name};
+use crate::hooks::HookSet;
+
+/// The NOTIFY channel every change is announced on.
+const CHANNEL: &str = "transfer_engine_plugins";
+
+/// A plugin version as listed (without its bytes).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: i32,
+    pub kind: PluginKind,
+    /// Hex sha256 of the component bytes.
+    pub sha256: String,
+    pub size_bytes: i64,
+    /// The operator's JSON for this version.
+    pub config: String,
+    pub active: bool,
+    /// Position among active validators (first runs first), if one.
+    pub position: Option<i32>,
+    pub uploaded_at: DateTime<Utc>,
+}
+
+pub struct Registry {
+    pool: PgPool,
+    sandbox: Arc<Sandbox>,
+    description_chars_max: usize,
+    failure_mode: FailureMode,
+    /// Compiled components by sha256: compiling is the slow part (milliseconds
+    /// to seconds), and a rollback or config change reuses the same bytes.
+    compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// Loaded versions by (name, version): kept across reloads so a plugin
+    /// that did not change keeps its warm instance.
+    loaded: Mutex<HashMap<(String, i32), Arc<LoadedPlugin>>>,
+}
+
+/// (name, version, kind, sha256, component or empty when already loaded, config)
+type ActiveRow = (String, i32, String, Vec<u8>, Vec<u8>, String);
+/// (name, version, kind, sha256, size_bytes, config, active, position, uploaded_at)
+type ListRow = (String, i32, String, Vec<u8>, i64, String, bool, Option<i32>, DateTime<Utc>);
+
+impl Registry {
+    pub fn new(pool: PgPool, sandbox: Arc<Sandbox>, description_chars_max: usize, failure_mode: FailureMode) -> Self {
+        Self { pool, sandbox, description_chars_max, failure_mode, compiled: Mutex::default(), loaded: Mutex::default() }
+    }
+
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    fn compile(&self, sha256: [u8; 32], bytes: &[u8]) -> Result<Component, PluginError> {
+        if let Some(c) = self.compiled.lock().expect("not poisoned").get(&sha256) {
+            return Ok(c.clone());
+        }
+        let component = self.sandbox.compile(bytes)?;
+        self.compiled.lock().expect("not poisoned").insert(sha256, component.clone());
+        Ok(component)
+    }
+
+    /// Checks, compiles and stores a new version of `name` (inactive). `kind`
+    /// is detected from the component's exports when not given.
+    pub async fn upload(
+        self: &Arc<Self>,
+        name: &str,
+        kind: Option<PluginKind>,
+        config: String,
+        bytes: Vec<u8>,
+    ) -> Result<PluginInfo, PluginError> {
+        if !valid_name(name) {
+            return Err(PluginError::BadName);
+        }
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        let this = self.clone();
+        let (kind, bytes, config) = tokio::task::spawn_blocking(move || -> Result<_, PluginError> {
+            let component = this.compile(sha256, &bytes)?;
+            let kind = match kind {
+                Some(kind) => kind,
+                None => this
+                    .sandbox
+                    .detect_kind(&component)
+                    .ok_or_else(|| PluginError::Invalid("exports none of the validator, converter or describer worlds".into()))?,
+            };
+            let meta = PluginMeta { name: String::new(), version: 0, kind, sha256, config: config.clone() };
+            LoadedPlugin::new(this.sandbox.clone(), meta, &component)?.check()?;
+            Ok((kind, bytes, config))
+        })
+        .await
+        .map_err(|e| PluginError::Sandbox(e.to_string()))??;
+        let mut tx = self.pool.begin().await?;
+        // Serialise uploads of one name so versions rise by exactly one.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plugin:' || $1))").bind(name).execute(&mut *tx).await?;
+        let (version,): (i32,) =
+            sqlx::query_as("SELECT coalesce(max(version), 0) + 1 FROM plugins WHERE name = $1").bind(name).fetch_one(&mut *tx).await?;
+        let (uploaded_at,): (DateTime<Utc>,) = sqlx::query_as(
+            "INSERT INTO plugins (name, version, kind, sha256, component, config) VALUES ($1, $2, $3, $4, $5, $6) RETURNING uploaded_at",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(kind.as_str())
+        .bind(&sha256[..])
+        .bind(&bytes)
+        .bind(&config)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        info!(plugin = name, version, kind = %kind, "Plugin uploaded.");
+        Ok(PluginInfo {
+            name: name.to_owned(),
+            version,
+            kind,
+            sha256: hex::encode(sha256),
+            size_bytes: bytes.len() as i64,
+            config,
+            active: false,
+            position: None,
+            uploaded_at,
+        })
+    }
+
+    pub async fn list(&self) -> Result<Vec<PluginInfo>, PluginError> {
+        let rows: Vec<ListRow> = sqlx::query_as(
+            "SELECT p.name, p.version, p.kind, p.sha256, length(p.component)::bigint, p.config, p.active,
+                    CASE WHEN p.active THEN o.position END, p.uploaded_at
+               FROM plugins p LEFT JOIN validation_order o USING (name)
+              ORDER BY p.name, p.version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, version, kind, sha256, size_bytes, config, active, position, uploaded_at)| {
+                Some(PluginInfo {
+                    name,
+                    version,
+                    kind: PluginKind::parse(&kind)?,
+                    sha256: hex::encode(sha256),
+                    size_bytes,
+                    config,
+                    active,
+                    position,
+                    uploaded_at,
+                })
+            })
+            .collect())
+    }
+
+    /// Makes `version` the active version of `name` (an earlier one is a rollback).
+    pub async fn activate(&self, name: &str, version: i32) -> Result<(), PluginError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE plugins IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        let kind: Option<(String,)> = sqlx::query_as("SELECT kind FROM plugins WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let kind = kind.and_then(|(k,)| PluginKind::parse(&k)).ok_or_else(|| PluginError::NotFound(format!("{name} v{version}")))?;
+        if kind != PluginKind::Validator {
+            // One describer and one converter at a time: two would need a rule to combine them.
+            let other: Option<(String,)> = sqlx::query_as("SELECT name FROM plugins WHERE active AND kind = $1 AND name <> $2")
+                .bind(kind.as_str())
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some((other,)) = other {
+                return Err(PluginError::KindAlreadyActive { kind, name: other });
+            }
+        }
+        sqlx::query("UPDATE plugins SET active = false WHERE name = $1 AND active AND version <> $2")
+            .bind(name)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE plugins SET active = true WHERE name = $1 AND version = $2").bind(name).bind(version).execute(&mut *tx).await?;
+        if kind == PluginKind::Validator {
+            sqlx::query("INSERT INTO validation_order (name, position) SELECT $1, coalesce(max(position), 0) + 1 FROM validation_order ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        announce(&mut tx).await?;
+        tx.commit().await?;
+        info!(plugin = name, version, "Plugin version activated.");
+        Ok(())
+    }
+
+    pub async fn deactivate(&self, name: &str) -> Result<(), PluginError> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query("UPDATE plugins SET active = false WHERE name = $1 AND active").bind(name).execute(&mut *tx).await?;
+        if changed.rows_affected() == 0 {
+            let (exists,): (bool,) =
+                sqlx::query_as("SELECT EXISTS (SELECT 1 FROM plugins WHERE name = $1)").bind(name).fetch_one(&mut *tx).await?;
+            if !exists {
+                return Err(PluginError::NotFound(name.to_owned()));
+            }
+        }
+        announce(&mut tx).await?;
+        tx.commit().await?;
+        info!(plugin = name, "Plugin deactivated.");
+        Ok(())
+    }
+
+    /// Sets the order validators run in; names not listed keep running after the listed ones.
+    pub async fn set_validation_order(&self, names: &[String]) -> Result<(), PluginError> {
+        if let Some(bad) = names.iter().find(|n| !valid_name(n)) {
+            return Err(PluginError::NotFound(bad.clone()));
+        }
+        let mut tx = self.pool.begin().await?;
+        let existing: Vec<(String,)> =
+            sqlx::query_as("SELECT DISTINCT name FROM plugins WHERE kind = 'validator'").fetch_all(&mut *tx).await?;
+        if let Some(missing) = names.iter().find(|n| !existing.iter().any(|(e,)| e == *n)) {
+            return Err(PluginError::NotFound(format!("validator {missing}")));
+        }
+        let listed: Vec<i32> = (1..=names.len() as i32).collect();
+        sqlx::query(
+            "INSERT INTO validation_order (name, position) SELECT * FROM UNNEST($1::text[], $2::int[])
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .bind(names)
+        .bind(&listed)
+        .execute(&mut *tx)
+        .await?;
+        // Unlisted validators go after the listed ones, keeping their relative order.
+        sqlx::query(
+            "UPDATE validation_order o SET position = $2 + r.rank FROM (
+                 SELECT name, row_number() OVER (ORDER BY position, name)::int AS rank FROM validation_order WHERE NOT (name = ANY($1))
+             ) r WHERE o.name = r.name",
+        )
+        .bind(names)
+        .bind(names.len() as i32)
+        .execute(&mut *tx)
+        .await?;
+        announce(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn generation(&self) -> Result<i64, PluginError> {
+        let (generation,): (i64,) = sqlx::query_as("SELECT generation FROM plugin_generation").fetch_one(&self.pool).await?;
+        Ok(generation)
+    }
+
+    /// Builds the active set from the database.
+    pub async fn load_set(self: &Arc<Self>) -> Result<PluginSet, PluginError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let (generation,): (i64,) = sqlx::query_as("SELECT generation FROM plugin_generation").fetch_one(&mut *tx).await?;
+        // Bytes are fetched only for versions not loaded yet.
+        let known: Vec<String> = self.loaded.lock().expect("not poisoned").keys().map(|(n, v)| format!("{n}@{v}")).collect();
+        let rows: Vec<ActiveRow> = sqlx::query_as(
+            "SELECT p.name, p.version, p.kind, p.sha256,
+                    CASE WHEN (p.name || '@' || p.version) = ANY($1) THEN ''::bytea ELSE p.component END, p.config
+               FROM plugins p LEFT JOIN validation_order o USING (name)
+              WHERE p.active
+              ORDER BY o.position NULLS LAST, p.name",
+        )
+        .bind(&known)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.build_set(generation, rows)).await.map_err(|e| PluginError::Sandbox(e.to_string()))?
+    }
+
+    fn build_set(&self, generation: i64, rows: Vec<ActiveRow>) -> Result<PluginSet, PluginError> {
+        let mut set = PluginSet::empty(self.description_chars_max, self.failure_mode);
+        set.generation = generation;
+        let mut keep = HashMap::new();
+        for (name, version, kind, sha256, bytes, config) in rows {
+            let kind = PluginKind::parse(&kind).ok_or_else(|| PluginError::Invalid(format!("stored kind {kind:?}")))?;
+            let sha256: [u8; 32] = sha256.try_into().map_err(|_| PluginError::Invalid("stored sha256 is not 32 bytes".into()))?;
+            let key = (name.clone(), version);
+            let cached = self.loaded.lock().expect("not poisoned").get(&key).cloned();
+            let plugin = match cached {
+                Some(p) => p,
+                None => {
+                    let component = self.compile(sha256, &bytes)?;
+                    Arc::new(LoadedPlugin::new(self.sandbox.clone(), PluginMeta { name, version, kind, sha256, config }, &component)?)
+                }
+            };
+            keep.insert(key, plugin.clone());
+            match kind {
+                PluginKind::Validator => set.validators.push(plugin),
+                PluginKind::Converter => set.converter = Some(plugin),
+                PluginKind::Describer => set.describer = Some(plugin),
+            }
+        }
+        // Forget versions no longer active, so their pool slots are released.
+        *self.loaded.lock().expect("not poisoned") = keep;
+        Ok(set)
+    }
+
+    /// Rebuilds and publishes the set whenever the generation changes: at once
+    /// on NOTIFY, and at least every `poll` if a notification is missed.
+    pub async fn watch(
+        self: Arc<Self>,
+        sets: watch::Sender<HookSet>,
+        mut current: i64,
+        poll: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => match l.listen(CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    warn!(error = %e, "LISTEN failed; relying on polling for plugin changes.");
+                    None
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "LISTEN connection failed; relying on polling for plugin changes.");
+                None
+            }
+        };
+        loop {
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        let _ = l.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = notified => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+            match self.generation().await {
+                Ok(generation) if generation != current => match self.load_set().await {
+                    Ok(set) => {
+                        info!(generation = set.generation, validators = set.validators.len(), "Plugin set reloaded.");
+                        current = set.generation;
+                        sets.send_replace(Arc::new(set));
+                    }
+                    Err(e) => warn!(error = %e, "Plugin set could not be reloaded; keeping the current one."),
+                },
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "Plugin generation could not be read."),
+            }
+        }
+    }
+}
+
+/// Bumps the generation and notifies every engine, inside the change's transaction.
+async fn announce(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE plugin_generation SET generation = generation + 1").execute(&mut *tx).await?;
+    sqlx::query(&format!("NOTIFY {CHANNEL}")).execute(&mut *tx).await?;
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The active plugins as one `Hooks` implementation. A set is immutable: the
+//! registry builds a new one on every change and the processor swaps it in
+//! between batches, so a batch runs on exactly one set.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::bindings::{types, validator};
+use super::{Fault, LoadedPlugin};
+use crate::domain::{Amount, Currency, Money, Reason, Submission};
+use crate::hooks::{self, Decision, HookError, HookPoint, Hooks};
+
+/// Longest rejection message kept from a plugin; longer ones are cut.
+const PLUGIN_MESSAGE_CHARS_MAX: usize = 512;
+/// Longest rejection code accepted from a plugin.
+const PLUGIN_CODE_CHARS_MAX: usize = 64;
+
+/// What to do with a transfer when a plugin faults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// The transfer fails (`plugin_failed`). The default: a broken policy stops money.
+    #[default]
+    Closed,
+    /// A faulting validator or describer is skipped (its fault still recorded).
+    /// A converter fault always fails the transfer: there is no amount without it.
+    Open,
+}
+
+pub struct PluginSet {
+    pub describer: Option<Arc<LoadedPlugin>>,
+    pub converter: Option<Arc<LoadedPlugin>>,
+    /// In the operator's order; the first rejection wins.
+    pub validators: Vec<Arc<LoadedPlugin>>,
+    pub description_chars_max: usize,
+    pub failure_mode: FailureMode,
+    /// Bumped by the registry on every change; which set this is.
+    pub generation: i64,
+}
+
+impl PluginSet {
+    pub fn empty(description_chars_max: usize, failure_mode: FailureMode) -> Self {
+        Self { describer: None, converter: None, validators: Vec::new(), description_chars_max, failure_mode, generation: 0 }
+    }
+}
+
+fn currency(c: Currency) -> types::Currency {
+    types::Currency { code: c.code().to_owned(), exponent: c.exponent() }
+}
+
+fn money(m: Money) -> types::Money {
+    types::Money { amount_minor: m.amount.minor(), currency: currency(m.currency) }
+}
+
+fn transfer(s: &Submission, amount: Option<Amount>, description: Option<&str>) -> types::Transfer {
+    types::Transfer {
+        id: s.id.to_string(),
+        sender_id: s.sender.get(),
+        receiver_id: s.receiver.get(),
+        currency: currency(s.currency),
+        amount_minor: amount.map(Amount::minor),
+        original: s.original().map(money),
+        description: description.map(str::to_owned),
+    }
+}
+
+fn decision(
+    plugin: &LoadedPlugin,
+    hook: HookPoint,
+    started: Instant,
+    outcome: &str,
+    code: Option<&str>,
+    message: Option<String>,
+) -> Decision {
+    Decision {
+        hook,
+        plugin: plugin.meta.name.clone(),
+        version: plugin.meta.version,
+        sha256: hex::encode(plugin.meta.sha256),
+        outcome: outcome.to_owned(),
+        code: code.map(str::to_owned),
+        message,
+        duration_us: i32::try_from(started.elapsed().as_micros()).unwrap_or(i32::MAX),
+    }
+}
+
+/// A plugin's rejection, checked: a malformed code is nonsense, a long message is cut.
+fn rejection(r: types::Rejection) -> Result<Reason, Fault> {
+    let well_formed = r.code.len() <= PLUGIN_CODE_CHARS_MAX
+        && r.code.starts_with(|c: char| c.is_ascii_lowercase())
+        && r.code.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !well_formed {
+        return Err(Fault::Nonsense(format!(
+            "rejection code {:?} is not snake_case of at most {PLUGIN_CODE_CHARS_MAX} characters",
+            truncate(&r.code, 80)
+        )));
+    }
+    Ok(Reason { code: r.code, message: truncate(&r.message, PLUGIN_MESSAGE_CHARS_MAX) })
+}
+
+fn truncate(text: &str, chars_max: usize) -> String {
+    text.chars().take(chars_max).collect()
+}
+
+/// The `plugin_failed` reason for a fault: names the plugin, version and cause.
+fn failure(plugin: &LoadedPlugin, fault: &Fault) -> Reason {
+    Reason { code: "plugin_failed".into(), message: format!("plugin {} {fault}", plugin.meta.label()) }
+}
+
+impl PluginSet {
+    /// Records a describer's or validator's fault and decides, by the failure
+    /// mode, whether to go on without the plugin.
+    fn fault(
+        &self,
+        plugin: &LoadedPlugin,
+        hook: HookPoint,
+        started: Instant,
+        fault: Fault,
+        decisions: &mut Vec<Decision>,
+    ) -> Result<(), HookError> {
+        let reason = failure(plugin, &fault);
+        decisions.push(decision(plugin, hook, started, "failed", Some(&reason.code), Some(reason.message.clone())));
+        match self.failure_mode {
+            FailureMode::Open => Ok(()),
+            FailureMode::Closed => Err(HookError::Fail(reason)),
+        }
+    }
+}
+
+impl Hooks for PluginSet {
+    fn describe(&self, description: &str, s: &Submission, decisions: &mut Vec<Decision>) -> Result<String, HookError> {
+        let Some(plugin) = &self.describer else { return Ok(description.to_owned()) };
+        let started = Instant::now();
+        let answer = plugin.rewrite(description, &transfer(s, s.amount(), Some(description))).and_then(|answer| match answer {
+            Ok(text) if text.chars().count() > self.description_chars_max => {
+                Err(Fault::Nonsense(format!("a description longer than {} characters", self.description_chars_max)))
+            }
+            Ok(text) => Ok(Ok(text)),
+            Err(r) => rejection(r).map(Err),
+        });
+        match answer {
+            Ok(Ok(text)) => {
+                decisions.push(decision(plugin, HookPoint::Describe, started, "rewritten", None, None));
+                Ok(text)
+            }
+            Ok(Err(reason)) => {
+                decisions.push(decision(
+                    plugin,
+                    HookPoint::Describe,
+                    started,
+                    "rejected",
+                    Some(&reason.code),
+                    Some(reason.message.clone()),
+                ));
+                Err(HookError::Reject(reason))
+            }
+            Err(fault) => self.fault(plugin, HookPoint::Describe, started, fault, decisions).map(|()| description.to_owned()),
+        }
+    }
+
+    fn convert(&self, source: Money, target: Currency, _: &Submission, decisions: &mut Vec<Decision>) -> Result<Amount, HookError> {
+        let Some(plugin) = &self.converter else { return hooks::convert_without_rates(source, target) };
+        let started = Instant::now();
+        let answer = plugin.convert(&money(source), &currency(target)).and_then(|answer| match answer {
+            Ok(c) => match Amount::from_minor(c.amount_minor) {
+                Ok(amount) => Ok(Ok((amount, c.rate))),
+                Err(_) => Err(Fault::Nonsense(format!("a converted amount of {} (must be positive)", c.amount_minor))),
+            },
+            Err(r) => rejection(r).map(Err),
+        });
+        match answer {
+            Ok(Ok((amount, rate))) => {
+                let message = format!(
+                    "{source_minor} {from} -> {amount} {to} at rate {mantissa}e-{scale}",
+                    source_minor = source.amount.minor(),
+                    from = source.currency,
+                    amount = amount.minor(),
+                    to = target,
+                    mantissa = rate.mantissa,
+                    scale = rate.scale
+                );
+                decisions.push(decision(plugin, HookPoint::Convert, started, "converted", None, Some(message)));
+                Ok(amount)
+            }
+            Ok(Err(reason)) => {
+                decisions.push(decision(plugin, HookPoint::Convert, started, "rejected", Some(&reason.code), Some(reason.message.clone())));
+                Err(HookError::Reject(reason))
+            }
+            Err(fault) => {
+                // Whatever the failure mode: without a converted amount there is nothing to move.
+                let reason = failure(plugin, &fault);
+                decisions.push(decision(plugin, HookPoint::Convert, started, "failed", Some(&reason.code), Some(reason.message.clone())));
+                Err(HookError::Fail(reason))
+            }
+        }
+    }
+
+    fn validate(&self, s: &Submission, amount: Amount, description: Option<&str>, decisions: &mut Vec<Decision>) -> Result<(), HookError> {
+        let seen = transfer(s, Some(amount), description);
+        for plugin in &self.validators {
+            let started = Instant::now();
+            match plugin.validate(&seen).and_then(|verdict| match verdict {
+                validator::Verdict::Allow => Ok(None),
+                validator::Verdict::Reject(r) => rejection(r).map(Some),
+            }) {
+                Ok(None) => decisions.push(decision(plugin, HookPoint::Validate, started, "allowed", None, None)),
+                Ok(Some(reason)) => {
+                    decisions.push(decision(
+                        plugin,
+                        HookPoint::Validate,
+                        started,
+                        "rejected",
+                        Some(&reason.code),
+                        Some(reason.message.clone()),
+                    ));
+                    return Err(HookError::Reject(reason));
+                }
+                Err(fault) => self.fault(plugin, HookPoint::Validate, started, fault, decisions)?,
+            }
+        }
+        Ok(())
+    }
+}
