@@ -53,6 +53,7 @@ ensure_rust() {
   # Native build dependencies of rdkafka's bundled librdkafka.
   command -v cc >/dev/null && command -v make >/dev/null && [ -f /usr/include/zlib.h ] \
     || apt_install build-essential pkg-config zlib1g-dev
+  command -v curl >/dev/null || apt_install curl
   note "$(cargo --version)"
 }
 

@@ -6,17 +6,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use transfer_engine::config::Settings;
 use transfer_engine::startup::{Application, Role, connect_database};
-use transfer_engine::{ledger, telemetry};
+use transfer_engine::{cli, ledger, telemetry};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "A money-transfer engine with sandboxed WebAssembly policy plugins."
-)]
+#[command(version, about = "A money-transfer engine with sandboxed WebAssembly policy plugins.")]
 struct Cli {
     /// Optional TOML settings file; `TRANSFER_ENGINE_*` variables override it.
     #[arg(long, env = "TRANSFER_ENGINE_CONFIG_FILE", global = true)]
-    config: Option<PathBuf>,
+    settings: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,12 +34,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage plugins on a running engine, or test one offline.
+    Plugins {
+        /// The engine's base URL.
+        #[arg(long, env = "TRANSFER_ENGINE_URL", default_value = "http://127.0.0.1:8080", global = true)]
+        url: String,
+        /// The admin bearer token.
+        #[arg(long, env = "TRANSFER_ENGINE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: cli::PluginCommand,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref()).context("invalid settings")?;
+    if let Command::Plugins { url, token, command } = cli.command {
+        telemetry::init(transfer_engine::config::LogFormat::Text);
+        return cli::run(command, cli::Remote { url, token }).await;
+    }
+    let settings = Settings::load(cli.settings.as_deref()).context("invalid settings")?;
     telemetry::init(settings.log_format);
     let role = match cli.command {
         Command::Run => Role::All,
@@ -50,13 +62,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Process => Role::Processor,
         Command::Migrate => {
             let pool = connect_database(&settings).await?;
-            ledger::migrate(&pool)
-                .await
-                .context("could not apply migrations")?;
+            ledger::migrate(&pool).await.context("could not apply migrations")?;
             println!("Migrations applied.");
             return Ok(());
         }
         Command::Audit { json } => return audit(&settings, json).await,
+        Command::Plugins { .. } => unreachable!("handled above"),
     };
     let app = Application::build(settings, role).await?;
     app.run_until_stopped(shutdown_signal()).await
@@ -68,16 +79,9 @@ async fn audit(settings: &Settings, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "Audited {} transfers over {} accounts.",
-            report.transfers, report.accounts
-        );
+        println!("Audited {} transfers over {} accounts.", report.transfers, report.accounts);
         for check in &report.checks {
-            let verdict = if check.violations.is_empty() {
-                "ok"
-            } else {
-                "VIOLATED"
-            };
+            let verdict = if check.violations.is_empty() { "ok" } else { "VIOLATED" };
             println!("  {verdict:8} {}", check.name);
             for v in &check.violations {
                 println!("           {v}");
@@ -102,4 +106,14 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,0 +1,157 @@
+//! `transfer-engine plugins ...`: manage plugins on a running engine through
+//! its admin API, or try a plugin offline against sample transfers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use clap::Subcommand;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::api::transfers::{SubmitTransfer, validate};
+use crate::hooks;
+use crate::ledger::Verdict;
+use crate::plugins::set::FailureMode;
+use crate::plugins::{LoadedPlugin, PluginKind, PluginMeta, PluginSet, Sandbox, SandboxLimits};
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Upload a new version of a plugin (checked and compiled by the engine).
+    Push {
+        /// The component (.wasm).
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// validator, converter or describer; detected from the exports when omitted.
+        #[arg(long)]
+        kind: Option<String>,
+        /// The plugin's JSON configuration, or @path to read it from a file.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Activate the new version at once.
+        #[arg(long)]
+        activate: bool,
+    },
+    /// List every version of every plugin.
+    List,
+    /// Make a version the active one (an earlier version is a rollback).
+    Activate {
+        name: String,
+        #[arg(long)]
+        version: i32,
+    },
+    /// Stop running a plugin.
+    Deactivate { name: String },
+    /// Set the order validators run in (first runs first).
+    Order { names: Vec<String> },
+    /// Run a plugin offline against sample transfers and print each decision.
+    Test {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// The plugin's JSON configuration, or @path.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// One transfer per line, as the API takes it (`{"sender_id": 1, "receiver_id": 2, "amount": "5", "currency": "EUR"}`).
+        #[arg(long)]
+        transfers: PathBuf,
+        #[arg(long)]
+        kind: Option<String>,
+    },
+}
+
+/// Where the engine is, and the admin token.
+pub struct Remote {
+    pub url: String,
+    pub token: Option<String>,
+}
+
+fn read_config(config: &str) -> anyhow::Result<Value> {
+    let text = match config.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("could not read {path}"))?,
+        None => config.to_owned(),
+    };
+    serde_json::from_str(&text).context("the configuration is not JSON")
+}
+
+fn kind(kind: Option<&str>) -> anyhow::Result<Option<PluginKind>> {
+    kind.map(|k| PluginKind::parse(k).with_context(|| format!("unknown kind {k:?}: validator, converter or describer"))).transpose()
+}
+
+pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
+    if let PluginCommand::Test { file, config, transfers, kind: k } = command {
+        return test_offline(&file, &read_config(&config)?, &transfers, kind(k.as_deref())?);
+    }
+    let client = reqwest::Client::new();
+    let token = remote.token.context("the admin token is needed: --token or TRANSFER_ENGINE_ADMIN_TOKEN")?;
+    let url = |path: &str| format!("{}{path}", remote.url.trim_end_matches('/'));
+    let request = match command {
+        PluginCommand::Push { file, name, kind: k, config, activate } => {
+            kind(k.as_deref())?;
+            let bytes = std::fs::read(&file).with_context(|| format!("could not read {}", file.display()))?;
+            let body = json!({"name": name, "kind": k, "config": read_config(&config)?, "activate": activate,
+                              "component": base64::engine::general_purpose::STANDARD.encode(bytes)});
+            client.post(url("/v1/admin/plugins")).json(&body)
+        }
+        PluginCommand::List => client.get(url("/v1/admin/plugins")),
+        PluginCommand::Activate { name, version } => {
+            client.post(url(&format!("/v1/admin/plugins/{name}/activate"))).json(&json!({"version": version}))
+        }
+        PluginCommand::Deactivate { name } => client.post(url(&format!("/v1/admin/plugins/{name}/deactivate"))),
+        PluginCommand::Order { names } => client.put(url("/v1/admin/validation-order")).json(&json!({"names": names})),
+        PluginCommand::Test { .. } => unreachable!("handled above"),
+    };
+    let response = request.bearer_auth(token).send().await.with_context(|| format!("could not reach the engine at {}", remote.url))?;
+    let status = response.status();
+    let text = response.text().await?;
+    let shown = serde_json::from_str::<Value>(&text).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or(text);
+    if !status.is_success() {
+        bail!("the engine answered {status}: {shown}");
+    }
+    println!("{}", if shown.is_empty() { "ok".to_owned() } else { shown });
+    Ok(())
+}
+
+/// Runs one plugin in the same sandbox the engine uses, without any service.
+fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<PluginKind>) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
+    let sandbox = Sandbox::new(SandboxLimits { instances_max: 4, ..SandboxLimits::default() })?;
+    let component = sandbox.compile(&bytes)?;
+    let kind = match kind {
+        Some(k) => k,
+        None => sandbox.detect_kind(&component).context("the component exports none of the validator, converter or describer worlds")?,
+    };
+    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
+    let meta = PluginMeta { name, version: 0, kind, sha256: Sha256::digest(&bytes).into(), config: config.to_string() };
+    let plugin = Arc::new(LoadedPlugin::new(sandbox.clone(), meta, &component)?);
+    plugin.check()?;
+    let description_chars_max = crate::config::Settings::default().description_chars_max;
+    let mut set = PluginSet::empty(description_chars_max, FailureMode::Closed);
+    match kind {
+        PluginKind::Validator => set.validators.push(plugin),
+        PluginKind::Converter => set.converter = Some(plugin),
+        PluginKind::Describer => set.describer = Some(plugin),
+    }
+    let lines = std::fs::read_to_string(transfers).with_context(|| format!("could not read {}", transfers.display()))?;
+    for (number, line) in lines.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let parsed = serde_json::from_str::<SubmitTransfer>(line)
+            .map_err(|e| e.to_string())
+            .and_then(|req| validate(req, &Default::default(), description_chars_max).map_err(|e| e.to_string()));
+        let report = match parsed {
+            Err(error) => json!({"line": number + 1, "error": error}),
+            Ok(submission) => {
+                let outcome = hooks::run(&set, &submission);
+                let (verdict, reason) = match &outcome.verdict {
+                    Verdict::Apply(_) => ("allow", None),
+                    Verdict::Reject(r) => ("reject", Some(r)),
+                    Verdict::Fail(r) => ("fail", Some(r)),
+                };
+                json!({"line": number + 1, "verdict": verdict, "reason": reason, "amount_minor": outcome.amount.map(|a| a.minor()),
+                       "description": outcome.description, "decisions": outcome.decisions})
+            }
+        };
+        println!("{report}");
+    }
+    Ok(())
+}
