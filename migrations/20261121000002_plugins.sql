@@ -32,17 +32,8 @@ CREATE TABLE plugin_generation (
 INSERT INTO plugin_generation (generation) VALUES (0);
 
 -- For every transfer and hook that ran a plugin: which exact plugin decided
--- what, and how long it took. Written in the transfer's own transaction.
-CREATE TABLE plugin_decisions (
-    transfer_id    UUID     NOT NULL REFERENCES transfers (transfer_id),
-    position       SMALLINT NOT NULL,
-    hook           TEXT     NOT NULL CHECK (hook IN ('describe', 'convert', 'validate')),
-    plugin_name    TEXT     NOT NULL,
-    plugin_version INTEGER  NOT NULL,
-    plugin_sha256  BYTEA    NOT NULL,
-    outcome        TEXT     NOT NULL CHECK (outcome IN ('allowed', 'rewritten', 'converted', 'rejected', 'failed')),
-    code           TEXT,
-    message        TEXT,
-    duration_us    INTEGER  NOT NULL CHECK (duration_us >= 0),
-    PRIMARY KEY (transfer_id, position)
-);
+-- what, and how long it took, as a JSON array of
+-- {hook, plugin, version, sha256, outcome, code, message, duration_us}.
+-- A column of the transfer's own row, so the record is written by the same
+-- statement as the transfer (and costs no extra row or index entry).
+ALTER TABLE transfers ADD COLUMN decisions JSONB CHECK (jsonb_typeof(decisions) = 'array');

@@ -134,33 +134,8 @@ struct NewRows {
     entry_amount_minor: Vec<i64>,
     conflict_transfer_id: Vec<uuid::Uuid>,
     conflict_fingerprint: Vec<Vec<u8>>,
-    decision_transfer_id: Vec<uuid::Uuid>,
-    decision_position: Vec<i16>,
-    decision_hook: Vec<&'static str>,
-    decision_plugin: Vec<String>,
-    decision_version: Vec<i32>,
-    decision_sha256: Vec<Vec<u8>>,
-    decision_outcome: Vec<String>,
-    decision_code: Vec<Option<String>>,
-    decision_message: Vec<Option<String>>,
-    decision_duration_us: Vec<i32>,
-}
-
-impl NewRows {
-    fn push_decisions(&mut self, id: uuid::Uuid, decisions: &[Decision]) {
-        for (position, d) in decisions.iter().enumerate() {
-            self.decision_transfer_id.push(id);
-            self.decision_position.push(i16::try_from(position).unwrap_or(i16::MAX));
-            self.decision_hook.push(d.hook.as_str());
-            self.decision_plugin.push(d.plugin.clone());
-            self.decision_version.push(d.version);
-            self.decision_sha256.push(hex::decode(&d.sha256).unwrap_or_default());
-            self.decision_outcome.push(d.outcome.clone());
-            self.decision_code.push(d.code.clone());
-            self.decision_message.push(d.message.clone());
-            self.decision_duration_us.push(d.duration_us);
-        }
-    }
+    /// JSON arrays of plugin decisions (NULL when no plugin ran).
+    decisions: Vec<Option<String>>,
 }
 
 /// What the ledger already holds for an id (or what this batch decided for it).
@@ -292,7 +267,7 @@ impl Ledger {
                     rows.reason_message.push(reason.as_ref().map(|r| r.message.clone()));
                     rows.fingerprint.push(fingerprint.clone());
                     rows.created_at.push(s.submitted_at);
-                    rows.push_decisions(s.id.0, &item.decisions);
+                    rows.decisions.push(decisions_json(&item.decisions));
                     slot.insert(Known { fingerprint, status, version: FINAL_VERSION_NEW, reason: reason.clone(), committed_at: now });
                     outcomes.push(Committed {
                         transfer_id: s.id,
@@ -391,21 +366,29 @@ fn decide(
     (Status::Completed, None, Some(amount.minor()), Some(debit_id), Some(credit_id))
 }
 
+/// The decision record as stored: a JSON array, or NULL when no plugin ran.
+fn decisions_json(decisions: &[Decision]) -> Option<String> {
+    if decisions.is_empty() {
+        return None;
+    }
+    Some(serde_json::to_string(decisions).expect("decisions serialise"))
+}
+
 async fn write_rows(tx: &mut sqlx::PgConnection, rows: &NewRows, now: DateTime<Utc>) -> Result<(), LedgerError> {
     if !rows.transfer_id.is_empty() {
         sqlx::query(
             "INSERT INTO transfers (transfer_id, kind, sender_id, receiver_id, debit_account_id, credit_account_id,
                                     currency, amount_minor, original_amount_minor, original_currency, description,
-                                    status, status_version, reason_code, reason_message, fingerprint, created_at, committed_at)
+                                    status, status_version, reason_code, reason_message, fingerprint, created_at, committed_at, decisions)
              SELECT t.transfer_id, t.kind, t.sender_id, t.receiver_id, t.debit_account_id, t.credit_account_id,
                     t.currency, t.amount_minor, t.original_amount_minor, t.original_currency, t.description,
-                    t.status, $17, t.reason_code, t.reason_message, t.fingerprint, t.created_at, $18
+                    t.status, $17, t.reason_code, t.reason_message, t.fingerprint, t.created_at, $18, t.decisions::jsonb
                FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
                            $7::text[], $8::bigint[], $9::bigint[], $10::text[], $11::text[],
-                           $12::text[], $13::text[], $14::text[], $15::bytea[], $16::timestamptz[])
+                           $12::text[], $13::text[], $14::text[], $15::bytea[], $16::timestamptz[], $19::text[])
                     AS t(transfer_id, kind, sender_id, receiver_id, debit_account_id, credit_account_id,
                          currency, amount_minor, original_amount_minor, original_currency, description,
-                         status, reason_code, reason_message, fingerprint, created_at)",
+                         status, reason_code, reason_message, fingerprint, created_at, decisions)",
         )
         .bind(&rows.transfer_id)
         .bind(&rows.kind)
@@ -425,6 +408,7 @@ async fn write_rows(tx: &mut sqlx::PgConnection, rows: &NewRows, now: DateTime<U
         .bind(&rows.created_at)
         .bind(FINAL_VERSION_NEW)
         .bind(now)
+        .bind(&rows.decisions)
         .execute(&mut *tx)
         .await?;
 
@@ -454,26 +438,6 @@ async fn write_rows(tx: &mut sqlx::PgConnection, rows: &NewRows, now: DateTime<U
         .bind(&rows.entry_transfer_id)
         .bind(&rows.entry_account_id)
         .bind(&rows.entry_amount_minor)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !rows.decision_transfer_id.is_empty() {
-        sqlx::query(
-            "INSERT INTO plugin_decisions (transfer_id, position, hook, plugin_name, plugin_version, plugin_sha256,
-                                           outcome, code, message, duration_us)
-             SELECT * FROM UNNEST($1::uuid[], $2::smallint[], $3::text[], $4::text[], $5::int[], $6::bytea[],
-                                  $7::text[], $8::text[], $9::text[], $10::int[])",
-        )
-        .bind(&rows.decision_transfer_id)
-        .bind(&rows.decision_position)
-        .bind(&rows.decision_hook)
-        .bind(&rows.decision_plugin)
-        .bind(&rows.decision_version)
-        .bind(&rows.decision_sha256)
-        .bind(&rows.decision_outcome)
-        .bind(&rows.decision_code)
-        .bind(&rows.decision_message)
-        .bind(&rows.decision_duration_us)
         .execute(&mut *tx)
         .await?;
     }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Ledger, LedgerError};
 use crate::domain::{Currency, OwnerId, Reason, Status, TransferId, TransferKind};
-use crate::hooks::{Decision, HookPoint};
+use crate::hooks::Decision;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryEntry {
@@ -36,7 +36,7 @@ pub struct TransferView {
     pub fingerprint: Vec<u8>,
     /// Oldest first. Empty in listings, which do not load it.
     pub history: Vec<HistoryEntry>,
-    /// What each plugin decided, in order. Empty in listings.
+    /// What each plugin decided, in order.
     pub decisions: Vec<Decision>,
 }
 
@@ -50,9 +50,6 @@ pub struct TransferPage {
 
 /// Most transfers one page may return.
 pub const PAGE_SIZE_MAX: i64 = 200;
-
-/// (hook, plugin_name, plugin_version, plugin_sha256, outcome, code, message, duration_us)
-type DecisionRow = (String, String, i32, Vec<u8>, String, Option<String>, Option<String>, i32);
 
 /// (version, status, reason_code, reason_message, at)
 type HistoryRow = (i32, String, Option<String>, Option<String>, DateTime<Utc>);
@@ -76,11 +73,12 @@ struct TransferRow {
     created_at: DateTime<Utc>,
     committed_at: Option<DateTime<Utc>>,
     fingerprint: Vec<u8>,
+    decisions: Option<String>,
 }
 
 const TRANSFER_COLUMNS: &str = "transfer_id, seq, kind, sender_id, receiver_id, currency, amount_minor,
     original_amount_minor, original_currency, description, status, status_version, reason_code,
-    reason_message, created_at, committed_at, fingerprint";
+    reason_message, created_at, committed_at, fingerprint, decisions::text AS decisions";
 
 fn corrupt(what: &str, value: &str) -> LedgerError {
     LedgerError::Corrupt(format!("{what} {value:?}"))
@@ -106,7 +104,10 @@ fn transfer_from_row(row: TransferRow) -> Result<TransferView, LedgerError> {
         committed_at: row.committed_at,
         fingerprint: row.fingerprint,
         history: Vec::new(),
-        decisions: Vec::new(),
+        decisions: match row.decisions {
+            Some(json) => serde_json::from_str(&json).map_err(|e| corrupt("decisions", &e.to_string()))?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -130,17 +131,6 @@ impl Ledger {
             let status = Status::parse(&status).ok_or_else(|| corrupt("status", &status))?;
             let reason = code.map(|code| Reason { code, message: message.unwrap_or_default() });
             view.history.push(HistoryEntry { version, status, reason, at });
-        }
-        let decisions: Vec<DecisionRow> = sqlx::query_as(
-            "SELECT hook, plugin_name, plugin_version, plugin_sha256, outcome, code, message, duration_us
-               FROM plugin_decisions WHERE transfer_id = $1 ORDER BY position",
-        )
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
-        for (hook, plugin, version, sha256, outcome, code, message, duration_us) in decisions {
-            let hook = HookPoint::parse(&hook).ok_or_else(|| corrupt("hook", &hook))?;
-            view.decisions.push(Decision { hook, plugin, version, sha256: hex::encode(sha256), outcome, code, message, duration_us });
         }
         Ok(Some(view))
     }
