@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::domain::{Currency, OwnerId, TransferId};
+use crate::ledger::AccountView;
 
 /// Redis answers in well under a millisecond; past this it is treated as away.
 const REDIS_RESPONSE_TIMEOUT_MS: u64 = 250;
@@ -72,6 +73,12 @@ pub struct CachedBalance {
     pub balance_minor: i64,
     pub floor_minor: i64,
     pub version: i64,
+}
+
+impl From<&AccountView> for CachedBalance {
+    fn from(a: &AccountView) -> Self {
+        Self { account_id: a.account_id, balance_minor: a.balance_minor, floor_minor: a.floor_minor, version: a.version }
+    }
 }
 
 /// What a claim found when the id was already claimed.
@@ -174,6 +181,12 @@ impl Cache {
         }
         pipe.query_async::<()>(&mut c).await?;
         Ok(())
+    }
+
+    /// Stores accounts' balances as the ledger has them, each only if newer.
+    pub async fn put_accounts(&self, accounts: &[AccountView]) -> Result<(), CacheError> {
+        let entries: Vec<_> = accounts.iter().map(|a| (a.owner_id, a.currency, CachedBalance::from(a))).collect();
+        self.put_balances(&entries).await
     }
 
     /// Stores transfer status views (JSON bodies), each only if its version is newer.

@@ -62,9 +62,7 @@ pub async fn create(
         CreateAccountError::Exists { .. } => ApiError::Conflict { code: "account_exists", message: e.to_string() },
         CreateAccountError::Ledger(e) => ApiError::Unexpected(e.into()),
     })?;
-    let balance =
-        CachedBalance { account_id: account.account_id, balance_minor: 0, floor_minor: account.floor_minor, version: account.version };
-    Ok((StatusCode::CREATED, Json(account_body(owner, currency, &balance))))
+    Ok((StatusCode::CREATED, Json(account_body(owner, currency, &CachedBalance::from(&account)))))
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}",
@@ -187,17 +185,7 @@ async fn move_money(
         MoveError::ReferenceConflict(_) => ApiError::Conflict { code: "reference_conflict", message: e.to_string() },
         MoveError::Ledger(e) => ApiError::Unexpected(e.into()),
     })?;
-    let fills: Vec<_> = updates
-        .iter()
-        .map(|u| {
-            (
-                u.owner_id,
-                u.currency,
-                CachedBalance { account_id: u.account_id, balance_minor: u.balance_minor, floor_minor: u.floor_minor, version: u.version },
-            )
-        })
-        .collect();
-    if let Err(e) = state.cache.put_balances(&fills).await {
+    if let Err(e) = state.cache.put_accounts(&updates).await {
         cache::warn_unavailable(&e, "balance update");
     }
     if let Some(reason) = committed.reason {

@@ -239,12 +239,7 @@ pub async fn balances<const N: usize>(state: &AppState, keys: [(OwnerId, Currenc
             continue;
         }
         if let Some(account) = state.ledger.account(owner, currency).await.map_err(anyhow::Error::from)? {
-            let balance = CachedBalance {
-                account_id: account.account_id,
-                balance_minor: account.balance_minor,
-                floor_minor: account.floor_minor,
-                version: account.version,
-            };
+            let balance = CachedBalance::from(&account);
             *slot = Some(balance);
             fills.push((owner, currency, balance));
         }

@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 
-use super::{BalanceUpdate, CommitItem, Committed, Disposition, Ledger, LedgerError};
+use super::{CommitItem, Committed, Disposition, Ledger, LedgerError};
 use crate::domain::{Amount, Currency, OwnerId, Requested, SYSTEM_OWNER_ID, Submission, TransferId, TransferKind};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -94,7 +94,7 @@ impl Ledger {
         currency: Currency,
         amount: Amount,
         reference: &str,
-    ) -> Result<(Committed, Vec<BalanceUpdate>), MoveError> {
+    ) -> Result<(Committed, Vec<AccountView>), MoveError> {
         self.move_with_system(TransferKind::Deposit, owner_id, currency, amount, reference).await
     }
 
@@ -105,7 +105,7 @@ impl Ledger {
         currency: Currency,
         amount: Amount,
         reference: &str,
-    ) -> Result<(Committed, Vec<BalanceUpdate>), MoveError> {
+    ) -> Result<(Committed, Vec<AccountView>), MoveError> {
         self.move_with_system(TransferKind::Withdrawal, owner_id, currency, amount, reference).await
     }
 
@@ -116,7 +116,7 @@ impl Ledger {
         currency: Currency,
         amount: Amount,
         reference: &str,
-    ) -> Result<(Committed, Vec<BalanceUpdate>), MoveError> {
+    ) -> Result<(Committed, Vec<AccountView>), MoveError> {
         self.ensure_system_account(currency).await?;
         let (sender, receiver) = match kind {
             TransferKind::Withdrawal => (owner_id, SYSTEM_OWNER_ID),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tracing::{instrument, warn};
 
-use super::{Ledger, LedgerError};
+use super::{AccountView, Ledger, LedgerError};
 use crate::domain::{Amount, Currency, OwnerId, Reason, Rejection, Status, Submission, TransferId};
 use crate::hooks::Decision;
 
@@ -79,23 +79,12 @@ pub struct Committed {
     pub committed_at: DateTime<Utc>,
 }
 
-/// The balance of an account after the batch, for the cache.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BalanceUpdate {
-    pub account_id: i64,
-    pub owner_id: OwnerId,
-    pub currency: Currency,
-    pub balance_minor: i64,
-    pub floor_minor: i64,
-    pub version: i64,
-}
-
 #[derive(Clone, Debug, Default)]
 pub struct BatchResult {
     /// One per input item, in input order.
     pub outcomes: Vec<Committed>,
-    /// One per account whose balance changed.
-    pub balances: Vec<BalanceUpdate>,
+    /// One per account whose balance changed, as it is after the batch.
+    pub balances: Vec<AccountView>,
 }
 
 /// An account as locked for this batch, with its running balance.
@@ -290,7 +279,7 @@ impl Ledger {
                 ids.push(account.account_id);
                 new_balances.push(account.balance_minor);
                 versions.push(account.version);
-                balances.push(BalanceUpdate {
+                balances.push(AccountView {
                     account_id: account.account_id,
                     floor_minor: account.floor_minor,
                     owner_id: OwnerId::from_stored(*owner_id),

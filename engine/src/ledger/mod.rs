@@ -11,7 +11,7 @@ mod commit;
 mod queries;
 
 pub use accounts::{AccountView, CreateAccountError, MoveError};
-pub use commit::{BalanceUpdate, BatchResult, CommitItem, Committed, Disposition, Verdict};
+pub use commit::{BatchResult, CommitItem, Committed, Disposition, Verdict};
 pub use queries::{HistoryEntry, TransferPage, TransferView};
 
 use sqlx::PgPool;

@@ -89,6 +89,7 @@ impl Registry {
         }
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
         let this = self.clone();
+        let checked_name = name.to_owned();
         let (kind, bytes, config) = tokio::task::spawn_blocking(move || -> Result<_, PluginError> {
             let component = this.compile(sha256, &bytes)?;
             let kind = match kind {
@@ -98,7 +99,8 @@ impl Registry {
                     .detect_kind(&component)
                     .ok_or_else(|| PluginError::Invalid("exports none of the validator, converter or describer worlds".into()))?,
             };
-            let meta = PluginMeta { name: String::new(), version: 0, kind, sha256, config: config.clone() };
+            // Version 0: the upload check, before a version is assigned.
+            let meta = PluginMeta { name: checked_name, version: 0, kind, sha256, config: config.clone() };
             LoadedPlugin::new(this.sandbox.clone(), meta, &component)?.check()?;
             Ok((kind, bytes, config))
         })

@@ -170,15 +170,9 @@ impl Hooks for PluginSet {
         });
         match answer {
             Ok(Ok((amount, rate))) => {
-                let message = format!(
-                    "{source_minor} {from} -> {amount} {to} at rate {mantissa}e-{scale}",
-                    source_minor = source.amount.minor(),
-                    from = source.currency,
-                    amount = amount.minor(),
-                    to = target,
-                    mantissa = rate.mantissa,
-                    scale = rate.scale
-                );
+                // The rate as exact decimal text: {9215, 4} is "0.9215".
+                let rate = crate::domain::format_minor(rate.mantissa, rate.scale);
+                let message = format!("{} {} -> {} {} at rate {rate}", source.amount.minor(), source.currency, amount.minor(), target);
                 decisions.push(decision(plugin, HookPoint::Convert, started, "converted", None, Some(message)));
                 Ok(amount)
             }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{info, warn};
 
 use crate::config::Settings;
@@ -39,8 +39,11 @@ pub async fn close(consumer: Arc<EngineConsumer>) {
     let closing = tokio::task::spawn_blocking(move || {
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => info!("Final offsets committed."),
-            // NoOffset: nothing was stored since the last commit.
-            Err(e) => warn!(error = %e, "Final offset commit did not complete."),
+            // Nothing was stored since the last background commit: nothing to do.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => info!("Offsets were already committed."),
+            Err(e) => {
+                warn!(error = %e, "Final offset commit did not complete; the next owner re-reads (and the ledger ignores) the last batch.")
+            }
         }
         drop(consumer);
     });

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use consumer::EngineConsumer;
 pub use consumer::build_consumer;
 
-use crate::cache::{self, Cache, CachedBalance};
+use crate::cache::{self, Cache};
 use crate::config::Settings;
 use crate::domain::Submission;
 use crate::hooks::{self, HookSet};
@@ -195,23 +195,7 @@ impl Processor {
         if let Err(e) = self.cache.put_statuses(&statuses).await {
             cache::warn_unavailable(&e, "status update");
         }
-        let balances: Vec<_> = result
-            .balances
-            .iter()
-            .map(|u| {
-                (
-                    u.owner_id,
-                    u.currency,
-                    CachedBalance {
-                        account_id: u.account_id,
-                        balance_minor: u.balance_minor,
-                        floor_minor: u.floor_minor,
-                        version: u.version,
-                    },
-                )
-            })
-            .collect();
-        if let Err(e) = self.cache.put_balances(&balances).await {
+        if let Err(e) = self.cache.put_accounts(&result.balances).await {
             cache::warn_unavailable(&e, "balance update");
         }
     }
