@@ -60,7 +60,7 @@ pub async fn create(
     let currency = Currency::parse(&req.currency)?;
     let account = state.ledger.create_account(owner, currency, 0).await.map_err(|e| match e {
         CreateAccountError::Exists { .. } => ApiError::Conflict { code: "account_exists", message: e.to_string() },
-        CreateAccountError::Ledger(e) => ApiError::Unexpected(e.into()),
+        CreateAccountError::Ledger(e) => e.into(),
     })?;
     Ok((StatusCode::CREATED, Json(account_body(owner, currency, &CachedBalance::from(&account)))))
 }
@@ -107,11 +107,11 @@ pub async fn transfers(
     let Query(query) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
     let owner = path_owner(&owner_id)?;
     let currency = Currency::parse(&currency)?;
-    let account = state.ledger.account(owner, currency).await.map_err(anyhow::Error::from)?;
+    let account = state.ledger.account(owner, currency).await?;
     let account = account
         .ok_or_else(|| ApiError::NotFound { code: "account_not_found", message: format!("owner {owner} has no {currency} account") })?;
     let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT);
-    let page = state.ledger.account_transfers(account.account_id, query.before, limit).await.map_err(anyhow::Error::from)?;
+    let page = state.ledger.account_transfers(account.account_id, query.before, limit).await?;
     let transfers = page
         .transfers
         .iter()
@@ -173,7 +173,7 @@ async fn move_money(
         return Err(ApiError::invalid("reference_invalid", format!("the reference must have 1 to {REFERENCE_CHARS_MAX} characters")));
     }
     // Refuse a missing account before anything is recorded, so the reference stays usable.
-    if state.ledger.account(owner, currency).await.map_err(anyhow::Error::from)?.is_none() {
+    if state.ledger.account(owner, currency).await?.is_none() {
         return Err(crate::domain::Rejection::AccountNotFound { owner_id: owner.get(), currency: currency.code().into() }.into());
     }
     let moved = if deposit {
@@ -183,7 +183,7 @@ async fn move_money(
     };
     let (committed, updates) = moved.map_err(|e| match e {
         MoveError::ReferenceConflict(_) => ApiError::Conflict { code: "reference_conflict", message: e.to_string() },
-        MoveError::Ledger(e) => ApiError::Unexpected(e.into()),
+        MoveError::Ledger(e) => e.into(),
     })?;
     if let Err(e) = state.cache.put_accounts(&updates).await {
         cache::warn_unavailable(&e, "balance update");
@@ -191,7 +191,7 @@ async fn move_money(
     if let Some(reason) = committed.reason {
         return Err(ApiError::Refused(reason));
     }
-    let stored = state.ledger.transfer(committed.transfer_id).await.map_err(anyhow::Error::from)?;
+    let stored = state.ledger.transfer(committed.transfer_id).await?;
     let mut view =
         TransferStatusView::from_ledger(&stored.ok_or_else(|| anyhow::anyhow!("committed transfer {} not found", committed.transfer_id))?);
     view.fingerprint = None;

@@ -95,6 +95,15 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<crate::ledger::LedgerError> for ApiError {
+    fn from(e: crate::ledger::LedgerError) -> Self {
+        if e.is_unavailable() {
+            return Self::Unavailable { code: "database_unavailable", message: "the ledger database is unavailable; retry later".into() };
+        }
+        Self::Unexpected(e.into())
+    }
+}
+
 impl From<AmountError> for ApiError {
     fn from(e: AmountError) -> Self {
         Self::Rejected(Rejection::Amount(e))
@@ -120,5 +129,25 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         let Json(value) = Json::<T>::from_request(req, state).await?;
         Ok(Self(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::LedgerError;
+
+    #[test]
+    fn an_unreachable_database_is_a_retryable_503_not_a_500() {
+        let away = ApiError::from(LedgerError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(away.status_and_code(), (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"));
+        let broken = ApiError::from(LedgerError::Corrupt("status \"lost\"".into()));
+        assert_eq!(broken.status_and_code(), (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"));
+    }
+
+    #[test]
+    fn business_rejections_answer_422_with_their_stable_code() {
+        let e = ApiError::from(Rejection::InsufficientFunds);
+        assert_eq!(e.status_and_code(), (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"));
     }
 }

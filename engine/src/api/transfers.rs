@@ -162,7 +162,7 @@ pub async fn submit(
         }
         Err(e) => {
             cache::warn_unavailable(&e, "transfer claim");
-            if let Some(existing) = state.ledger.transfer(submission.id).await.map_err(anyhow::Error::from)? {
+            if let Some(existing) = state.ledger.transfer(submission.id).await? {
                 let view = TransferStatusView::from_ledger(&existing);
                 return if view.fingerprint == fingerprint { Ok(replayed(&view)) } else { Err(conflict()) };
             }
@@ -238,7 +238,7 @@ pub async fn balances<const N: usize>(state: &AppState, keys: [(OwnerId, Currenc
         if slot.is_some() {
             continue;
         }
-        if let Some(account) = state.ledger.account(owner, currency).await.map_err(anyhow::Error::from)? {
+        if let Some(account) = state.ledger.account(owner, currency).await? {
             let balance = CachedBalance::from(&account);
             *slot = Some(balance);
             fills.push((owner, currency, balance));
@@ -267,7 +267,7 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     // be behind it (Redis was away when the processor finished), so ask the truth.
     let view = match cached {
         Some(view) if view.status.is_final() => Some(view),
-        cached => match state.ledger.transfer(id).await.map_err(anyhow::Error::from)? {
+        cached => match state.ledger.transfer(id).await? {
             Some(stored) => Some(TransferStatusView::from_ledger(&stored)),
             None => cached,
         },
