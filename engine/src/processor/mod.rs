@@ -119,7 +119,7 @@ impl Processor {
         let hooks = self.hooks.borrow().clone();
         let items = tokio::task::spawn_blocking(move || submissions.into_iter().map(|s| commit_item(&*hooks, s)).collect::<Vec<_>>())
             .await
-            .expect("hooks never panic");
+            .expect("commit_item contains panics");
 
         let Some(result) = self.commit_with_retry(&items, shutdown).await else {
             return false;
@@ -221,8 +221,21 @@ impl Processor {
 }
 
 /// Runs the hooks for one submission and turns the answer into a ledger item.
+/// A panic in host code (a bug, never a plugin's doing: plugin faults are
+/// values) fails only this transfer instead of stopping the processor.
 fn commit_item(hooks: &dyn hooks::Hooks, submission: Submission) -> CommitItem {
-    let outcome = hooks::run(hooks, &submission);
+    let run = std::panic::AssertUnwindSafe(|| hooks::run(hooks, &submission));
+    let outcome = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+        tracing::error!(transfer_id = %submission.id, "The hooks panicked; failing the transfer.");
+        let reason =
+            crate::domain::Reason { code: "hook_failed".into(), message: "the engine failed while running the policy hooks".into() };
+        hooks::HookOutcome {
+            verdict: crate::ledger::Verdict::Fail(reason),
+            description: submission.description.clone(),
+            amount: submission.amount(),
+            decisions: Vec::new(),
+        }
+    });
     CommitItem {
         submission,
         verdict: outcome.verdict,
@@ -297,5 +310,43 @@ async fn measure_lag(consumer: Arc<EngineConsumer>, metrics: Arc<Metrics>, mut s
         for (partition, lag) in measured.unwrap_or_default() {
             metrics.consumer_lag.get_or_create(&PartitionLabels { partition }).set(lag);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Amount, Currency, Money, OwnerId, Requested, TransferId, TransferKind};
+    use crate::hooks::{Decision, HookError, Hooks};
+
+    struct Buggy;
+
+    impl Hooks for Buggy {
+        fn describe(&self, _: &str, _: &Submission, _: &mut Vec<Decision>) -> Result<String, HookError> {
+            panic!("a bug in host code")
+        }
+        fn convert(&self, _: Money, _: Currency, _: &Submission, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
+            panic!("a bug in host code")
+        }
+        fn validate(&self, _: &Submission, _: Amount, _: Option<&str>, _: &mut Vec<Decision>) -> Result<(), HookError> {
+            panic!("a bug in host code")
+        }
+    }
+
+    #[test]
+    fn a_panic_while_running_hooks_fails_only_that_transfer() {
+        let submission = Submission {
+            id: TransferId::generate(),
+            kind: TransferKind::Transfer,
+            sender: OwnerId::new(1).unwrap(),
+            receiver: OwnerId::new(2).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+            requested: Requested::Amount(Amount::from_minor(5).unwrap()),
+            description: None,
+            submitted_at: chrono::Utc::now(),
+        };
+        let item = commit_item(&Buggy, submission);
+        let crate::ledger::Verdict::Fail(reason) = item.verdict else { panic!("expected a failure, got {:?}", item.verdict) };
+        assert_eq!(reason.code, "hook_failed");
     }
 }
