@@ -10,14 +10,6 @@ use crate::hooks::Decision;
 use crate::ledger::{Committed, HistoryEntry, TransferView};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct HistoryView {
-    pub version: i32,
-    pub status: Status,
-    pub reason: Option<Reason>,
-    pub at: DateTime<Utc>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TransferStatusView {
     #[schema(value_type = String, format = Uuid)]
     pub transfer_id: uuid::Uuid,
@@ -40,7 +32,7 @@ pub struct TransferStatusView {
     pub created_at: DateTime<Utc>,
     pub committed_at: Option<DateTime<Utc>>,
     /// Every status the transfer has had, oldest first.
-    pub history: Vec<HistoryView>,
+    pub history: Vec<HistoryEntry>,
     /// What each plugin decided for this transfer (name, version, sha256, outcome), in order.
     #[serde(default)]
     pub decisions: Vec<Decision>,
@@ -48,10 +40,6 @@ pub struct TransferStatusView {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(ignore)]
     pub fingerprint: Option<String>,
-}
-
-fn history_view(h: &HistoryEntry) -> HistoryView {
-    HistoryView { version: h.version, status: h.status, reason: h.reason.clone(), at: h.at }
 }
 
 impl TransferStatusView {
@@ -76,7 +64,7 @@ impl TransferStatusView {
             reason: None,
             created_at: s.submitted_at,
             committed_at: None,
-            history: vec![HistoryView { version: 1, status: Status::Initiated, reason: None, at: s.submitted_at }],
+            history: vec![HistoryEntry { version: 1, status: Status::Initiated, reason: None, at: s.submitted_at }],
             decisions: Vec::new(),
             fingerprint: Some(hex::encode(s.fingerprint())),
         }
@@ -95,7 +83,7 @@ impl TransferStatusView {
         view.version = c.version;
         view.reason = c.reason.clone();
         view.committed_at = Some(c.committed_at);
-        view.history.push(HistoryView { version: c.version, status: c.status, reason: c.reason.clone(), at: c.committed_at });
+        view.history.push(HistoryEntry { version: c.version, status: c.status, reason: c.reason.clone(), at: c.committed_at });
         view
     }
 
@@ -118,7 +106,7 @@ impl TransferStatusView {
             reason: t.reason.clone(),
             created_at: t.created_at,
             committed_at: t.committed_at,
-            history: t.history.iter().map(history_view).collect(),
+            history: t.history.clone(),
             decisions: t.decisions.clone(),
             fingerprint: Some(hex::encode(&t.fingerprint)),
         }

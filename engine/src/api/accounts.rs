@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::JsonBody;
-use super::transfers::{balances, decimal_text};
+use super::transfers::{balances, decimal_text, owner};
 use super::{ApiError, AppState, require_admin};
 use crate::cache::{self, CachedBalance};
 use crate::domain::{Amount, Currency, OwnerId, format_minor};
@@ -56,7 +56,7 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CreateAccount>,
 ) -> Result<(StatusCode, Json<AccountBody>), ApiError> {
-    let owner = OwnerId::new(req.owner_id).map_err(|e| ApiError::invalid("owner_id_invalid", e.to_string()))?;
+    let owner = owner(req.owner_id, "owner_id")?;
     let currency = Currency::parse(&req.currency)?;
     let account = state.ledger.create_account(owner, currency, 0).await.map_err(|e| match e {
         CreateAccountError::Exists { .. } => ApiError::Conflict { code: "account_exists", message: e.to_string() },
@@ -166,7 +166,7 @@ async fn move_money(
     deposit: bool,
 ) -> Result<(StatusCode, Json<TransferStatusView>), ApiError> {
     require_admin(&state.settings, &headers)?;
-    let owner = OwnerId::new(req.owner_id).map_err(|e| ApiError::invalid("owner_id_invalid", e.to_string()))?;
+    let owner = owner(req.owner_id, "owner_id")?;
     let currency = Currency::parse(&req.currency)?;
     let amount = Amount::parse_decimal(&decimal_text(&req.amount, "amount")?, currency)?;
     if req.reference.is_empty() || req.reference.chars().count() > REFERENCE_CHARS_MAX {

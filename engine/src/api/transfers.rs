@@ -61,7 +61,7 @@ pub fn decimal_text(value: &serde_json::Value, field: &str) -> Result<String, Ap
     }
 }
 
-fn owner(id: i64, field: &str) -> Result<OwnerId, ApiError> {
+pub(super) fn owner(id: i64, field: &str) -> Result<OwnerId, ApiError> {
     OwnerId::new(id).map_err(|e| ApiError::invalid("owner_id_invalid", format!("`{field}`: {e}")))
 }
 

@@ -3,8 +3,8 @@
 //! then validation. `run` applies them to a submission and yields the
 //! ledger's verdict, with a record of what each plugin decided.
 //!
-//! `PassThrough` is the built-in policy (accept as given); `plugins::PluginSet`
-//! provides the same interface over sandboxed WebAssembly components.
+//! `plugins::PluginSet` implements them over sandboxed WebAssembly
+//! components; an empty set accepts everything as given.
 
 use crate::domain::{Amount, Currency, Money, Reason, Rejection, Requested, Submission};
 use crate::ledger::Verdict;
@@ -76,24 +76,6 @@ pub trait Hooks: Send + Sync {
         description: Option<&str>,
         decisions: &mut Vec<Decision>,
     ) -> Result<(), HookError>;
-}
-
-/// Accepts everything as given; converts only between equal currencies.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PassThrough;
-
-impl Hooks for PassThrough {
-    fn describe(&self, description: &str, _: &Submission, _: &mut Vec<Decision>) -> Result<String, HookError> {
-        Ok(description.to_owned())
-    }
-
-    fn convert(&self, source: Money, target: Currency, _: &Submission, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
-        convert_without_rates(source, target)
-    }
-
-    fn validate(&self, _: &Submission, _: Amount, _: Option<&str>, _: &mut Vec<Decision>) -> Result<(), HookError> {
-        Ok(())
-    }
 }
 
 /// Conversion with no converter: the same currency is 1:1, any other is refused.

@@ -48,6 +48,14 @@ pub struct CommitItem {
 }
 
 impl CommitItem {
+    /// The amount the ledger records: the one applied, else the one known.
+    pub fn recorded_amount(&self) -> Option<Amount> {
+        match self.verdict {
+            Verdict::Apply(amount) => Some(amount),
+            _ => self.amount,
+        }
+    }
+
     /// An item that moves the submitted amount as given, with no hooks (deposits, tests).
     pub fn apply_as_submitted(submission: Submission) -> Option<Self> {
         let amount = submission.amount()?;
@@ -321,10 +329,10 @@ fn decide(
     let amount = match &item.verdict {
         Verdict::Apply(amount) => *amount,
         Verdict::Reject(reason) => {
-            return (Status::Rejected, Some(reason.clone()), item.amount.map(Amount::minor), debit_id, credit_id);
+            return (Status::Rejected, Some(reason.clone()), item.recorded_amount().map(Amount::minor), debit_id, credit_id);
         }
         Verdict::Fail(reason) => {
-            return (Status::Failed, Some(reason.clone()), item.amount.map(Amount::minor), debit_id, credit_id);
+            return (Status::Failed, Some(reason.clone()), item.recorded_amount().map(Amount::minor), debit_id, credit_id);
         }
     };
     let reject = |r: Rejection| (Status::Rejected, Some(r.to_reason()), Some(amount.minor()), debit_id, credit_id);

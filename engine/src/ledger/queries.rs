@@ -6,7 +6,8 @@ use super::{Ledger, LedgerError};
 use crate::domain::{Currency, OwnerId, Reason, Status, TransferId, TransferKind};
 use crate::hooks::Decision;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One status a transfer had; also what clients see in its `history`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub version: i32,
     pub status: Status,

@@ -184,11 +184,8 @@ impl Processor {
             .zip(&result.outcomes)
             .filter(|(_, c)| c.disposition == Disposition::New)
             .filter_map(|(item, c)| {
-                let amount = match &item.verdict {
-                    crate::ledger::Verdict::Apply(a) => Some(*a),
-                    _ => item.amount,
-                };
-                let view = TransferStatusView::committed(&item.submission, amount, item.description.clone(), &item.decisions, c);
+                let view =
+                    TransferStatusView::committed(&item.submission, item.recorded_amount(), item.description.clone(), &item.decisions, c);
                 serde_json::to_string(&view).ok().map(|body| (c.transfer_id, i64::from(c.version), body))
             })
             .collect();
