@@ -17,7 +17,7 @@ use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use consumer::EngineConsumer;
@@ -56,19 +56,85 @@ struct DeadLetter {
     message: OwnedMessage,
 }
 
+/// A batch decoded and run through the hooks, ready to commit.
+struct PreparedBatch {
+    batch: Vec<OwnedMessage>,
+    items: Vec<CommitItem>,
+    dead: Vec<DeadLetter>,
+}
+
+/// A batch whose transaction has committed (and dead letters are acknowledged).
+struct CommittedBatch {
+    batch: Vec<OwnedMessage>,
+    items: Vec<CommitItem>,
+    result: BatchResult,
+    dead_letters: usize,
+}
+
 impl Processor {
-    /// Runs until `shutdown` turns true, then finishes the batch in hand,
-    /// stores its offsets, commits them and leaves the group.
-    pub async fn run(self, consumer: EngineConsumer, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `shutdown` turns true, then finishes the batches in hand,
+    /// stores their offsets, commits them and leaves the group.
+    ///
+    /// Three stages run at once, each on its own batch, in order: *prepare*
+    /// (fetch, decode, hooks), *commit* (the PostgreSQL transaction, dead
+    /// letters) and *finish* (Redis, then the offsets). So the engine's CPU
+    /// work on the next batch overlaps PostgreSQL's on this one. Channels of
+    /// one keep at most one batch waiting between stages, and a batch reaches
+    /// *finish* only after its own commit: offsets are still stored strictly
+    /// in order and only after the transaction that covers them. If a stage
+    /// stops (shutdown during a retry), no later batch reaches the next one.
+    pub async fn run(self, consumer: EngineConsumer, shutdown: watch::Receiver<bool>) {
         let consumer = Arc::new(consumer);
-        let lag_task = tokio::spawn(measure_lag(consumer.clone(), self.metrics.clone(), shutdown.clone()));
-        info!(topic = %self.settings.topic, group = %self.settings.consumer_group, "Processor started.");
+        let this = Arc::new(self);
+        let lag_task = tokio::spawn(measure_lag(consumer.clone(), this.metrics.clone(), shutdown.clone()));
+        info!(topic = %this.settings.topic, group = %this.settings.consumer_group, "Processor started.");
+        let (to_commit, mut committing) = mpsc::channel::<PreparedBatch>(1);
+        let (to_finish, mut finishing) = mpsc::channel::<CommittedBatch>(1);
+        let committer = tokio::spawn({
+            let this = this.clone();
+            let mut shutdown = shutdown.clone();
+            async move {
+                while let Some(prepared) = committing.recv().await {
+                    let Some(committed) = this.commit(prepared, &mut shutdown).await else { break };
+                    if to_finish.send(committed).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let finisher = tokio::spawn({
+            let this = this.clone();
+            let consumer = consumer.clone();
+            async move {
+                while let Some(committed) = finishing.recv().await {
+                    this.finish(&consumer, committed).await;
+                }
+            }
+        });
+        this.prepare_until_stopped(&consumer, to_commit, shutdown).await;
+        // The committer drains what was handed to it (or stops at shutdown
+        // during a retry), then the finisher drains what was committed.
+        let _ = committer.await;
+        let _ = finisher.await;
+        lag_task.abort();
+        consumer::close(consumer).await;
+        info!("Processor stopped.");
+    }
+
+    /// Fetches, decodes and runs the hooks, batch after batch, until shutdown
+    /// or until the committer stops taking batches.
+    async fn prepare_until_stopped(
+        &self,
+        consumer: &EngineConsumer,
+        to_commit: mpsc::Sender<PreparedBatch>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let batch_wait = Duration::from_millis(self.settings.batch_wait_ms);
         let mut failures = 0u32;
         loop {
             let first = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = shutdown.wait_for(|stop| *stop) => return,
                 first = consumer.recv() => first,
             };
             let first = match first {
@@ -93,18 +159,15 @@ impl Processor {
                     Err(_) => break,
                 }
             }
-            if !self.process_batch(&consumer, batch, &mut shutdown).await {
-                break;
+            let prepared = self.prepare(batch).await;
+            if to_commit.send(prepared).await.is_err() {
+                return;
             }
         }
-        lag_task.abort();
-        consumer::close(consumer).await;
-        info!("Processor stopped.");
     }
 
-    /// Processes one batch to the end. Returns false if shutdown interrupted
-    /// it before its offsets were stored (the batch will be redelivered).
-    async fn process_batch(&self, consumer: &EngineConsumer, batch: Vec<OwnedMessage>, shutdown: &mut watch::Receiver<bool>) -> bool {
+    /// Decodes a batch (undecodable records become dead letters) and runs the hooks.
+    async fn prepare(&self, batch: Vec<OwnedMessage>) -> PreparedBatch {
         self.metrics.batch_size.observe(batch.len() as f64);
         let mut submissions = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
@@ -114,25 +177,32 @@ impl Processor {
                 Err(e) => dead.push(DeadLetter { reason: format!("{}: {e}", e.code()), message: message.clone() }),
             }
         }
-
         // Hooks may run plugins for milliseconds each: keep them off the async workers.
         let hooks = self.hooks.borrow().clone();
         let items = tokio::task::spawn_blocking(move || submissions.into_iter().map(|s| commit_item(&*hooks, s)).collect::<Vec<_>>())
             .await
             .expect("commit_item contains panics");
+        PreparedBatch { batch, items, dead }
+    }
 
-        let Some(result) = self.commit_with_retry(&items, shutdown).await else {
-            return false;
-        };
+    /// Commits a prepared batch and publishes its dead letters. None if
+    /// shutdown interrupted it (the batch will be redelivered).
+    async fn commit(&self, prepared: PreparedBatch, shutdown: &mut watch::Receiver<bool>) -> Option<CommittedBatch> {
+        let PreparedBatch { batch, items, dead } = prepared;
+        let result = self.commit_with_retry(&items, shutdown).await?;
         for letter in &dead {
             if !self.dead_letter(letter, shutdown).await {
-                return false;
+                return None;
             }
         }
-        self.update_cache(&items, &result).await;
-        self.count(&result, dead.len());
-        store_offsets(consumer, &batch);
-        true
+        Some(CommittedBatch { batch, items, result, dead_letters: dead.len() })
+    }
+
+    /// Updates Redis, counts outcomes, then stores the batch's offsets.
+    async fn finish(&self, consumer: &EngineConsumer, committed: CommittedBatch) {
+        self.update_cache(&committed.items, &committed.result).await;
+        self.count(&committed.result, committed.dead_letters);
+        store_offsets(consumer, &committed.batch);
     }
 
     async fn commit_with_retry(&self, items: &[CommitItem], shutdown: &mut watch::Receiver<bool>) -> Option<BatchResult> {
