@@ -241,13 +241,66 @@ impl Cache {
     }
 }
 
+/// Keys read per SCAN step and per version pipeline while auditing.
+const AUDIT_SCAN_COUNT: usize = 1_000;
+
+/// Which cached views to list for the audit.
+#[derive(Clone, Copy, Debug)]
+pub enum CachedKind {
+    Transfer,
+    Balance,
+}
+
+impl Cache {
+    /// Every cached view of `kind` under this engine's prefix, as (key suffix,
+    /// version, body). For the audit only: it walks the whole keyspace with SCAN
+    /// (never KEYS, which would block Redis).
+    pub async fn cached_versions(&self, kind: CachedKind) -> Result<Vec<(String, i64, String)>, CacheError> {
+        let mut c = self.connection().await?;
+        let prefix = match kind {
+            CachedKind::Transfer => format!("{}transfer:", self.inner.key_prefix),
+            CachedKind::Balance => format!("{}balance:", self.inner.key_prefix),
+        };
+        let mut found = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(AUDIT_SCAN_COUNT)
+                .query_async(&mut c)
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("HMGET").arg(key).arg("version").arg("body");
+                }
+                let rows: Vec<(Option<i64>, Option<String>)> = pipe.query_async(&mut c).await?;
+                for (key, (version, body)) in keys.into_iter().zip(rows) {
+                    // Expired between SCAN and HMGET: nothing to compare.
+                    if let Some(version) = version {
+                        found.push((key[prefix.len()..].to_owned(), version, body.unwrap_or_default()));
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(found);
+            }
+            cursor = next;
+        }
+    }
+}
+
 fn set_if_newer(pipe: &mut redis::Pipeline, key: &str, version: i64, body: &str, ttl_s: u64) {
     // EVAL rather than EVALSHA: the script is tiny, Redis caches it by hash, and
     // a pipeline cannot recover from NOSCRIPT after a Redis restart.
     pipe.cmd("EVAL").arg(SET_IF_NEWER).arg(1).arg(key).arg(version).arg(body).arg(ttl_s).ignore();
 }
 
-fn parse_balance(version: i64, body: &str) -> Option<CachedBalance> {
+/// Reads a cached balance body, `balance:floor:account_id`.
+pub fn parse_balance(version: i64, body: &str) -> Option<CachedBalance> {
     let mut parts = body.split(':').map(str::parse::<i64>);
     let parsed = (parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?);
     let (balance_minor, floor_minor, account_id) = parsed;

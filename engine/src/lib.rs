@@ -10,6 +10,7 @@
 //! - `kafka`: client settings, topics, the record format.
 //! - `domain`: pure types: currencies, amounts, ids, rejections.
 //! - `views`: the JSON a client sees for a transfer.
+//! - `loadgen`: the load generator behind `transfer-engine loadgen` and the benchmarks.
 //! - `config`, `startup`, `telemetry`, `metrics`: settings, the `Application`, logs, Prometheus.
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod domain;
 pub mod hooks;
 pub mod kafka;
 pub mod ledger;
+pub mod loadgen;
 pub mod metrics;
 pub mod plugins;
 pub mod processor;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use transfer_engine::config::Settings;
 use transfer_engine::startup::{Application, Role, connect_database};
-use transfer_engine::{cli, ledger, telemetry};
+use transfer_engine::{cache, cli, ledger, loadgen, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "A money-transfer engine with sandboxed WebAssembly policy plugins.")]
@@ -33,7 +33,14 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// A file of transfer ids acknowledged with 202 (one per line, as
+        /// `loadgen --ids-out` writes): each must have exactly one final status.
+        #[arg(long)]
+        acknowledged: Option<PathBuf>,
     },
+    /// Seed accounts, submit transfers at a chosen rate and distribution, wait
+    /// for their final statuses and report rates and latencies.
+    Loadgen(Box<loadgen::LoadArgs>),
     /// Manage plugins on a running engine, or test one offline.
     Plugins {
         /// The engine's base URL.
@@ -66,26 +73,58 @@ async fn main() -> anyhow::Result<()> {
             println!("Migrations applied.");
             return Ok(());
         }
-        Command::Audit { json } => return audit(&settings, json).await,
+        Command::Audit { json, acknowledged } => return audit(&settings, json, acknowledged.as_deref()).await,
+        Command::Loadgen(args) => return loadgen::run(&settings, *args).await.map(drop),
         Command::Plugins { .. } => unreachable!("handled above"),
     };
     let app = Application::build(settings, role).await?;
     app.run_until_stopped(shutdown_signal()).await
 }
 
-async fn audit(settings: &Settings, json: bool) -> anyhow::Result<()> {
+async fn audit(settings: &Settings, json: bool, acknowledged: Option<&std::path::Path>) -> anyhow::Result<()> {
     let pool = connect_database(settings).await?;
-    let report = ledger::Ledger::new(pool).audit().await?;
+    let ledger = ledger::Ledger::new(pool);
+    let mut report = ledger.audit().await?;
+    if let Some(path) = acknowledged {
+        let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+        let ids = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                l.trim().parse().map(transfer_engine::domain::TransferId).with_context(|| format!("{}: not a UUID: {l}", path.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        report.checks.push(ledger.audit_acknowledged(&ids).await?);
+        report.acknowledged = Some(ids.len() as i64);
+    }
+    // Redis is a cache: when it is away there is nothing to compare, which is not a violation.
+    let cache = cache::Cache::new(
+        settings.redis_url.expose(),
+        &settings.redis_key_prefix,
+        settings.balance_cache_ttl_s,
+        settings.status_cache_ttl_s,
+    )?;
+    match ledger.audit_cache(&cache).await {
+        Ok(checks) => report.checks.extend(checks),
+        Err(ledger::audit::CacheAuditError::Cache(e)) => report.skipped.push(format!("Redis comparison skipped: {e}")),
+        Err(ledger::audit::CacheAuditError::Ledger(e)) => return Err(e.into()),
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("Audited {} transfers over {} accounts.", report.transfers, report.accounts);
+        if let Some(n) = report.acknowledged {
+            println!("Checked {n} acknowledged transfer ids.");
+        }
         for check in &report.checks {
             let verdict = if check.violations.is_empty() { "ok" } else { "VIOLATED" };
             println!("  {verdict:8} {}", check.name);
             for v in &check.violations {
                 println!("           {v}");
             }
+        }
+        for note in &report.skipped {
+            println!("  skipped  {note}");
         }
     }
     anyhow::ensure!(report.passed(), "the ledger audit found violations");

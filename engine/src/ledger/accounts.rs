@@ -59,6 +59,23 @@ impl Ledger {
         }
     }
 
+    /// Opens accounts for many owners at once (floor 0), skipping those that
+    /// exist, and the currency's system account. Returns how many were opened.
+    /// For seeding large ledgers (the load generator): one statement, not one per account.
+    pub async fn open_accounts(&self, owners: &[OwnerId], currency: Currency) -> Result<u64, LedgerError> {
+        self.ensure_system_account(currency).await?;
+        let ids: Vec<i64> = owners.iter().map(|o| o.get()).collect();
+        let done = sqlx::query(
+            "INSERT INTO accounts (owner_id, currency) SELECT owner, $2 FROM UNNEST($1::bigint[]) AS owner
+             ON CONFLICT (owner_id, currency) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(currency.code())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// The account of `owner_id` in `currency`, if it exists.
     pub async fn account(&self, owner_id: OwnerId, currency: Currency) -> Result<Option<AccountView>, LedgerError> {
         let row: Option<AccountRow> = sqlx::query_as(

@@ -1,7 +1,11 @@
 //! The ledger's invariants, each checked by one query over the whole ledger.
 //! Used by the tests after every scenario and by `transfer-engine audit`.
 
+use std::collections::HashMap;
+
 use super::{Ledger, LedgerError};
+use crate::cache::{self, Cache, CacheError, CachedKind};
+use crate::domain::TransferId;
 
 /// One invariant and the rows that break it (empty when it holds).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -15,7 +19,11 @@ pub struct Check {
 pub struct AuditReport {
     pub transfers: i64,
     pub accounts: i64,
+    /// How many acknowledged ids were checked, when a list was given.
+    pub acknowledged: Option<i64>,
     pub checks: Vec<Check>,
+    /// Checks that could not run (Redis away), with why.
+    pub skipped: Vec<String>,
 }
 
 impl AuditReport {
@@ -80,6 +88,110 @@ impl Ledger {
             checks.push(Check { name, violations });
         }
         tx.commit().await?;
-        Ok(AuditReport { transfers, accounts, checks })
+        Ok(AuditReport { transfers, accounts, acknowledged: None, checks, skipped: Vec::new() })
+    }
+}
+
+/// Ids looked up per query when comparing against a list.
+const IDS_PER_QUERY: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheAuditError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+fn capped(mut violations: Vec<String>) -> Vec<String> {
+    violations.truncate(VIOLATIONS_SHOWN_MAX as usize);
+    violations
+}
+
+impl Ledger {
+    /// Every id a client was answered 202 for has exactly one final status:
+    /// its row is final and its history holds exactly one final entry.
+    pub async fn audit_acknowledged(&self, ids: &[TransferId]) -> Result<Check, LedgerError> {
+        let mut violations = Vec::new();
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let chunk: Vec<uuid::Uuid> = chunk.iter().map(|id| id.0).collect();
+            let rows: Vec<(Option<String>,)> = sqlx::query_as(
+                "SELECT a.id::text || ' ' || coalesce(t.status, 'missing') || ' finals ' || coalesce(h.finals, 0)
+                   FROM UNNEST($1::uuid[]) AS a(id)
+                   LEFT JOIN transfers t ON t.transfer_id = a.id
+                   LEFT JOIN (SELECT transfer_id, count(*) AS finals FROM transfer_status_history
+                               WHERE transfer_id = ANY($1) AND status <> 'initiated' GROUP BY transfer_id) h ON h.transfer_id = a.id
+                  WHERE t.transfer_id IS NULL OR t.status = 'initiated' OR coalesce(h.finals, 0) <> 1",
+            )
+            .bind(&chunk)
+            .fetch_all(&self.pool)
+            .await?;
+            violations.extend(rows.into_iter().map(|(v,)| v.unwrap_or_default()));
+        }
+        Ok(Check { name: "every_acknowledged_transfer_has_exactly_one_final_status", violations: capped(violations) })
+    }
+
+    /// Redis never runs ahead of PostgreSQL: no cached status has a higher
+    /// version than the ledger's (version 1 without a row is a submission not
+    /// yet committed), and no cached balance a higher version than its
+    /// account, nor another balance at the same version.
+    pub async fn audit_cache(&self, cache: &Cache) -> Result<Vec<Check>, CacheAuditError> {
+        let statuses = cache.cached_versions(CachedKind::Transfer).await?;
+        let mut ledger_versions: HashMap<uuid::Uuid, i32> = HashMap::with_capacity(statuses.len());
+        let mut ids = Vec::with_capacity(statuses.len());
+        let mut violations = Vec::new();
+        for (suffix, version, _) in &statuses {
+            match uuid::Uuid::parse_str(suffix) {
+                Ok(id) => ids.push((id, *version)),
+                Err(_) => violations.push(format!("unreadable key transfer:{suffix}")),
+            }
+        }
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let chunk: Vec<uuid::Uuid> = chunk.iter().map(|(id, _)| *id).collect();
+            let rows: Vec<(uuid::Uuid, i32)> =
+                sqlx::query_as("SELECT transfer_id, status_version FROM transfers WHERE transfer_id = ANY($1)")
+                    .bind(&chunk)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(LedgerError::from)?;
+            ledger_versions.extend(rows);
+        }
+        for (id, cached) in &ids {
+            let stored = ledger_versions.get(id).copied().unwrap_or(0);
+            if *cached > i64::from(stored.max(1)) {
+                violations.push(format!("{id} cached version {cached} ledger version {stored}"));
+            }
+        }
+        let status_check = Check { name: "redis_status_never_ahead_of_postgresql", violations: capped(violations) };
+
+        let balances = cache.cached_versions(CachedKind::Balance).await?;
+        let (account_ids, cached): (Vec<i64>, Vec<_>) = balances
+            .iter()
+            .filter_map(|(suffix, version, body)| cache::parse_balance(*version, body).map(|b| (b.account_id, (suffix, b))))
+            .unzip();
+        let mut accounts: HashMap<i64, (i64, i64)> = HashMap::with_capacity(account_ids.len());
+        for chunk in account_ids.chunks(IDS_PER_QUERY) {
+            let rows: Vec<(i64, i64, i64)> =
+                sqlx::query_as("SELECT account_id, balance_minor, version FROM accounts WHERE account_id = ANY($1)")
+                    .bind(chunk)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(LedgerError::from)?;
+            accounts.extend(rows.into_iter().map(|(id, balance, version)| (id, (balance, version))));
+        }
+        let mut violations = Vec::new();
+        for (suffix, b) in cached {
+            match accounts.get(&b.account_id) {
+                None => violations.push(format!("balance:{suffix} names unknown account {}", b.account_id)),
+                Some(&(balance, version)) if b.version > version || (b.version == version && b.balance_minor != balance) => violations
+                    .push(format!(
+                        "balance:{suffix} cached {} at version {} ledger {balance} at version {version}",
+                        b.balance_minor, b.version
+                    )),
+                Some(_) => {}
+            }
+        }
+        let balance_check = Check { name: "redis_balances_never_ahead_of_postgresql", violations: capped(violations) };
+        Ok(vec![status_check, balance_check])
     }
 }
