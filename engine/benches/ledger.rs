@@ -95,7 +95,7 @@ async fn plain_sql(pool: &PgPool, items: &[CommitItem]) {
 }
 
 /// Transfers per second for one path at one batch size.
-async fn measure(label: &str, size: usize, commit_rust: bool) -> f64 {
+async fn measure(label: &str, size: usize, commit_rust: bool, seconds: u64) -> f64 {
     let db = common::seeded_database(label, ACCOUNTS).await;
     let pool = db.pool.clone();
     let ledger = Ledger::new(pool.clone());
@@ -112,7 +112,7 @@ async fn measure(label: &str, size: usize, commit_rust: bool) -> f64 {
     }
     let mut committed = 0usize;
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(RUN_SECONDS) {
+    while started.elapsed() < Duration::from_secs(seconds) {
         let items = batch(&mut rng, size, eur);
         if commit_rust {
             ledger.commit_batch(&items).await.unwrap();
@@ -128,13 +128,42 @@ async fn measure(label: &str, size: usize, commit_rust: bool) -> f64 {
     rate
 }
 
+/// `-- --batch N` runs one batch size; `--plain-only` skips commit_batch;
+/// `--seconds N` sets the time per cell; `--json PATH` writes the rows (for scripts/bench).
+struct Args {
+    sizes: Vec<usize>,
+    plain_only: bool,
+    seconds: u64,
+    json: Option<String>,
+}
+
+fn args() -> Args {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    Args {
+        sizes: value("--batch").map_or(BATCH_SIZES.to_vec(), |b| vec![b.parse().expect("--batch takes a number")]),
+        plain_only: args.iter().any(|a| a == "--plain-only"),
+        seconds: value("--seconds").map_or(RUN_SECONDS, |s| s.parse().expect("--seconds takes a number")),
+        json: value("--json"),
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    println!("commit_batch vs plain SQL, {ACCOUNTS} accounts, uniform, {RUN_SECONDS} s per cell, one committer");
+    let args = args();
+    println!("commit_batch vs plain SQL, {ACCOUNTS} accounts, uniform, {} s per cell, one committer", args.seconds);
     println!("{:>6} | {:>16} | {:>16} | {:>6}", "batch", "plain SQL tr/s", "commit_batch tr/s", "ratio");
-    for size in BATCH_SIZES {
-        let baseline = measure("sql", size, false).await;
-        let ours = measure("rust", size, true).await;
-        println!("{size:>6} | {baseline:>16.0} | {ours:>16.0} | {:>6.2}", ours / baseline);
+    let mut rows = Vec::new();
+    for size in args.sizes {
+        let baseline = measure("sql", size, false, args.seconds).await;
+        let ours = if args.plain_only { None } else { Some(measure("rust", size, true, args.seconds).await) };
+        match ours {
+            Some(ours) => println!("{size:>6} | {baseline:>16.0} | {ours:>16.0} | {:>6.2}", ours / baseline),
+            None => println!("{size:>6} | {baseline:>16.0} | {:>16} | {:>6}", "-", "-"),
+        }
+        rows.push(serde_json::json!({"batch": size, "plain_sql_per_s": baseline, "commit_batch_per_s": ours}));
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&rows).unwrap()).unwrap();
     }
 }

