@@ -1,14 +1,14 @@
 //! Accounts, balances, an account's transfers; deposits and withdrawals (admin).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::JsonBody;
+use super::error::{JsonBody, PathParams};
 use super::transfers::{balances, decimal_text, owner};
-use super::{ApiError, AppState, require_admin};
+use super::{Admin, ApiError, AppState};
 use crate::cache::{self, CachedBalance};
 use crate::domain::{Amount, Currency, OwnerId, format_minor};
 use crate::ledger::{CreateAccountError, MoveError};
@@ -68,7 +68,10 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}",
     params(("owner_id" = i64, Path), ("currency" = String, Path)),
     responses((status = 200, body = AccountBody), (status = 404, body = super::error::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Path((owner_id, currency)): Path<(String, String)>) -> Result<Json<AccountBody>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    PathParams((owner_id, currency)): PathParams<(String, String)>,
+) -> Result<Json<AccountBody>, ApiError> {
     let owner = path_owner(&owner_id)?;
     let currency = Currency::parse(&currency)?;
     let [balance] = balances(&state, [(owner, currency)]).await?;
@@ -101,7 +104,7 @@ const PAGE_SIZE_DEFAULT: i64 = 50;
     responses((status = 200, body = TransferPageBody), (status = 404, body = super::error::ErrorBody)))]
 pub async fn transfers(
     State(state): State<AppState>,
-    Path((owner_id, currency)): Path<(String, String)>,
+    PathParams((owner_id, currency)): PathParams<(String, String)>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TransferPageBody>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
@@ -143,34 +146,37 @@ const REFERENCE_CHARS_MAX: usize = 128;
     responses((status = 201, body = TransferStatusView), (status = 401, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 pub async fn deposit(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     body: JsonBody<MoveMoney>,
 ) -> Result<(StatusCode, Json<TransferStatusView>), ApiError> {
-    move_money(state, headers, body, true).await
+    move_money(state, body, true).await
 }
 
 #[utoipa::path(post, path = "/v1/withdrawals", request_body = MoveMoney, security(("admin_token" = [])),
     responses((status = 201, body = TransferStatusView), (status = 401, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 pub async fn withdraw(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     body: JsonBody<MoveMoney>,
 ) -> Result<(StatusCode, Json<TransferStatusView>), ApiError> {
-    move_money(state, headers, body, false).await
+    move_money(state, body, false).await
 }
 
+/// Callers hold `Admin`: the token was checked before the body was read.
 async fn move_money(
     state: AppState,
-    headers: HeaderMap,
     JsonBody(req): JsonBody<MoveMoney>,
     deposit: bool,
 ) -> Result<(StatusCode, Json<TransferStatusView>), ApiError> {
-    require_admin(&state.settings, &headers)?;
     let owner = owner(req.owner_id, "owner_id")?;
     let currency = Currency::parse(&req.currency)?;
     let amount = Amount::parse_decimal(&decimal_text(&req.amount, "amount")?, currency)?;
-    if req.reference.is_empty() || req.reference.chars().count() > REFERENCE_CHARS_MAX {
-        return Err(ApiError::invalid("reference_invalid", format!("the reference must have 1 to {REFERENCE_CHARS_MAX} characters")));
+    // NUL is refused because PostgreSQL text cannot hold it: the ledger's INSERT would fail (a 500).
+    if req.reference.is_empty() || req.reference.chars().count() > REFERENCE_CHARS_MAX || req.reference.contains('\0') {
+        return Err(ApiError::invalid(
+            "reference_invalid",
+            format!("the reference must have 1 to {REFERENCE_CHARS_MAX} characters and no NUL"),
+        ));
     }
     // Refuse a missing account before anything is recorded, so the reference stays usable.
     if state.ledger.account(owner, currency).await?.is_none() {

@@ -4,16 +4,16 @@
 //! every engine within about a second, between two batches.
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::JsonBody;
-use super::{ApiError, AppState, require_admin};
+use super::error::{JsonBody, PathParams};
+use super::{Admin, ApiError, AppState};
 use crate::config::Settings;
-use crate::plugins::{PluginError, PluginInfo, PluginKind};
+use crate::plugins::{PluginError, PluginInfo, PluginKind, valid_name};
 
 /// The upload route's body limit: the component, base64-encoded, plus its JSON envelope.
 pub fn upload_body_bytes_max(settings: &Settings) -> usize {
@@ -56,10 +56,9 @@ pub struct UploadPlugin {
     responses((status = 201, body = PluginInfo), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     JsonBody(req): JsonBody<UploadPlugin>,
 ) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
-    require_admin(&state.settings, &headers)?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(req.component.as_bytes())
         .map_err(|e| ApiError::invalid("plugin_invalid", format!("`component` is not base64: {e}")))?;
@@ -80,8 +79,7 @@ pub struct PluginList {
 
 #[utoipa::path(get, path = "/v1/admin/plugins", security(("admin_token" = [])),
     responses((status = 200, body = PluginList), (status = 401, body = super::error::ErrorBody)))]
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<PluginList>, ApiError> {
-    require_admin(&state.settings, &headers)?;
+pub async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<PluginList>, ApiError> {
     Ok(Json(PluginList { plugins: state.plugins.list().await? }))
 }
 
@@ -97,19 +95,19 @@ pub struct Activate {
               (status = 409, body = super::error::ErrorBody)))]
 pub async fn activate(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
+    _: Admin,
+    PathParams(name): PathParams<String>,
     JsonBody(req): JsonBody<Activate>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&state.settings, &headers)?;
+    let name = existing_name(name)?;
     state.plugins.activate(&name, req.version).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/v1/admin/plugins/{name}/deactivate", security(("admin_token" = [])), params(("name" = String, Path)),
     responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
-pub async fn deactivate(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    require_admin(&state.settings, &headers)?;
+pub async fn deactivate(State(state): State<AppState>, _: Admin, PathParams(name): PathParams<String>) -> Result<StatusCode, ApiError> {
+    let name = existing_name(name)?;
     state.plugins.deactivate(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -125,10 +123,30 @@ pub struct ValidationOrder {
     responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
 pub async fn set_validation_order(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     JsonBody(req): JsonBody<ValidationOrder>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&state.settings, &headers)?;
+    // The registry writes the order with one `INSERT .. ON CONFLICT DO UPDATE`,
+    // which PostgreSQL refuses (a 500) when a name comes twice; a repeated name
+    // has no meaning anyway.
+    let mut seen = std::collections::HashSet::with_capacity(req.names.len());
+    if let Some(name) = req.names.iter().find(|name| !seen.insert(name.as_str())) {
+        return Err(ApiError::invalid("validation_order_invalid", format!("`{}` is listed more than once", bounded(name))));
+    }
     state.plugins.set_validation_order(&req.names).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A plugin name from the path, if it could name a stored plugin. A name the
+/// registry would refuse names no plugin (404), and is checked here because
+/// the lookup would otherwise send it to PostgreSQL, which refuses text with
+/// NUL (`/v1/admin/plugins/%00/deactivate` answered 500).
+fn existing_name(name: String) -> Result<String, ApiError> {
+    if valid_name(&name) { Ok(name) } else { Err(PluginError::NotFound(bounded(&name)).into()) }
+}
+
+/// Client text quoted in a message, cut to a readable length.
+fn bounded(text: &str) -> String {
+    const QUOTED_CHARS_MAX: usize = 64;
+    text.chars().take(QUOTED_CHARS_MAX).collect()
 }

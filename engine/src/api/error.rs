@@ -1,8 +1,9 @@
 //! Every error the API answers is JSON `{"error": {"code", "message"}}` with
 //! a status that says whose fault it is. Bad input is always a 4xx.
+//! `JsonBody` and `PathParams` wrap axum's extractors, whose own rejections are plain text.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -128,6 +129,34 @@ where
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        // axum answers 5xx only for a handler that does not fit its route (a bug
+        // of ours, so a 500 is right); every other case is the client's segment,
+        // such as a percent-encoded one that is not UTF-8 (`/v1/transfers/%FF`).
+        if rejection.status().is_server_error() {
+            return Self::Unexpected(anyhow::anyhow!("path parameters do not fit the handler: {}", rejection.body_text()));
+        }
+        Self::Invalid { status: StatusCode::BAD_REQUEST, code: "invalid_path", message: rejection.body_text() }
+    }
+}
+
+/// Extracts path parameters, answering our JSON error shape on any failure.
+pub struct PathParams<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for PathParams<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
     }
 }

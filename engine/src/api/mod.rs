@@ -15,8 +15,9 @@ pub mod transfers;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderMap;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -63,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
+        // After every route: it applies to the routes added so far.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -71,6 +74,16 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound { code: "not_found", message: "no such route".into() }
+}
+
+/// axum's own answer to a known path with another method is a 405 with an
+/// empty body; clients get our JSON error shape instead (axum still adds `Allow`).
+async fn method_not_allowed() -> ApiError {
+    ApiError::Invalid {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "this route does not accept that method".into(),
+    }
 }
 
 /// Counts and times every request by its route template (not its raw path, which would explode label cardinality).
@@ -86,14 +99,43 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
 }
 
 /// Checks `Authorization: Bearer <admin token>` in constant time.
+///
+/// The scheme is matched without regard to case (RFC 7235 section 2.1: `bearer`
+/// is the same scheme) and may be followed by several spaces (`1*SP`); the
+/// token is compared exactly. A request with more than one `Authorization`
+/// header carries ambiguous credentials and is refused rather than judged by
+/// whichever header comes first. The token is read from this header only:
+/// never from the query string (it would end up in access logs) nor from any
+/// other header.
 pub fn require_admin(settings: &Settings, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = settings.admin_token.as_ref() else {
         return Err(ApiError::Unauthorized);
     };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(ApiError::Unauthorized);
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start_matches(' '))
         .ok_or(ApiError::Unauthorized)?;
     if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) { Ok(()) } else { Err(ApiError::Unauthorized) }
+}
+
+/// Proof that a request carries the admin token. An extractor rather than a
+/// call inside the handler so that it runs before the body extractor: an
+/// unauthenticated request is refused before its body is read or validated,
+/// so it learns nothing about the schema and cannot make the engine buffer
+/// a large upload.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        require_admin(&state.settings, &parts.headers).map(|()| Admin)
+    }
 }

@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 use utoipa::ToSchema;
 
-use super::error::JsonBody;
+use super::error::{JsonBody, PathParams};
 use super::{ApiError, AppState};
 use crate::cache::{self, CachedBalance};
 use crate::domain::{Amount, Currency, Money, OwnerId, Rejection, Requested, Submission, TransferId, TransferKind};
@@ -110,13 +110,18 @@ pub fn validate(req: SubmitTransfer, headers: &HeaderMap, description_chars_max:
             ));
         }
     };
-    if let Some(d) = &req.description
-        && d.chars().count() > description_chars_max
-    {
-        return Err(ApiError::invalid(
-            "description_too_long",
-            format!("the description is longer than {description_chars_max} characters"),
-        ));
+    if let Some(d) = &req.description {
+        if d.chars().count() > description_chars_max {
+            return Err(ApiError::invalid(
+                "description_too_long",
+                format!("the description is longer than {description_chars_max} characters"),
+            ));
+        }
+        // PostgreSQL text cannot hold NUL: once published, such a transfer would
+        // fail its batch's INSERT on every retry and stall its partition.
+        if d.contains('\0') {
+            return Err(ApiError::invalid("description_invalid", "the description must not contain NUL characters"));
+        }
     }
     Ok(Submission {
         id,
@@ -252,7 +257,7 @@ pub async fn balances<const N: usize>(state: &AppState, keys: [(OwnerId, Currenc
 
 #[utoipa::path(get, path = "/v1/transfers/{id}", params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = TransferStatusView), (status = 404, body = super::error::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TransferStatusView>, ApiError> {
+pub async fn get(State(state): State<AppState>, PathParams(id): PathParams<String>) -> Result<Json<TransferStatusView>, ApiError> {
     let id = uuid::Uuid::parse_str(&id)
         .map(TransferId)
         .map_err(|_| ApiError::invalid("transfer_id_invalid", "the transfer id must be a UUID"))?;
