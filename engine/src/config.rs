@@ -50,6 +50,9 @@ pub struct Settings {
     /// Partitions when the engine creates the topic itself.
     pub topic_partitions: i32,
     pub consumer_group: String,
+    /// How long the broker waits for a silent processor before handing its
+    /// partitions to the others (a crashed one holds them this long).
+    pub consumer_session_timeout_ms: u64,
     /// Bearer token for `/v1/admin/*` and deposits/withdrawals. Unset: those endpoints answer 401.
     pub admin_token: Option<Secret>,
     pub database_connections_max: u32,
@@ -101,6 +104,7 @@ impl Default for Settings {
             topic: "transfers".into(),
             topic_partitions: 4,
             consumer_group: "transfer-engine".into(),
+            consumer_session_timeout_ms: 10_000,
             admin_token: None,
             database_connections_max: 16,
             batch_size_max: 500,

@@ -25,7 +25,7 @@ pub fn build_consumer(settings: &Settings) -> Result<EngineConsumer, KafkaError>
         .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", settings.consumer_session_timeout_ms.to_string())
         .set("fetch.wait.max.ms", "50")
         .create()?;
     consumer.subscribe(&[&settings.topic])?;

@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -312,19 +312,30 @@ fn commit_item(hooks: &dyn hooks::Hooks, submission: Submission) -> CommitItem {
     }
 }
 
-/// Stores, per partition, the offset after the batch's last record.
+/// Stores, per partition, the offset after the batch's last record (the next
+/// one to read), for librdkafka to commit.
+///
+/// Through `rd_kafka_offsets_store`, which stores each offset as given. The
+/// single-offset `store_offset` (`rd_kafka_offset_store`) stores offset + 1:
+/// passing it the next offset skipped one record per partition at every
+/// restart, which the SIGKILL test (`tests/crash.rs`) caught.
 fn store_offsets(consumer: &EngineConsumer, batch: &[OwnedMessage]) {
     let mut next: HashMap<(&str, i32), i64> = HashMap::new();
     for m in batch {
         let slot = next.entry((m.topic(), m.partition())).or_insert(0);
         *slot = (*slot).max(m.offset() + 1);
     }
-    for ((topic, partition), offset) in next {
-        // Fails only if the partition was revoked meanwhile: its new owner re-reads
-        // the batch and the ledger recognises every id, so nothing is lost or doubled.
-        if let Err(e) = consumer.store_offset(topic, partition, offset) {
-            debug!(partition, offset, error = %e, "Offset not stored (partition revoked?).");
+    let mut list = TopicPartitionList::with_capacity(next.len());
+    for (&(topic, partition), &offset) in &next {
+        if let Err(e) = list.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+            tracing::error!(partition, offset, error = %e, "Offset not representable; the batch will be re-read.");
         }
+    }
+    // Fails (wholly or per partition) only if a partition was revoked meanwhile:
+    // its new owner re-reads the batch and the ledger recognises every id, so
+    // nothing is lost or doubled.
+    if let Err(e) = consumer.store_offsets(&list) {
+        debug!(error = %e, "Offsets not stored (partitions revoked?).");
     }
 }
 
