@@ -165,6 +165,11 @@ impl TransferRecord {
             return Err(DecodeError::Invalid(format!("kind {} is not processed from the topic", self.kind.as_str())));
         }
         let currency = Currency::parse(&self.currency).map_err(|e| invalid(&e))?;
+        // PostgreSQL text cannot hold NUL: such a record would fail its batch on
+        // every retry and stall the partition. The API refuses it too.
+        if self.description.as_deref().is_some_and(|d| d.contains('\0')) {
+            return Err(DecodeError::Invalid("the description contains a NUL character".into()));
+        }
         let requested = match (self.amount_minor, self.original_amount_minor, self.original_currency) {
             (Some(amount), None, None) => Requested::Amount(Amount::from_minor(amount).map_err(|e| invalid(&e))?),
             (None, Some(amount), Some(code)) => Requested::Original(Money {
@@ -216,5 +221,8 @@ mod tests {
         assert_eq!(TransferRecord::decode(Some(future)), Err(DecodeError::UnknownSchemaVersion(2)));
         let negative = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":-5,"submitted_at":"2026-01-01T00:00:00Z"}"#;
         assert!(matches!(TransferRecord::decode(Some(negative)), Err(DecodeError::Invalid(_))));
+        let nul = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":5,"description":"rent\u0000","submitted_at":"2026-01-01T00:00:00Z"}"#;
+        let refused = TransferRecord::decode(Some(nul));
+        assert!(matches!(refused, Err(DecodeError::Invalid(_))), "{refused:?}");
     }
 }

@@ -98,8 +98,10 @@ fn rejection(r: types::Rejection) -> Result<Reason, Fault> {
     Ok(Reason { code: r.code, message: truncate(&r.message, PLUGIN_MESSAGE_CHARS_MAX) })
 }
 
+/// At most `chars_max` characters, NUL replaced: the text is stored in
+/// PostgreSQL (text and JSONB), which cannot hold NUL.
 fn truncate(text: &str, chars_max: usize) -> String {
-    text.chars().take(chars_max).collect()
+    text.chars().take(chars_max).map(|c| if c == '\0' { char::REPLACEMENT_CHARACTER } else { c }).collect()
 }
 
 /// The `plugin_failed` reason for a fault: names the plugin, version and cause.
@@ -135,6 +137,8 @@ impl Hooks for PluginSet {
             Ok(text) if text.chars().count() > self.description_chars_max => {
                 Err(Fault::Nonsense(format!("a description longer than {} characters", self.description_chars_max)))
             }
+            // PostgreSQL text cannot hold NUL: stored as is, it would fail the batch on every retry.
+            Ok(text) if text.contains('\0') => Err(Fault::Nonsense("a description with a NUL character".into())),
             Ok(text) => Ok(Ok(text)),
             Err(r) => rejection(r).map(Err),
         });
@@ -213,5 +217,18 @@ impl Hooks for PluginSet {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_rejection_message_is_cut_and_loses_its_nul_characters() {
+        let reason = rejection(types::Rejection { code: "too_big".into(), message: format!("a\0b{}", "x".repeat(1_000)) }).unwrap();
+        assert_eq!(reason.message.chars().count(), PLUGIN_MESSAGE_CHARS_MAX);
+        assert!(reason.message.starts_with("a\u{fffd}b") && !reason.message.contains('\0'));
+        assert!(matches!(rejection(types::Rejection { code: "Bad Code".into(), message: String::new() }), Err(Fault::Nonsense(_))));
     }
 }
