@@ -67,6 +67,110 @@ pub async fn publish(
     producer.send(record, Duration::from_secs(0)).await.map(|_| ()).map_err(|(e, _)| e)
 }
 
+/// A publish that did not get the broker's acknowledgement.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("no acknowledgement within {0} ms")]
+    TimedOut(u64),
+}
+
+/// Past the delivery timeout, how long a publish may still wait before it is
+/// answered as failed anyway (librdkafka was seen to hold queued records well
+/// past `message.timeout.ms` while no broker was reachable).
+const PUBLISH_GRACE_MS: u64 = 250;
+/// A failing producer is rebuilt at most this often.
+const PRODUCER_REBUILD_INTERVAL_MS: u64 = 5_000;
+
+/// The engine's producer, which heals itself. The idempotent producer keeps
+/// its producer id across broker restarts; a broker that lost its state (as
+/// our local broker does, keeping everything in memory) then refuses every
+/// record with `UnknownProducerId` and librdkafka never recovers: every publish
+/// times out until the process restarts. So after a failed publish the
+/// producer is rebuilt (at most every `PRODUCER_REBUILD_INTERVAL_MS`); a
+/// record the old one may still deliver is harmless, the ledger applies an id once.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: std::sync::Arc<PublisherInner>,
+}
+
+struct PublisherInner {
+    brokers: String,
+    delivery_timeout_ms: u64,
+    producer: std::sync::RwLock<FutureProducer>,
+    last_rebuild: std::sync::Mutex<std::time::Instant>,
+    /// Set by a failed publish, cleared by a successful one or a rebuild: readiness reads it.
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Publisher {
+    pub fn new(brokers: &str, delivery_timeout_ms: u64) -> Result<Self, KafkaError> {
+        Ok(Self {
+            inner: std::sync::Arc::new(PublisherInner {
+                brokers: brokers.to_owned(),
+                delivery_timeout_ms,
+                producer: std::sync::RwLock::new(producer(brokers, delivery_timeout_ms)?),
+                last_rebuild: std::sync::Mutex::new(std::time::Instant::now()),
+                failing: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The current producer (cheap: a handle), e.g. for metadata requests.
+    pub fn producer(&self) -> FutureProducer {
+        self.inner.producer.read().expect("not poisoned").clone()
+    }
+
+    /// False from a failed publish until a publish succeeds or the producer is rebuilt.
+    pub fn healthy(&self) -> bool {
+        !self.inner.failing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends one record and waits for the broker's acknowledgement, at most
+    /// the delivery timeout (plus a little grace).
+    pub async fn publish(&self, topic: &str, key: &str, payload: &[u8], headers: Option<OwnedHeaders>) -> Result<(), PublishError> {
+        use std::sync::atomic::Ordering;
+        let producer = self.producer();
+        let limit_ms = self.inner.delivery_timeout_ms + PUBLISH_GRACE_MS;
+        let sent = tokio::time::timeout(Duration::from_millis(limit_ms), publish(&producer, topic, key, payload, headers)).await;
+        let result = match sent {
+            Ok(Ok(())) => {
+                self.inner.failing.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
+            Ok(Err(e)) => Err(PublishError::Kafka(e)),
+            Err(_) => Err(PublishError::TimedOut(limit_ms)),
+        };
+        self.inner.failing.store(true, Ordering::Relaxed);
+        self.rebuild_if_due();
+        result
+    }
+
+    fn rebuild_if_due(&self) {
+        let mut last = self.inner.last_rebuild.lock().expect("not poisoned");
+        if last.elapsed() < Duration::from_millis(PRODUCER_REBUILD_INTERVAL_MS) {
+            return;
+        }
+        *last = std::time::Instant::now();
+        match producer(&self.inner.brokers, self.inner.delivery_timeout_ms) {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *self.inner.producer.write().expect("not poisoned"), fresh);
+                // Destroying a librdkafka handle can block: do it on a blocking thread,
+                // once the publishes still holding it have given up (they are bounded).
+                let linger = Duration::from_millis(self.inner.delivery_timeout_ms + 2 * PUBLISH_GRACE_MS);
+                tokio::task::spawn_blocking(move || {
+                    std::thread::sleep(linger);
+                    drop(old);
+                });
+                self.inner.failing.store(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("Publishing failed; the Kafka producer was rebuilt.");
+            }
+            Err(e) => tracing::warn!(error = %e, "Publishing failed and the Kafka producer could not be rebuilt."),
+        }
+    }
+}
+
 pub fn dlq_headers(reason: &str, source_topic: &str, partition: i32, offset: i64) -> OwnedHeaders {
     OwnedHeaders::new()
         .insert(Header { key: "dlq.reason", value: Some(reason) })

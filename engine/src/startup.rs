@@ -64,8 +64,8 @@ impl Application {
         kafka::ensure_topics(&settings.kafka_brokers, &settings.topic, &settings.dlq_topic(), settings.topic_partitions)
             .await
             .context("could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)")?;
-        let producer =
-            kafka::producer(&settings.kafka_brokers, settings.publish_timeout_ms).context("could not create the Kafka producer")?;
+        let publisher =
+            kafka::Publisher::new(&settings.kafka_brokers, settings.publish_timeout_ms).context("could not create the Kafka producer")?;
         let listener =
             TcpListener::bind(settings.http_addr).await.with_context(|| format!("could not listen on {}", settings.http_addr))?;
         let sandbox = Sandbox::new(settings.sandbox_limits())?;
@@ -75,7 +75,7 @@ impl Application {
         let plugin_generation = set.generation;
         let (hooks, _) = watch::channel::<HookSet>(Arc::new(set));
         let metrics = Arc::new(Metrics::default());
-        let state = AppState { settings: Arc::new(settings), ledger: Ledger::new(pool), cache, producer, metrics, plugins };
+        let state = AppState { settings: Arc::new(settings), ledger: Ledger::new(pool), cache, publisher, metrics, plugins };
         Ok(Self { listener, state, role, hooks, plugin_generation })
     }
 
@@ -100,7 +100,7 @@ impl Application {
                 cache: self.state.cache.clone(),
                 metrics: self.state.metrics.clone(),
                 hooks: self.hooks.subscribe(),
-                producer: self.state.producer.clone(),
+                publisher: self.state.publisher.clone(),
             };
             let poll = Duration::from_millis(self.state.settings.plugin_poll_ms);
             tokio::spawn(self.state.plugins.clone().watch(self.hooks.clone(), self.plugin_generation, poll, stopped.clone()));

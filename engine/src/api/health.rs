@@ -22,9 +22,15 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let timeout = Duration::from_millis(READINESS_PROBE_TIMEOUT_MS);
     let postgres = async { sqlx::query("SELECT 1").execute(state.ledger.pool()).await.map(|_| ()).map_err(|e| e.to_string()) };
     let redis = async { state.cache.ping().await.map_err(|e| e.to_string()) };
-    let producer = state.producer.clone();
+    let publisher = state.publisher.clone();
     let topic = state.settings.topic.clone();
     let broker = async move {
+        // A broker that answers metadata requests but refuses our records is
+        // not ready either: the last publish failing says so.
+        if !publisher.healthy() {
+            return Err("the last publish was not acknowledged".to_owned());
+        }
+        let producer = publisher.producer();
         // fetch_metadata blocks its thread: keep it off the async workers.
         tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;

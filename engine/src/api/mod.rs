@@ -22,7 +22,6 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
-use rdkafka::producer::FutureProducer;
 use subtle::ConstantTimeEq;
 
 use crate::cache::Cache;
@@ -38,7 +37,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub ledger: Ledger,
     pub cache: Cache,
-    pub producer: FutureProducer,
+    pub publisher: crate::kafka::Publisher,
     pub metrics: Arc<Metrics>,
     pub plugins: Arc<crate::plugins::Registry>,
 }

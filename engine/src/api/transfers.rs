@@ -180,7 +180,7 @@ pub async fn submit(
         precheck(&state, &submission).await?;
         let record = serde_json::to_vec(&TransferRecord::from_submission(&submission)).map_err(anyhow::Error::from)?;
         let key = kafka::record_key(submission.sender, submission.currency);
-        kafka::publish(&state.producer, &state.settings.topic, &key, &record, None).await.map_err(|e| {
+        state.publisher.publish(&state.settings.topic, &key, &record, None).await.map_err(|e| {
             warn!(transfer_id = %submission.id, error = %e, "The broker did not acknowledge a transfer.");
             ApiError::Unavailable {
                 code: "broker_unavailable",

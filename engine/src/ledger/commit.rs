@@ -153,7 +153,8 @@ type ExistingRow = (uuid::Uuid, Vec<u8>, String, i32, Option<String>, Option<Str
 impl Ledger {
     /// Commits a batch atomically and returns one outcome per item, in order.
     /// Rejections are outcomes; an `Err` means nothing of the batch was written.
-    #[instrument(name = "ledger.commit", skip_all, fields(batch_size = items.len()), err)]
+    // Failures are WARN: the caller retries them and logs what it does about them.
+    #[instrument(name = "ledger.commit", skip_all, fields(batch_size = items.len()), err(level = tracing::Level::WARN))]
     pub async fn commit_batch(&self, items: &[CommitItem]) -> Result<BatchResult, LedgerError> {
         let mut attempt = 1;
         loop {

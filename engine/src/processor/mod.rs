@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -35,6 +34,8 @@ use crate::views::TransferStatusView;
 /// Backoff while PostgreSQL or the broker is away: doubles from the first to the last.
 const RETRY_BACKOFF_FIRST_MS: u64 = 100;
 const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
+/// Pause after a consumer error before reading on.
+const CONSUMER_ERROR_PAUSE_MS: u64 = 50;
 /// How often consumer lag is measured.
 const LAG_INTERVAL_MS: u64 = 5_000;
 
@@ -47,7 +48,7 @@ pub struct Processor {
     /// batch always runs on exactly one set.
     pub hooks: watch::Receiver<HookSet>,
     /// For dead letters.
-    pub producer: FutureProducer,
+    pub publisher: kafka::Publisher,
 }
 
 /// A record that could not become a submission, bound for `<topic>.dlq`.
@@ -130,7 +131,6 @@ impl Processor {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let batch_wait = Duration::from_millis(self.settings.batch_wait_ms);
-        let mut failures = 0u32;
         loop {
             let first = tokio::select! {
                 biased;
@@ -140,13 +140,15 @@ impl Processor {
             let first = match first {
                 Ok(m) => m.detach(),
                 Err(e) => {
-                    failures += 1;
-                    warn!(error = %e, "Consumer error; backing off.");
-                    tokio::time::sleep(backoff(failures)).await;
+                    // librdkafka reports broker trouble through the stream while it
+                    // reconnects by itself; the errors queue up during an outage. A
+                    // short fixed pause only guards against a hot loop: backing off
+                    // per error once stalled consumption for minutes after the broker returned.
+                    warn!(error = %e, "Consumer error; librdkafka retries by itself.");
+                    tokio::time::sleep(Duration::from_millis(CONSUMER_ERROR_PAUSE_MS)).await;
                     continue;
                 }
             };
-            failures = 0;
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + batch_wait;
             while batch.len() < self.settings.batch_size_max {
@@ -234,7 +236,7 @@ impl Processor {
         let dlq = self.settings.dlq_topic();
         let mut failures = 0;
         loop {
-            match kafka::publish(&self.producer, &dlq, &key, m.payload().unwrap_or_default(), Some(headers.clone())).await {
+            match self.publisher.publish(&dlq, &key, m.payload().unwrap_or_default(), Some(headers.clone())).await {
                 Ok(()) => return true,
                 Err(e) => {
                     failures += 1;
