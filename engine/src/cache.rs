@@ -122,6 +122,11 @@ impl Cache {
         })
     }
 
+    /// The cache an engine with these settings uses (same URL, prefix and TTLs).
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, CacheError> {
+        Self::new(settings.redis_url.expose(), &settings.redis_key_prefix, settings.balance_cache_ttl_s, settings.status_cache_ttl_s)
+    }
+
     pub fn balance_key(&self, owner: OwnerId, currency: Currency) -> String {
         format!("{}balance:{owner}:{currency}", self.inner.key_prefix)
     }

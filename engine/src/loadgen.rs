@@ -212,8 +212,7 @@ pub async fn run(settings: &Settings, args: LoadArgs) -> anyhow::Result<Report> 
 
     let pool = crate::startup::connect_database(settings).await?;
     let ledger = Ledger::new(pool.clone());
-    let cache =
-        Cache::new(settings.redis_url.expose(), &settings.redis_key_prefix, settings.balance_cache_ttl_s, settings.status_cache_ttl_s)?;
+    let cache = Cache::from_settings(settings)?;
     if !args.no_seed {
         seed(&ledger, &cache, &owners, &currencies, args.balance_minor, args.quiet).await?;
     }

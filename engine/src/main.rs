@@ -98,12 +98,7 @@ async fn audit(settings: &Settings, json: bool, acknowledged: Option<&std::path:
         report.acknowledged = Some(ids.len() as i64);
     }
     // Redis is a cache: when it is away there is nothing to compare, which is not a violation.
-    let cache = cache::Cache::new(
-        settings.redis_url.expose(),
-        &settings.redis_key_prefix,
-        settings.balance_cache_ttl_s,
-        settings.status_cache_ttl_s,
-    )?;
+    let cache = cache::Cache::from_settings(settings)?;
     match ledger.audit_cache(&cache).await {
         Ok(checks) => report.checks.extend(checks),
         Err(ledger::audit::CacheAuditError::Cache(e)) => report.skipped.push(format!("Redis comparison skipped: {e}")),

@@ -58,9 +58,7 @@ impl Application {
     pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
         let pool = connect_database(&settings).await?;
         ledger::migrate(&pool).await.context("could not apply migrations")?;
-        let cache =
-            Cache::new(settings.redis_url.expose(), &settings.redis_key_prefix, settings.balance_cache_ttl_s, settings.status_cache_ttl_s)
-                .context("invalid TRANSFER_ENGINE_REDIS_URL")?;
+        let cache = Cache::from_settings(&settings).context("invalid TRANSFER_ENGINE_REDIS_URL")?;
         kafka::ensure_topics(&settings.kafka_brokers, &settings.topic, &settings.dlq_topic(), settings.topic_partitions)
             .await
             .context("could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)")?;

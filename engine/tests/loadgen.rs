@@ -78,7 +78,7 @@ async fn the_audit_flags_an_acknowledged_id_the_ledger_never_recorded() {
 async fn the_audit_flags_a_redis_status_or_balance_ahead_of_postgresql() {
     let app = TestApp::spawn().await;
     app.open_account(1, "EUR", "10.00").await;
-    let cache = app_cache(&app);
+    let cache = transfer_engine::cache::Cache::from_settings(&app.settings).unwrap();
     let clean = app.ledger().audit_cache(&cache).await.unwrap();
     assert!(clean.iter().all(|c| c.violations.is_empty()), "{clean:?}");
     // The deposit is final at version 2 in PostgreSQL; pretend Redis saw a version 3.
@@ -91,9 +91,4 @@ async fn the_audit_flags_a_redis_status_or_balance_ahead_of_postgresql() {
     let flagged: Vec<_> = checks.iter().map(|c| (c.name, c.violations.len())).collect();
     assert_eq!(flagged, vec![("redis_status_never_ahead_of_postgresql", 1), ("redis_balances_never_ahead_of_postgresql", 1)]);
     app.stop().await;
-}
-
-fn app_cache(app: &TestApp) -> transfer_engine::cache::Cache {
-    let s = &app.settings;
-    transfer_engine::cache::Cache::new(s.redis_url.expose(), &s.redis_key_prefix, s.balance_cache_ttl_s, s.status_cache_ttl_s).unwrap()
 }
