@@ -64,7 +64,8 @@ pub enum Spread {
     Hot,
 }
 
-#[derive(clap::Args, Clone, Debug, Serialize)]
+/// `Parser` as well as `Args`: the subcommand's flags, and tests build them with `LoadArgs::parse_from`.
+#[derive(clap::Parser, Clone, Debug, Serialize)]
 pub struct LoadArgs {
     /// Submit over HTTP or straight onto the topic.
     #[arg(long, value_enum, default_value_t = Via::Http)]
@@ -257,6 +258,15 @@ pub async fn run(settings: &Settings, args: LoadArgs) -> anyhow::Result<Report> 
         bail!("{} acknowledged transfers have no final status after {} s", report.missing, report.args.wait_timeout_s);
     }
     Ok(report)
+}
+
+/// Reads a file of transfer ids, one per line, as `--ids-out` writes it.
+pub fn read_ids(path: &std::path::Path) -> anyhow::Result<Vec<TransferId>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim().parse().map(TransferId).with_context(|| format!("{}: not a UUID: {l}", path.display())))
+        .collect()
 }
 
 /// Opens the accounts and funds each with a real deposit from the currency's
@@ -615,12 +625,7 @@ mod tests {
 
     fn args(distribution: Spread) -> LoadArgs {
         use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: LoadArgs,
-        }
-        let mut a = Wrapper::parse_from(["loadgen", "--accounts", "50", "--transfers", "2000"]).args;
+        let mut a = LoadArgs::parse_from(["loadgen", "--accounts", "50", "--transfers", "2000"]);
         a.distribution = distribution;
         a
     }

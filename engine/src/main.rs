@@ -86,14 +86,7 @@ async fn audit(settings: &Settings, json: bool, acknowledged: Option<&std::path:
     let ledger = ledger::Ledger::new(pool);
     let mut report = ledger.audit().await?;
     if let Some(path) = acknowledged {
-        let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
-        let ids = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                l.trim().parse().map(transfer_engine::domain::TransferId).with_context(|| format!("{}: not a UUID: {l}", path.display()))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ids = loadgen::read_ids(path)?;
         report.checks.push(ledger.audit_acknowledged(&ids).await?);
         report.acknowledged = Some(ids.len() as i64);
     }

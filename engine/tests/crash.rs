@@ -22,12 +22,6 @@ const KILL_AFTER_FIRST_COMMIT_MS: std::ops::Range<u64> = 0..600;
 /// A processor that commits nothing for this long fails the test.
 const FIRST_COMMIT_TIMEOUT_S: u64 = 60;
 
-#[derive(Parser)]
-struct Wrapper {
-    #[command(flatten)]
-    args: LoadArgs,
-}
-
 /// A child engine, SIGKILLed when dropped, so a failing test leaves no process behind.
 struct Engine(Child);
 
@@ -73,7 +67,7 @@ async fn a_processor_killed_five_times_mid_run_loses_and_doubles_nothing() {
     // 3,000 transfers among 100 accounts, produced at a steady 100/s for 30 s,
     // so that every processor life (a restart takes about 4 s) has records to
     // work on when it dies.
-    let mut args = Wrapper::parse_from(["loadgen", "--quiet", "--via", "topic", "--accounts", "100", "--transfers", "3000"]).args;
+    let mut args = LoadArgs::parse_from(["loadgen", "--quiet", "--via", "topic", "--accounts", "100", "--transfers", "3000"]);
     args.rate = 100;
     args.amount_max_minor = 1_000;
     args.ids_out = Some(ids.clone());
@@ -112,8 +106,7 @@ async fn a_processor_killed_five_times_mid_run_loses_and_doubles_nothing() {
     drop(last);
 
     assert_eq!((report.acknowledged, report.final_count, report.missing), (3_000, 3_000, 0), "{:?}", report.outcomes);
-    let listed: Vec<_> =
-        std::fs::read_to_string(&ids).unwrap().lines().map(|l| transfer_engine::domain::TransferId(l.parse().unwrap())).collect();
+    let listed = loadgen::read_ids(&ids).unwrap();
     let check = db.ledger().audit_acknowledged(&listed).await.unwrap();
     assert!(check.violations.is_empty(), "{check:?}");
     assert_audit_passes(&db.ledger()).await;

@@ -7,15 +7,9 @@ use clap::Parser;
 use common::{TestApp, assert_audit_passes};
 use transfer_engine::loadgen::{self, LoadArgs};
 
-#[derive(Parser)]
-struct Wrapper {
-    #[command(flatten)]
-    args: LoadArgs,
-}
-
 fn args(extra: &[&str]) -> LoadArgs {
     let base = ["loadgen", "--quiet", "--accounts", "20", "--transfers", "300", "--amount-max-minor", "500"];
-    Wrapper::parse_from(base.iter().chain(extra)).args
+    LoadArgs::parse_from(base.iter().chain(extra))
 }
 
 #[tokio::test]
@@ -33,8 +27,7 @@ async fn loadgen_over_http_waits_for_every_final_status_and_reports_engine_laten
     // (No rate is asserted: all 300 may commit in one transaction, at one instant.)
     assert!(report.submit_latency.is_some());
     // The ids file lists exactly the acknowledged transfers, for `audit --acknowledged`.
-    let listed: Vec<transfer_engine::domain::TransferId> =
-        std::fs::read_to_string(&ids).unwrap().lines().map(|l| transfer_engine::domain::TransferId(l.parse().unwrap())).collect();
+    let listed = loadgen::read_ids(&ids).unwrap();
     assert_eq!(listed.len(), 300);
     let check = app.ledger().audit_acknowledged(&listed).await.unwrap();
     assert!(check.violations.is_empty(), "{check:?}");
