@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::cache::Cache;
 use crate::config::Settings;
-use crate::domain::{Amount, Currency, OwnerId, Requested, SYSTEM_OWNER_ID, Submission, TransferId, TransferKind, format_minor};
+use crate::domain::{Amount, Currency, OwnerId, Requested, Submission, TransferId, TransferKind, format_minor};
 use crate::kafka::{self, TransferRecord};
 use crate::ledger::{CommitItem, Ledger};
 
@@ -290,17 +290,7 @@ async fn seed(
                 .iter()
                 .map(|&owner| {
                     let reference = format!("loadgen {run} {owner} {currency}");
-                    let submission = Submission {
-                        id: TransferId::for_reference(TransferKind::Deposit.as_str(), &reference),
-                        kind: TransferKind::Deposit,
-                        sender: SYSTEM_OWNER_ID,
-                        receiver: owner,
-                        currency,
-                        requested: Requested::Amount(amount),
-                        description: Some(reference),
-                        submitted_at: Utc::now(),
-                    };
-                    CommitItem::apply_as_submitted(submission).expect("a deposit names its amount")
+                    CommitItem::system_move(TransferKind::Deposit, owner, currency, amount, &reference)
                 })
                 .collect();
             let result = ledger.commit_batch(&items).await?;

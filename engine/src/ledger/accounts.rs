@@ -135,6 +135,21 @@ impl Ledger {
         reference: &str,
     ) -> Result<(Committed, Vec<AccountView>), MoveError> {
         self.ensure_system_account(currency).await?;
+        let item = CommitItem::system_move(kind, owner_id, currency, amount, reference);
+        let mut result = self.commit_batch(std::slice::from_ref(&item)).await?;
+        let committed = result.outcomes.pop().expect("one outcome per item");
+        if committed.disposition == Disposition::Conflict {
+            return Err(MoveError::ReferenceConflict(kind.as_str()));
+        }
+        Ok((committed, result.balances))
+    }
+}
+
+impl CommitItem {
+    /// A deposit (system account to `owner_id`) or a withdrawal (the other
+    /// way), its id derived from `reference` so that a retry is recognised.
+    /// Needs the currency's system account (`ensure_system_account`, `open_accounts`).
+    pub fn system_move(kind: TransferKind, owner_id: OwnerId, currency: Currency, amount: Amount, reference: &str) -> Self {
         let (sender, receiver) = match kind {
             TransferKind::Withdrawal => (owner_id, SYSTEM_OWNER_ID),
             _ => (SYSTEM_OWNER_ID, owner_id),
@@ -149,12 +164,6 @@ impl Ledger {
             description: Some(reference.to_owned()),
             submitted_at: Utc::now(),
         };
-        let item = CommitItem::apply_as_submitted(submission).expect("a deposit names its amount");
-        let mut result = self.commit_batch(std::slice::from_ref(&item)).await?;
-        let committed = result.outcomes.pop().expect("one outcome per item");
-        if committed.disposition == Disposition::Conflict {
-            return Err(MoveError::ReferenceConflict(kind.as_str()));
-        }
-        Ok((committed, result.balances))
+        Self::apply_as_submitted(submission).expect("a system move names its amount")
     }
 }
