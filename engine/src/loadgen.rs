@@ -139,9 +139,18 @@ struct Planned {
 /// What one submit got back.
 struct Submitted {
     id: TransferId,
-    /// "accepted" for a 202, else the status and error code, e.g. "503 broker_unavailable".
+    /// `ACCEPTED` for a 202 (or a broker acknowledgement), else the status and
+    /// error code, e.g. "503 broker_unavailable".
     outcome: String,
     latency_us: u64,
+}
+
+const ACCEPTED: &str = "accepted";
+
+impl Submitted {
+    fn accepted(&self) -> bool {
+        self.outcome == ACCEPTED
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -232,24 +241,14 @@ pub async fn run(settings: &Settings, args: LoadArgs) -> anyhow::Result<Report> 
         std::fs::write(path, b"").with_context(|| format!("could not create {}", path.display()))?;
     }
 
-    let mut not_acknowledged = BTreeMap::new();
-    let mut acknowledged = HashSet::new();
-    let mut submit_us = Vec::with_capacity(submitted.len());
-    for s in &submitted {
-        submit_us.push(s.latency_us);
-        if s.outcome == "accepted" {
-            acknowledged.insert(s.id);
-        } else {
-            *not_acknowledged.entry(s.outcome.clone()).or_insert(0) += 1;
-        }
-    }
+    let acknowledged: HashSet<TransferId> = submitted.iter().filter(|s| s.accepted()).map(|s| s.id).collect();
     if let Some(path) = &args.ids_out {
-        let ids: String = submitted.iter().filter(|s| s.outcome == "accepted").map(|s| format!("{}\n", s.id)).collect();
+        let ids: String = acknowledged.iter().map(|id| format!("{id}\n")).collect();
         std::fs::write(path, ids).with_context(|| format!("could not write {}", path.display()))?;
     }
 
-    let finals = wait_for_finals(&pool, seq_start, acknowledged.clone(), Duration::from_secs(args.wait_timeout_s), args.quiet).await?;
-    let report = report(args, &submitted, acknowledged.len(), not_acknowledged, submit_seconds, submit_us, &finals, started_at);
+    let finals = wait_for_finals(&pool, seq_start, acknowledged, Duration::from_secs(args.wait_timeout_s), args.quiet).await?;
+    let report = report(args, &submitted, submit_seconds, &finals, started_at);
     print_report(&report);
     if let Some(path) = &report.args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("could not write {}", path.display()))?;
@@ -374,7 +373,7 @@ async fn submit_http(args: &LoadArgs, plan: Vec<Planned>) -> anyhow::Result<Vec<
                 });
                 let sent = Instant::now();
                 let outcome = match client.post(endpoint.as_str()).json(&body).send().await {
-                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => "accepted".to_owned(),
+                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => ACCEPTED.to_owned(),
                     Ok(r) => {
                         let status = r.status().as_u16();
                         let code = r.json::<serde_json::Value>().await.ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
@@ -425,7 +424,7 @@ async fn submit_topic(settings: &Settings, args: &LoadArgs, plan: Vec<Planned>) 
                 let key = kafka::record_key(submission.sender, submission.currency);
                 let sent = Instant::now();
                 let outcome = match kafka::publish(producer, topic, &key, &payload, None).await {
-                    Ok(()) => "accepted".to_owned(),
+                    Ok(()) => ACCEPTED.to_owned(),
                     Err(e) => format!("publish_failed {e}"),
                 };
                 bar.inc(1);
@@ -507,17 +506,19 @@ async fn wait_for_finals(
     Ok(finals)
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
 fn report(
     args: LoadArgs,
     submitted: &[Submitted],
-    acknowledged: usize,
-    not_acknowledged: BTreeMap<String, u64>,
     submit_seconds: f64,
-    mut submit_us: Vec<u64>,
     finals: &HashMap<TransferId, Final>,
     started_at: DateTime<Utc>,
 ) -> Report {
+    let mut not_acknowledged = BTreeMap::new();
+    for s in submitted.iter().filter(|s| !s.accepted()) {
+        *not_acknowledged.entry(s.outcome.clone()).or_insert(0) += 1;
+    }
+    let acknowledged = submitted.iter().filter(|s| s.accepted()).count();
+    let mut submit_us: Vec<u64> = submitted.iter().map(|s| s.latency_us).collect();
     let mut outcomes = BTreeMap::new();
     let mut to_final_us = Vec::with_capacity(finals.len());
     for f in finals.values() {
