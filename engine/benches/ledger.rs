@@ -44,6 +44,7 @@ fn batch(rng: &mut Lcg, size: usize, eur: Currency) -> Vec<CommitItem> {
                 requested: Requested::Amount(Amount::from_minor(1 + rng.next(10_000)).unwrap()),
                 description: None,
                 submitted_at: Utc::now(),
+                client_id: None,
             };
             CommitItem::apply_as_submitted(submission).unwrap()
         })

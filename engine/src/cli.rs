@@ -1,5 +1,6 @@
 //! `transfer-engine plugins ...`: manage plugins on a running engine through
 //! its admin API, or try a plugin offline against sample transfers.
+//! `transfer-engine clients ...`: create, list and revoke API clients.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,10 +62,62 @@ pub enum PluginCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Create an API client and print its key (shown this once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// transfers:write, transfers:read, accounts:write or accounts:read; repeat or separate with commas.
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Bind the client to these owner ids (repeat or separate with commas); omitted: any owner.
+        #[arg(long = "owner", value_delimiter = ',')]
+        owners: Vec<i64>,
+    },
+    /// List every client (never their keys).
+    List,
+    /// Revoke a client's key: every engine refuses it within about a second.
+    Revoke { client_id: String },
+}
+
 /// Where the engine is, and the admin token.
 pub struct Remote {
     pub url: String,
     pub token: Option<String>,
+}
+
+impl Remote {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+
+    /// Sends an admin request and prints the answer; an error status is an error.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<()> {
+        let token = self.token.as_deref().context("the admin token is needed: --token or TRANSFER_ENGINE_ADMIN_TOKEN")?;
+        let response = request.bearer_auth(token).send().await.with_context(|| format!("could not reach the engine at {}", self.url))?;
+        let status = response.status();
+        let text = response.text().await?;
+        let shown = serde_json::from_str::<Value>(&text).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or(text);
+        if !status.is_success() {
+            bail!("the engine answered {status}: {shown}");
+        }
+        println!("{}", if shown.is_empty() { "ok".to_owned() } else { shown });
+        Ok(())
+    }
+}
+
+pub async fn clients(command: ClientCommand, remote: Remote) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let request = match command {
+        ClientCommand::Create { name, scopes, owners } => {
+            let owners = (!owners.is_empty()).then_some(owners);
+            client.post(remote.url("/v1/admin/clients")).json(&json!({"name": name, "scopes": scopes, "owners": owners}))
+        }
+        ClientCommand::List => client.get(remote.url("/v1/admin/clients")),
+        ClientCommand::Revoke { client_id } => client.delete(remote.url(&format!("/v1/admin/clients/{client_id}"))),
+    };
+    remote.send(request).await
 }
 
 fn read_config(config: &str) -> anyhow::Result<Value> {
@@ -84,8 +137,7 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
         return test_offline(&file, &read_config(&config)?, &transfers, kind(k.as_deref())?);
     }
     let client = reqwest::Client::new();
-    let token = remote.token.context("the admin token is needed: --token or TRANSFER_ENGINE_ADMIN_TOKEN")?;
-    let url = |path: &str| format!("{}{path}", remote.url.trim_end_matches('/'));
+    let url = |path: &str| remote.url(path);
     let request = match command {
         PluginCommand::Push { file, name, kind: k, config, activate } => {
             kind(k.as_deref())?;
@@ -102,15 +154,7 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
         PluginCommand::Order { names } => client.put(url("/v1/admin/validation-order")).json(&json!({"names": names})),
         PluginCommand::Test { .. } => unreachable!("handled above"),
     };
-    let response = request.bearer_auth(token).send().await.with_context(|| format!("could not reach the engine at {}", remote.url))?;
-    let status = response.status();
-    let text = response.text().await?;
-    let shown = serde_json::from_str::<Value>(&text).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or(text);
-    if !status.is_success() {
-        bail!("the engine answered {status}: {shown}");
-    }
-    println!("{}", if shown.is_empty() { "ok".to_owned() } else { shown });
-    Ok(())
+    remote.send(request).await
 }
 
 /// Runs one plugin in the same sandbox the engine uses, without any service.

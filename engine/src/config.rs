@@ -39,6 +39,9 @@ impl fmt::Debug for Secret {
 pub struct Settings {
     /// Where the HTTP API listens. Port 0 picks a free port (tests).
     pub http_addr: SocketAddr,
+    /// Where `/metrics` is served instead, when set (operators usually keep
+    /// it off the API's address). Unset: `/metrics` is served on `http_addr`.
+    pub metrics_addr: Option<SocketAddr>,
     pub database_url: Secret,
     pub redis_url: Secret,
     /// Prepended to every Redis key, for engines sharing one Redis.
@@ -53,8 +56,14 @@ pub struct Settings {
     /// How long the broker waits for a silent processor before handing its
     /// partitions to the others (a crashed one holds them this long).
     pub consumer_session_timeout_ms: u64,
-    /// Bearer token for `/v1/admin/*` and deposits/withdrawals. Unset: those endpoints answer 401.
+    /// Bearer token for `/v1/admin/*` and deposits/withdrawals, also accepted
+    /// wherever an API key is (with every scope, for any owner). Unset or
+    /// empty: only API keys are accepted, and admin endpoints answer 401.
     pub admin_token: Option<Secret>,
+    /// How long an engine trusts an API client it read from PostgreSQL
+    /// (scopes, owners, not revoked) before reading it again: a revocation
+    /// takes effect on every engine within this plus one query.
+    pub client_cache_ttl_ms: u64,
     pub database_connections_max: u32,
     /// Most records in one processor batch (one PostgreSQL transaction).
     pub batch_size_max: usize,
@@ -97,6 +106,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_addr: None,
             database_url: Secret::new("postgres://transfer_engine@127.0.0.1:5432/transfer_engine"),
             redis_url: Secret::new("redis://127.0.0.1:6379/0"),
             redis_key_prefix: String::new(),
@@ -106,6 +116,7 @@ impl Default for Settings {
             consumer_group: "transfer-engine".into(),
             consumer_session_timeout_ms: 10_000,
             admin_token: None,
+            client_cache_ttl_ms: 1_000,
             database_connections_max: 16,
             batch_size_max: 500,
             batch_wait_ms: 5,

@@ -12,7 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Amount, Currency, Money, OwnerId, Requested, Submission, TransferId, TransferKind};
+use crate::domain::{Amount, ClientId, Currency, Money, OwnerId, Requested, Submission, TransferId, TransferKind};
 
 /// Settings every client of ours shares.
 pub fn client_config(brokers: &str) -> ClientConfig {
@@ -184,6 +184,21 @@ pub fn record_key(sender: OwnerId, currency: Currency) -> String {
     format!("{sender}:{currency}")
 }
 
+/// The header that carries the id of the API client that submitted a record.
+///
+/// A header rather than a field of the JSON body: the previous release
+/// decodes bodies with `deny_unknown_fields` and would dead-letter a record
+/// with a new field, while it ignores headers. During a rolling deploy an
+/// older processor then still applies every transfer, only without its
+/// client id.
+pub const CLIENT_ID_HEADER: &str = "transfer.client_id";
+
+/// The headers a published transfer carries.
+pub fn record_headers(s: &Submission) -> Option<OwnedHeaders> {
+    let id = s.client_id?.0.hyphenated().to_string();
+    Some(OwnedHeaders::new().insert(Header { key: CLIENT_ID_HEADER, value: Some(&id) }))
+}
+
 /// The only schema version this engine writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -247,8 +262,24 @@ impl TransferRecord {
         }
     }
 
-    /// Decodes and validates a record's payload into a submission.
-    pub fn decode(payload: Option<&[u8]>) -> Result<Submission, DecodeError> {
+    /// Decodes and validates a record's payload, and its `CLIENT_ID_HEADER`
+    /// when present, into a submission.
+    pub fn decode(payload: Option<&[u8]>, client_id: Option<&[u8]>) -> Result<Submission, DecodeError> {
+        let client_id = client_id
+            .map(|bytes| {
+                std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|text| uuid::Uuid::try_parse(text).ok())
+                    .map(ClientId)
+                    .ok_or_else(|| DecodeError::Invalid(format!("the {CLIENT_ID_HEADER} header is not a UUID")))
+            })
+            .transpose()?;
+        let mut submission = Self::decode_payload(payload)?;
+        submission.client_id = client_id;
+        Ok(submission)
+    }
+
+    fn decode_payload(payload: Option<&[u8]>) -> Result<Submission, DecodeError> {
         let payload = payload.ok_or_else(|| DecodeError::Malformed("empty payload".into()))?;
         // Read the version first, so a future schema is reported as such rather than as malformed.
         #[derive(Deserialize)]
@@ -293,6 +324,7 @@ impl TransferRecord {
             requested,
             description: self.description,
             submitted_at: self.submitted_at,
+            client_id: None,
         })
     }
 }
@@ -312,21 +344,29 @@ mod tests {
             requested: Requested::Original(Money { amount: Amount::from_minor(900).unwrap(), currency: Currency::parse("JPY").unwrap() }),
             description: Some("dinner".into()),
             submitted_at: Utc::now(),
+            client_id: None,
         };
         let bytes = serde_json::to_vec(&TransferRecord::from_submission(&s)).unwrap();
-        assert_eq!(TransferRecord::decode(Some(&bytes)), Ok(s));
+        assert_eq!(TransferRecord::decode(Some(&bytes), None), Ok(s.clone()));
+        let by_client = Submission { client_id: Some(ClientId::generate()), ..s };
+        let bytes = serde_json::to_vec(&TransferRecord::from_submission(&by_client)).unwrap();
+        let headers = record_headers(&by_client).expect("a client's record carries its id");
+        use rdkafka::message::Headers;
+        let header = headers.iter().find(|h| h.key == CLIENT_ID_HEADER).and_then(|h| h.value);
+        assert_eq!(TransferRecord::decode(Some(&bytes), header), Ok(by_client));
+        assert!(matches!(TransferRecord::decode(Some(&bytes), Some(b"nobody")), Err(DecodeError::Invalid(_))));
     }
 
     #[test]
     fn poison_records_are_refused_with_a_reason() {
-        assert!(matches!(TransferRecord::decode(Some(b"not json")), Err(DecodeError::Malformed(_))));
-        assert!(matches!(TransferRecord::decode(None), Err(DecodeError::Malformed(_))));
+        assert!(matches!(TransferRecord::decode(Some(b"not json"), None), Err(DecodeError::Malformed(_))));
+        assert!(matches!(TransferRecord::decode(None, None), Err(DecodeError::Malformed(_))));
         let future = br#"{"schema_version": 2, "anything": true}"#;
-        assert_eq!(TransferRecord::decode(Some(future)), Err(DecodeError::UnknownSchemaVersion(2)));
+        assert_eq!(TransferRecord::decode(Some(future), None), Err(DecodeError::UnknownSchemaVersion(2)));
         let negative = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":-5,"submitted_at":"2026-01-01T00:00:00Z"}"#;
-        assert!(matches!(TransferRecord::decode(Some(negative)), Err(DecodeError::Invalid(_))));
+        assert!(matches!(TransferRecord::decode(Some(negative), None), Err(DecodeError::Invalid(_))));
         let nul = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":5,"description":"rent\u0000","submitted_at":"2026-01-01T00:00:00Z"}"#;
-        let refused = TransferRecord::decode(Some(nul));
+        let refused = TransferRecord::decode(Some(nul), None);
         assert!(matches!(refused, Err(DecodeError::Invalid(_))), "{refused:?}");
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! The pipeline, module by module:
 //! - `api`: HTTP (axum): cheap checks, publish to Kafka, answer at once.
+//! - `auth`: API clients, their keys and scopes, and the principal a request acts as.
 //! - `processor`: consumes the topic in batches, runs the hooks, commits.
 //! - `hooks`: description rules, currency conversion and validation.
 //! - `plugins`: the sandboxed WebAssembly plugins behind the hooks, and their registry.
@@ -14,6 +15,7 @@
 //! - `config`, `startup`, `telemetry`, `metrics`: settings, the `Application`, logs, Prometheus.
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -22,9 +22,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::auth::{ClientStore, NewClient, Scope};
 use crate::cache::Cache;
 use crate::config::Settings;
-use crate::domain::{Amount, Currency, OwnerId, Requested, Submission, TransferId, TransferKind, format_minor};
+use crate::domain::{Amount, ClientId, Currency, OwnerId, Requested, Submission, TransferId, TransferKind, format_minor};
 use crate::kafka::{self, TransferRecord};
 use crate::ledger::{CommitItem, Ledger};
 
@@ -124,6 +125,12 @@ pub struct LoadArgs {
     /// No progress bars (logs and CI).
     #[arg(long)]
     pub quiet: bool,
+    /// The API key to submit with (`--via http`). Absent: loadgen creates a
+    /// client of its own with `transfers:write` (it has the database) and
+    /// revokes it when the run ends, so it authenticates like any client.
+    #[arg(long, env = "TRANSFER_ENGINE_API_KEY", hide_env_values = true)]
+    #[serde(skip)]
+    pub api_key: Option<String>,
 }
 
 /// One planned transfer.
@@ -233,7 +240,22 @@ pub async fn run(settings: &Settings, args: LoadArgs) -> anyhow::Result<Report> 
     let started_at = Utc::now();
     let started = Instant::now();
     let submitted = match args.via {
-        Via::Http => submit_http(&args, plan).await?,
+        Via::Http => {
+            let clients = ClientStore::new(pool.clone(), Duration::from_secs(1));
+            let (key, own) = match &args.api_key {
+                Some(key) => (key.clone(), None),
+                None => {
+                    let new = NewClient::new("loadgen", &[Scope::TransfersWrite.as_str().to_owned()], None)?;
+                    let (client, key) = clients.create(&new).await.context("could not create loadgen's API client")?;
+                    (key, Some(ClientId(client.client_id)))
+                }
+            };
+            let submitted = submit_http(&args, &key, plan).await;
+            if let Some(id) = own {
+                clients.revoke(id).await.context("could not revoke loadgen's API client")?;
+            }
+            submitted?
+        }
         Via::Topic => submit_topic(settings, &args, plan).await?,
     };
     let submit_seconds = started.elapsed().as_secs_f64();
@@ -345,7 +367,9 @@ fn due(started: tokio::time::Instant, i: usize, rate: u32) -> Option<tokio::time
     (rate > 0).then(|| started + Duration::from_secs_f64(i as f64 / f64::from(rate)))
 }
 
-async fn submit_http(args: &LoadArgs, plan: Vec<Planned>) -> anyhow::Result<Vec<Submitted>> {
+async fn submit_http(args: &LoadArgs, key: &str, plan: Vec<Planned>) -> anyhow::Result<Vec<Submitted>> {
+    let authorization =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).context("the API key is not a valid header value")?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
         .pool_max_idle_per_host(args.concurrency)
@@ -360,6 +384,7 @@ async fn submit_http(args: &LoadArgs, plan: Vec<Planned>) -> anyhow::Result<Vec<
             let client = client.clone();
             let endpoint = endpoint.clone();
             let bar = bar.clone();
+            let authorization = authorization.clone();
             async move {
                 if let Some(at) = due(started, i, rate) {
                     tokio::time::sleep_until(at).await;
@@ -372,16 +397,18 @@ async fn submit_http(args: &LoadArgs, plan: Vec<Planned>) -> anyhow::Result<Vec<
                     "amount": format_minor(t.amount.minor(), t.currency.exponent()),
                 });
                 let sent = Instant::now();
-                let outcome = match client.post(endpoint.as_str()).json(&body).send().await {
-                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => ACCEPTED.to_owned(),
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let code = r.json::<serde_json::Value>().await.ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
-                        format!("{status} {}", code.as_deref().unwrap_or("no_code"))
-                    }
-                    Err(e) if e.is_timeout() => "timeout".to_owned(),
-                    Err(_) => "connection_error".to_owned(),
-                };
+                let outcome =
+                    match client.post(endpoint.as_str()).header(reqwest::header::AUTHORIZATION, authorization).json(&body).send().await {
+                        Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => ACCEPTED.to_owned(),
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let code =
+                                r.json::<serde_json::Value>().await.ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+                            format!("{status} {}", code.as_deref().unwrap_or("no_code"))
+                        }
+                        Err(e) if e.is_timeout() => "timeout".to_owned(),
+                        Err(_) => "connection_error".to_owned(),
+                    };
                 bar.inc(1);
                 Submitted { id: t.id, outcome, latency_us: sent.elapsed().as_micros() as u64 }
             }
@@ -419,6 +446,7 @@ async fn submit_topic(settings: &Settings, args: &LoadArgs, plan: Vec<Planned>) 
                     requested: Requested::Amount(t.amount),
                     description: None,
                     submitted_at: Utc::now(),
+                    client_id: None,
                 };
                 let payload = serde_json::to_vec(&TransferRecord::from_submission(&submission)).expect("a record serializes");
                 let key = kafka::record_key(submission.sender, submission.currency);

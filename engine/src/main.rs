@@ -43,23 +43,50 @@ enum Command {
     Loadgen(Box<loadgen::LoadArgs>),
     /// Manage plugins on a running engine, or test one offline.
     Plugins {
-        /// The engine's base URL.
-        #[arg(long, env = "TRANSFER_ENGINE_URL", default_value = "http://127.0.0.1:8080", global = true)]
-        url: String,
-        /// The admin bearer token.
-        #[arg(long, env = "TRANSFER_ENGINE_ADMIN_TOKEN", hide_env_values = true, global = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[command(subcommand)]
         command: cli::PluginCommand,
     },
+    /// Create, list and revoke API clients on a running engine.
+    Clients {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(subcommand)]
+        command: cli::ClientCommand,
+    },
+}
+
+/// The engine to talk to, and the admin token, for the admin commands.
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// The engine's base URL.
+    #[arg(long, env = "TRANSFER_ENGINE_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// The admin bearer token.
+    #[arg(long, env = "TRANSFER_ENGINE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+impl From<RemoteArgs> for cli::Remote {
+    fn from(args: RemoteArgs) -> Self {
+        cli::Remote { url: args.url, token: args.token }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Plugins { url, token, command } = cli.command {
-        telemetry::init(transfer_engine::config::LogFormat::Text);
-        return cli::run(command, cli::Remote { url, token }).await;
+    match cli.command {
+        Command::Plugins { remote, command } => {
+            telemetry::init(transfer_engine::config::LogFormat::Text);
+            return cli::run(command, remote.into()).await;
+        }
+        Command::Clients { remote, command } => {
+            telemetry::init(transfer_engine::config::LogFormat::Text);
+            return cli::clients(command, remote.into()).await;
+        }
+        _ => {}
     }
     let settings = Settings::load(cli.settings.as_deref()).context("invalid settings")?;
     telemetry::init(settings.log_format);
@@ -75,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Audit { json, acknowledged } => return audit(&settings, json, acknowledged.as_deref()).await,
         Command::Loadgen(args) => return loadgen::run(&settings, *args).await.map(drop),
-        Command::Plugins { .. } => unreachable!("handled above"),
+        Command::Plugins { .. } | Command::Clients { .. } => unreachable!("handled above"),
     };
     let app = Application::build(settings, role).await?;
     app.run_until_stopped(shutdown_signal()).await

@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Surface};
+use crate::auth::ClientStore;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::hooks::HookSet;
@@ -36,6 +37,8 @@ const DATABASE_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
 
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on its own address, when `metrics_addr` is set.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     role: Role,
     /// Publishes the hook set the processor runs on; replaced as a whole.
@@ -66,6 +69,10 @@ impl Application {
             kafka::Publisher::new(&settings.kafka_brokers, settings.publish_timeout_ms).context("could not create the Kafka producer")?;
         let listener =
             TcpListener::bind(settings.http_addr).await.with_context(|| format!("could not listen on {}", settings.http_addr))?;
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("could not listen on {addr} (metrics_addr)"))?),
+            None => None,
+        };
         let sandbox = Sandbox::new(settings.sandbox_limits())?;
         let plugins = Arc::new(Registry::new(pool.clone(), sandbox, settings.description_chars_max, settings.plugin_failure_mode));
         // Fail closed at start too: an engine that cannot load its policy does not process.
@@ -73,12 +80,18 @@ impl Application {
         let plugin_generation = set.generation;
         let (hooks, _) = watch::channel::<HookSet>(Arc::new(set));
         let metrics = Arc::new(Metrics::default());
-        let state = AppState { settings: Arc::new(settings), ledger: Ledger::new(pool), cache, publisher, metrics, plugins };
-        Ok(Self { listener, state, role, hooks, plugin_generation })
+        let clients = Arc::new(ClientStore::new(pool.clone(), Duration::from_millis(settings.client_cache_ttl_ms)));
+        let state = AppState { settings: Arc::new(settings), ledger: Ledger::new(pool), cache, publisher, metrics, plugins, clients };
+        Ok(Self { listener, metrics_listener, state, role, hooks, plugin_generation })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().expect("bound").port()
+    }
+
+    /// The port of the separate `/metrics` listener, when there is one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_listener.as_ref().map(|l| l.local_addr().expect("bound").port())
     }
 
     pub fn state(&self) -> &AppState {
@@ -106,15 +119,19 @@ impl Application {
         } else {
             None
         };
-        let mut http_stopped = stopped.clone();
-        let router = api::router(self.state.clone());
+        // The processor role serves health and metrics only: nothing that moves or reads money.
+        let metrics_here = self.metrics_listener.is_none();
+        let surface = match self.role {
+            Role::Processor => Surface::HealthOnly { metrics: metrics_here },
+            Role::All | Role::Api => Surface::Api { metrics: metrics_here },
+        };
         info!(addr = %self.listener.local_addr()?, role = ?self.role, "Engine listening.");
-        let server = tokio::spawn(async move {
-            axum::serve(self.listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stopped.wait_for(|s| *s).await;
-                })
-                .await
+        let server = serve(self.listener, api::router(self.state.clone(), surface), stopped.clone());
+        let metrics_server = self.metrics_listener.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, "Serving /metrics on its own address.");
+            }
+            serve(listener, api::router(self.state.clone(), Surface::MetricsOnly), stopped.clone())
         });
         shutdown.await;
         info!("Shutting down: draining HTTP and the processor's batch.");
@@ -123,7 +140,21 @@ impl Application {
             processor.await.context("processor task failed")?;
         }
         server.await.context("HTTP task failed")?.context("HTTP server failed")?;
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.await.context("metrics HTTP task failed")?.context("metrics HTTP server failed")?;
+        }
         drop(self.hooks);
         Ok(())
     }
+}
+
+/// Serves `router` on `listener` until `stopped` turns true, then drains.
+fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    })
 }

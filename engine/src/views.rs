@@ -36,6 +36,10 @@ pub struct TransferStatusView {
     /// What each plugin decided for this transfer (name, version, sha256, outcome), in order.
     #[serde(default)]
     pub decisions: Vec<Decision>,
+    /// The API client that submitted it. Shown to the admin token only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub client_id: Option<uuid::Uuid>,
     /// sha256 of the transfer's meaning, to tell a retry from a conflict.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(ignore)]
@@ -66,6 +70,7 @@ impl TransferStatusView {
             committed_at: None,
             history: vec![HistoryEntry { version: 1, status: Status::Initiated, reason: None, at: s.submitted_at }],
             decisions: Vec::new(),
+            client_id: s.client_id.map(|c| c.0),
             fingerprint: Some(hex::encode(s.fingerprint())),
         }
     }
@@ -85,6 +90,16 @@ impl TransferStatusView {
         view.committed_at = Some(c.committed_at);
         view.history.push(HistoryEntry { version: c.version, status: c.status, reason: c.reason.clone(), at: c.committed_at });
         view
+    }
+
+    /// What a caller may see of this view: never the fingerprint; the
+    /// submitting client's id only for the admin token.
+    pub fn for_caller(mut self, admin: bool) -> Self {
+        self.fingerprint = None;
+        if !admin {
+            self.client_id = None;
+        }
+        self
     }
 
     pub fn from_ledger(t: &TransferView) -> Self {
@@ -108,6 +123,7 @@ impl TransferStatusView {
             committed_at: t.committed_at,
             history: t.history.clone(),
             decisions: t.decisions.clone(),
+            client_id: t.client_id.map(|c| c.0),
             fingerprint: Some(hex::encode(&t.fingerprint)),
         }
     }

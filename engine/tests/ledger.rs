@@ -23,6 +23,7 @@ fn transfer(id: TransferId, from: i64, to: i64, minor: i64, currency: Currency) 
         requested: Requested::Amount(amount(minor)),
         description: None,
         submitted_at: Utc::now(),
+        client_id: None,
     };
     CommitItem::apply_as_submitted(submission).unwrap()
 }

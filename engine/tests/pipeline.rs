@@ -252,14 +252,22 @@ async fn every_bad_request_answers_a_json_error_with_its_code() {
         assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
     }
     let raw = |body: &'static str, content_type: &'static str| {
-        app.client.post(app.url("/v1/transfers")).header("content-type", content_type).body(body).send()
+        app.client.post(app.url("/v1/transfers")).bearer_auth(&app.key).header("content-type", content_type).body(body).send()
     };
     let r = raw("{\"sender_id\": 1,", "application/json").await.unwrap();
     assert_eq!((r.status().as_u16(), r.json::<Value>().await.unwrap()["error"]["code"].clone()), (400, json!("malformed_json")));
     let r = raw("{}", "text/plain").await.unwrap();
     assert_eq!((r.status().as_u16(), r.json::<Value>().await.unwrap()["error"]["code"].clone()), (415, json!("unsupported_media_type")));
     let huge = format!("{{\"description\": \"{}\"}}", "x".repeat(64 * 1024));
-    let r = app.client.post(app.url("/v1/transfers")).header("content-type", "application/json").body(huge).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/transfers"))
+        .bearer_auth(&app.key)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!((r.status().as_u16(), r.json::<Value>().await.unwrap()["error"]["code"].clone()), (413, json!("body_too_large")));
     let r = app.get("/v1/transfers/not-a-uuid").await;
     assert_eq!(r.status(), 422);

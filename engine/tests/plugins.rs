@@ -34,6 +34,7 @@ fn submission(sender: i64, requested: Requested, description: Option<&str>) -> S
         requested,
         description: description.map(str::to_owned),
         submitted_at: Utc::now(),
+        client_id: None,
     }
 }
 

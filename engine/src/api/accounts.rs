@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{JsonBody, PathParams};
+use super::auth::{AccountsRead, AccountsWrite, Authorized, require_owner};
+use super::error::{ErrorBody, JsonBody, PathParams};
 use super::transfers::{balances, decimal_text, owner};
 use super::{Admin, ApiError, AppState};
 use crate::cache::{self, CachedBalance};
@@ -50,13 +51,18 @@ fn path_owner(owner_id: &str) -> Result<OwnerId, ApiError> {
         .ok_or_else(|| ApiError::invalid("owner_id_invalid", "owner ids are positive integers"))
 }
 
-#[utoipa::path(post, path = "/v1/accounts", request_body = CreateAccount,
-    responses((status = 201, body = AccountBody), (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/accounts", request_body = CreateAccount, security(("bearer" = [])),
+    responses((status = 201, body = AccountBody),
+              (status = 401, body = ErrorBody, description = "No valid credential"),
+              (status = 403, body = ErrorBody, description = "`scope_missing` (needs accounts:write) or `owner_not_permitted`"),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    Authorized(caller, _): Authorized<AccountsWrite>,
     JsonBody(req): JsonBody<CreateAccount>,
 ) -> Result<(StatusCode, Json<AccountBody>), ApiError> {
     let owner = owner(req.owner_id, "owner_id")?;
+    require_owner(&caller, owner)?;
     let currency = Currency::parse(&req.currency)?;
     let account = state.ledger.create_account(owner, currency, 0).await.map_err(|e| match e {
         CreateAccountError::Exists { .. } => ApiError::Conflict { code: "account_exists", message: e.to_string() },
@@ -65,14 +71,19 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(account_body(owner, currency, &CachedBalance::from(&account)))))
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}",
+#[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}", security(("bearer" = [])),
     params(("owner_id" = i64, Path), ("currency" = String, Path)),
-    responses((status = 200, body = AccountBody), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 200, body = AccountBody),
+              (status = 401, body = ErrorBody, description = "No valid credential"),
+              (status = 403, body = ErrorBody, description = "`scope_missing` (needs accounts:read) or `owner_not_permitted`"),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
+    Authorized(caller, _): Authorized<AccountsRead>,
     PathParams((owner_id, currency)): PathParams<(String, String)>,
 ) -> Result<Json<AccountBody>, ApiError> {
     let owner = path_owner(&owner_id)?;
+    require_owner(&caller, owner)?;
     let currency = Currency::parse(&currency)?;
     let [balance] = balances(&state, [(owner, currency)]).await?;
     let balance = balance
@@ -99,31 +110,28 @@ pub struct TransferPageBody {
 
 const PAGE_SIZE_DEFAULT: i64 = 50;
 
-#[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}/transfers",
+#[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}/transfers", security(("bearer" = [])),
     params(("owner_id" = i64, Path), ("currency" = String, Path), PageQuery),
-    responses((status = 200, body = TransferPageBody), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 200, body = TransferPageBody),
+              (status = 401, body = ErrorBody, description = "No valid credential"),
+              (status = 403, body = ErrorBody, description = "`scope_missing` (needs accounts:read) or `owner_not_permitted`"),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn transfers(
     State(state): State<AppState>,
+    Authorized(caller, _): Authorized<AccountsRead>,
     PathParams((owner_id, currency)): PathParams<(String, String)>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TransferPageBody>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
     let owner = path_owner(&owner_id)?;
+    require_owner(&caller, owner)?;
     let currency = Currency::parse(&currency)?;
     let account = state.ledger.account(owner, currency).await?;
     let account = account
         .ok_or_else(|| ApiError::NotFound { code: "account_not_found", message: format!("owner {owner} has no {currency} account") })?;
     let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT);
     let page = state.ledger.account_transfers(account.account_id, query.before, limit).await?;
-    let transfers = page
-        .transfers
-        .iter()
-        .map(|t| {
-            let mut view = TransferStatusView::from_ledger(t);
-            view.fingerprint = None;
-            view
-        })
-        .collect();
+    let transfers = page.transfers.iter().map(|t| TransferStatusView::from_ledger(t).for_caller(caller.is_admin())).collect();
     Ok(Json(TransferPageBody { transfers, next_before: page.next_before }))
 }
 
@@ -142,8 +150,8 @@ pub struct MoveMoney {
 /// Longest reference accepted for a deposit or withdrawal.
 const REFERENCE_CHARS_MAX: usize = 128;
 
-#[utoipa::path(post, path = "/v1/deposits", request_body = MoveMoney, security(("admin_token" = [])),
-    responses((status = 201, body = TransferStatusView), (status = 401, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/deposits", request_body = MoveMoney, security(("bearer" = [])),
+    responses((status = 201, body = TransferStatusView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn deposit(
     State(state): State<AppState>,
     _: Admin,
@@ -152,8 +160,8 @@ pub async fn deposit(
     move_money(state, body, true).await
 }
 
-#[utoipa::path(post, path = "/v1/withdrawals", request_body = MoveMoney, security(("admin_token" = [])),
-    responses((status = 201, body = TransferStatusView), (status = 401, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/withdrawals", request_body = MoveMoney, security(("bearer" = [])),
+    responses((status = 201, body = TransferStatusView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn withdraw(
     State(state): State<AppState>,
     _: Admin,
@@ -198,9 +206,9 @@ async fn move_money(
         return Err(ApiError::Refused(reason));
     }
     let stored = state.ledger.transfer(committed.transfer_id).await?;
-    let mut view =
-        TransferStatusView::from_ledger(&stored.ok_or_else(|| anyhow::anyhow!("committed transfer {} not found", committed.transfer_id))?);
-    view.fingerprint = None;
+    let view =
+        TransferStatusView::from_ledger(&stored.ok_or_else(|| anyhow::anyhow!("committed transfer {} not found", committed.transfer_id))?)
+            .for_caller(true);
     let status = if committed.disposition == crate::ledger::Disposition::New { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view)))
 }

@@ -52,8 +52,8 @@ pub struct UploadPlugin {
     pub activate: bool,
 }
 
-#[utoipa::path(post, path = "/v1/admin/plugins", request_body = UploadPlugin, security(("admin_token" = [])),
-    responses((status = 201, body = PluginInfo), (status = 401, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/admin/plugins", request_body = UploadPlugin, security(("bearer" = [])),
+    responses((status = 201, body = PluginInfo), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
     _: Admin,
@@ -77,8 +77,8 @@ pub struct PluginList {
     pub plugins: Vec<PluginInfo>,
 }
 
-#[utoipa::path(get, path = "/v1/admin/plugins", security(("admin_token" = [])),
-    responses((status = 200, body = PluginList), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/admin/plugins", security(("bearer" = [])),
+    responses((status = 200, body = PluginList), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody)))]
 pub async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<PluginList>, ApiError> {
     Ok(Json(PluginList { plugins: state.plugins.list().await? }))
 }
@@ -89,9 +89,9 @@ pub struct Activate {
     pub version: i32,
 }
 
-#[utoipa::path(post, path = "/v1/admin/plugins/{name}/activate", request_body = Activate, security(("admin_token" = [])),
+#[utoipa::path(post, path = "/v1/admin/plugins/{name}/activate", request_body = Activate, security(("bearer" = [])),
     params(("name" = String, Path)),
-    responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+    responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody)))]
 pub async fn activate(
     State(state): State<AppState>,
@@ -104,8 +104,8 @@ pub async fn activate(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/v1/admin/plugins/{name}/deactivate", security(("admin_token" = [])), params(("name" = String, Path)),
-    responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/admin/plugins/{name}/deactivate", security(("bearer" = [])), params(("name" = String, Path)),
+    responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
 pub async fn deactivate(State(state): State<AppState>, _: Admin, PathParams(name): PathParams<String>) -> Result<StatusCode, ApiError> {
     let name = existing_name(name)?;
     state.plugins.deactivate(&name).await?;
@@ -119,8 +119,8 @@ pub struct ValidationOrder {
     pub names: Vec<String>,
 }
 
-#[utoipa::path(put, path = "/v1/admin/validation-order", request_body = ValidationOrder, security(("admin_token" = [])),
-    responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+#[utoipa::path(put, path = "/v1/admin/validation-order", request_body = ValidationOrder, security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
 pub async fn set_validation_order(
     State(state): State<AppState>,
     _: Admin,

@@ -26,8 +26,11 @@ pub enum ApiError {
     NotFound { code: &'static str, message: String },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
-    #[error("a valid admin bearer token is required")]
+    #[error("a valid credential is required: `Authorization: Bearer <API key or admin token>`")]
     Unauthorized,
+    /// The credential is valid but does not allow this (a missing scope, another owner).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     /// A dependency is away; the client may retry.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
@@ -60,6 +63,7 @@ impl ApiError {
             Self::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             Self::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Self::Unexpected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }

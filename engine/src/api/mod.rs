@@ -2,11 +2,15 @@
 //! - `transfers`: submit (publish to Kafka) and read transfers.
 //! - `accounts`: open accounts, read balances and an account's transfers; deposits and withdrawals (admin).
 //! - `admin`: plugins: upload, list, activate (rollback), deactivate, validation order.
-//! - `health`: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+//! - `clients`: API clients (admin): create (the key is shown once), list, revoke.
+//! - `health`: `/healthz`, `/readyz`, `/metrics`, `/openapi.json` (no credential).
+//! - `auth`: the credential extractors every `/v1/*` handler takes.
 //! - `error`: the JSON error shape and the body extractor.
 
 mod accounts;
 mod admin;
+mod auth;
+mod clients;
 pub mod error;
 mod health;
 mod openapi;
@@ -15,19 +19,19 @@ pub mod transfers;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Router, extract::DefaultBodyLimit};
-use subtle::ConstantTimeEq;
 
+use crate::auth::ClientStore;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, RequestLabels};
+pub use auth::{Admin, Authorized};
 pub use error::ApiError;
 pub use openapi::ApiDoc;
 
@@ -40,10 +44,45 @@ pub struct AppState {
     pub publisher: crate::kafka::Publisher,
     pub metrics: Arc<Metrics>,
     pub plugins: Arc<crate::plugins::Registry>,
+    pub clients: Arc<ClientStore>,
 }
 
-pub fn router(state: AppState) -> Router {
+/// What an HTTP listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// The API, health, and `/metrics` unless it has its own listener.
+    Api { metrics: bool },
+    /// Health and metrics only (the processor role): no route that moves or reads money.
+    HealthOnly { metrics: bool },
+    /// `/metrics` alone, on the operators' own address.
+    MetricsOnly,
+}
+
+pub fn router(state: AppState, surface: Surface) -> Router {
     let body_limit = state.settings.request_body_bytes_max;
+    let mut router = match surface {
+        Surface::Api { .. } => api_routes(&state),
+        Surface::HealthOnly { .. } | Surface::MetricsOnly => Router::new(),
+    };
+    if matches!(surface, Surface::Api { .. } | Surface::HealthOnly { .. }) {
+        router = router.route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
+    }
+    if matches!(surface, Surface::Api { .. }) {
+        router = router.route("/openapi.json", get(health::openapi));
+    }
+    if matches!(surface, Surface::Api { metrics: true } | Surface::HealthOnly { metrics: true } | Surface::MetricsOnly) {
+        router = router.route("/metrics", get(health::metrics));
+    }
+    router
+        // After every route: it applies to the routes added so far.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+fn api_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/transfers", post(transfers::submit))
         .route("/v1/transfers/{id}", get(transfers::get))
@@ -59,16 +98,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/plugins/{name}/activate", post(admin::activate))
         .route("/v1/admin/plugins/{name}/deactivate", post(admin::deactivate))
         .route("/v1/admin/validation-order", axum::routing::put(admin::set_validation_order))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
-        // After every route: it applies to the routes added so far.
-        .method_not_allowed_fallback(method_not_allowed)
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), track))
-        .with_state(state)
+        .route("/v1/admin/clients", get(clients::list).post(clients::create))
+        .route("/v1/admin/clients/{client_id}", delete(clients::revoke))
 }
 
 async fn not_found() -> ApiError {
@@ -95,46 +126,4 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     state.metrics.http_requests.get_or_create(&labels).inc();
     state.metrics.http_request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     response
-}
-
-/// Checks `Authorization: Bearer <admin token>` in constant time.
-///
-/// The scheme is matched without regard to case (RFC 7235 section 2.1: `bearer`
-/// is the same scheme) and may be followed by several spaces (`1*SP`); the
-/// token is compared exactly. A request with more than one `Authorization`
-/// header carries ambiguous credentials and is refused rather than judged by
-/// whichever header comes first. The token is read from this header only:
-/// never from the query string (it would end up in access logs) nor from any
-/// other header.
-pub fn require_admin(settings: &Settings, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = settings.admin_token.as_ref() else {
-        return Err(ApiError::Unauthorized);
-    };
-    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return Err(ApiError::Unauthorized);
-    };
-    let given = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim_start_matches(' '))
-        .ok_or(ApiError::Unauthorized)?;
-    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) { Ok(()) } else { Err(ApiError::Unauthorized) }
-}
-
-/// Proof that a request carries the admin token. An extractor rather than a
-/// call inside the handler so that it runs before the body extractor: an
-/// unauthenticated request is refused before its body is read or validated,
-/// so it learns nothing about the schema and cannot make the engine buffer
-/// a large upload.
-pub struct Admin;
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        require_admin(&state.settings, &parts.headers).map(|()| Admin)
-    }
 }

@@ -19,16 +19,27 @@ use utoipa::{Modify, OpenApi};
         super::admin::activate,
         super::admin::deactivate,
         super::admin::set_validation_order,
+        super::clients::create,
+        super::clients::list,
+        super::clients::revoke,
     ),
-    modifiers(&AdminToken)
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
-struct AdminToken;
+/// One scheme for both credentials: an API key (`tek_...`), or the admin token.
+struct BearerAuth;
 
-impl Modify for AdminToken {
+impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("admin_token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "An API key (`tek_...`, made with `POST /v1/admin/clients`) with the operation's scope, or the admin token. \
+                 Deposits, withdrawals and `/v1/admin/*` take the admin token only.",
+            ))
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }

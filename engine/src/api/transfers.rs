@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 use utoipa::ToSchema;
 
-use super::error::{JsonBody, PathParams};
+use super::auth::{Authorized, TransfersRead, TransfersWrite, require_owner};
+use super::error::{ErrorBody, JsonBody, PathParams};
 use super::{ApiError, AppState};
 use crate::cache::{self, CachedBalance};
 use crate::domain::{Amount, Currency, Money, OwnerId, Rejection, Requested, Submission, TransferId, TransferKind};
@@ -132,21 +133,27 @@ pub fn validate(req: SubmitTransfer, headers: &HeaderMap, description_chars_max:
         requested,
         description: req.description,
         submitted_at: Utc::now(),
+        client_id: None,
     })
 }
 
-#[utoipa::path(post, path = "/v1/transfers", request_body = SubmitTransfer,
+#[utoipa::path(post, path = "/v1/transfers", request_body = SubmitTransfer, security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "UUID used as the transfer id")),
     responses((status = 202, body = SubmitAccepted, description = "Accepted and published"),
               (status = 200, body = SubmitAccepted, description = "The same transfer was submitted before"),
-              (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
-              (status = 503, body = super::error::ErrorBody)))]
+              (status = 401, body = ErrorBody, description = "No valid credential"),
+              (status = 403, body = ErrorBody, description = "`scope_missing` (needs transfers:write) or `owner_not_permitted` (sender_id)"),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
+    Authorized(caller, _): Authorized<TransfersWrite>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitTransfer>,
 ) -> Result<Response, ApiError> {
-    let submission = validate(req, &headers, state.settings.description_chars_max)?;
+    let mut submission = validate(req, &headers, state.settings.description_chars_max)?;
+    require_owner(&caller, submission.sender)?;
+    submission.client_id = caller.client_id;
     let initiated = TransferStatusView::initiated(&submission);
     let fingerprint = initiated.fingerprint.clone();
 
@@ -180,7 +187,7 @@ pub async fn submit(
         precheck(&state, &submission).await?;
         let record = serde_json::to_vec(&TransferRecord::from_submission(&submission)).map_err(anyhow::Error::from)?;
         let key = kafka::record_key(submission.sender, submission.currency);
-        state.publisher.publish(&state.settings.topic, &key, &record, None).await.map_err(|e| {
+        state.publisher.publish(&state.settings.topic, &key, &record, kafka::record_headers(&submission)).await.map_err(|e| {
             warn!(transfer_id = %submission.id, error = %e, "The broker did not acknowledge a transfer.");
             ApiError::Unavailable {
                 code: "broker_unavailable",
@@ -255,9 +262,17 @@ pub async fn balances<const N: usize>(state: &AppState, keys: [(OwnerId, Currenc
     Ok(found.try_into().expect("one answer per key"))
 }
 
-#[utoipa::path(get, path = "/v1/transfers/{id}", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = TransferStatusView), (status = 404, body = super::error::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, PathParams(id): PathParams<String>) -> Result<Json<TransferStatusView>, ApiError> {
+#[utoipa::path(get, path = "/v1/transfers/{id}", params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
+    responses((status = 200, body = TransferStatusView),
+              (status = 401, body = ErrorBody, description = "No valid credential"),
+              (status = 403, body = ErrorBody, description = "`scope_missing` (needs transfers:read)"),
+              (status = 404, body = ErrorBody, description = "No such transfer, or none this credential may read"),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<TransfersRead>,
+    PathParams(id): PathParams<String>,
+) -> Result<Json<TransferStatusView>, ApiError> {
     let id = uuid::Uuid::parse_str(&id)
         .map(TransferId)
         .map_err(|_| ApiError::invalid("transfer_id_invalid", "the transfer id must be a UUID"))?;
@@ -277,7 +292,10 @@ pub async fn get(State(state): State<AppState>, PathParams(id): PathParams<Strin
             None => cached,
         },
     };
-    let mut view = view.ok_or_else(|| ApiError::NotFound { code: "transfer_not_found", message: format!("no transfer {id}") })?;
-    view.fingerprint = None;
-    Ok(Json(view))
+    // A transfer this caller may not read answers exactly as one that does
+    // not exist, so a bound client cannot probe other owners' transfer ids.
+    let visible = |v: &TransferStatusView| caller.may_see_transfer(OwnerId::from_stored(v.sender_id), OwnerId::from_stored(v.receiver_id));
+    let view =
+        view.filter(visible).ok_or_else(|| ApiError::NotFound { code: "transfer_not_found", message: format!("no transfer {id}") })?;
+    Ok(Json(view.for_caller(caller.is_admin())))
 }

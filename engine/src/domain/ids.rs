@@ -27,6 +27,25 @@ impl fmt::Display for TransferId {
     }
 }
 
+/// An API client's identity (see `auth`). Not a secret: it is part of the
+/// client's key and of admin listings. Stored with each transfer it submits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ClientId(pub uuid::Uuid);
+
+impl ClientId {
+    /// Random (v4): a client id appears in its key and should say nothing about when it was made.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
 /// The owner of accounts, as clients name them. Always positive: 0 is the
 /// per-currency system account that deposits come from and withdrawals go to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]

@@ -2,7 +2,7 @@
 //!
 //! - `currency`: ISO 4217 codes with their minor-unit exponent.
 //! - `amount`: positive `i64` minor units and exact decimal parsing/formatting.
-//! - `ids`: transfer ids and owner ids.
+//! - `ids`: transfer ids, owner ids and API client ids.
 //! - `rejection`: the stable, machine-readable reasons a transfer is refused.
 //! - `transfer`: a submission as it travels from the API to the ledger.
 
@@ -14,6 +14,6 @@ mod transfer;
 
 pub use amount::{Amount, AmountError, format_minor, parse_decimal_minor};
 pub use currency::{Currency, CurrencyError};
-pub use ids::{OwnerId, OwnerIdError, SYSTEM_OWNER_ID, TransferId};
+pub use ids::{ClientId, OwnerId, OwnerIdError, SYSTEM_OWNER_ID, TransferId};
 pub use rejection::{Reason, Rejection};
 pub use transfer::{Money, Requested, Status, Submission, TransferKind};

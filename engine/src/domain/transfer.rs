@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::{Amount, Currency, OwnerId, TransferId};
+use super::{Amount, ClientId, Currency, OwnerId, TransferId};
 
 /// A positive amount in a given currency.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -98,6 +98,10 @@ pub struct Submission {
     pub requested: Requested,
     pub description: Option<String>,
     pub submitted_at: DateTime<Utc>,
+    /// The API client that submitted it; `None` for the admin token and for
+    /// system movements. Provenance only: not part of the fingerprint, so the
+    /// same transfer retried through another credential is still a retry.
+    pub client_id: Option<ClientId>,
 }
 
 impl Submission {
@@ -156,6 +160,7 @@ mod tests {
             requested: Requested::Amount(Amount::from_minor(100).unwrap()),
             description: Some("rent".into()),
             submitted_at: Utc::now(),
+            client_id: None,
         }
     }
 

@@ -163,6 +163,7 @@ impl CommitItem {
             requested: Requested::Amount(amount),
             description: Some(reference.to_owned()),
             submitted_at: Utc::now(),
+            client_id: None,
         };
         Self::apply_as_submitted(submission).expect("a system move names its amount")
     }

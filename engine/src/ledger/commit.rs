@@ -133,6 +133,7 @@ struct NewRows {
     conflict_fingerprint: Vec<Vec<u8>>,
     /// JSON arrays of plugin decisions (NULL when no plugin ran).
     decisions: Vec<Option<String>>,
+    client_id: Vec<Option<uuid::Uuid>>,
 }
 
 /// What the ledger already holds for an id (or what this batch decided for it).
@@ -266,6 +267,7 @@ impl Ledger {
                     rows.fingerprint.push(fingerprint.clone());
                     rows.created_at.push(s.submitted_at);
                     rows.decisions.push(decisions_json(&item.decisions));
+                    rows.client_id.push(s.client_id.map(|c| c.0));
                     slot.insert(Known { fingerprint, status, version: FINAL_VERSION_NEW, reason: reason.clone(), committed_at: now });
                     outcomes.push(Committed {
                         transfer_id: s.id,
@@ -377,16 +379,18 @@ async fn write_rows(tx: &mut sqlx::PgConnection, rows: &NewRows, now: DateTime<U
         sqlx::query(
             "INSERT INTO transfers (transfer_id, kind, sender_id, receiver_id, debit_account_id, credit_account_id,
                                     currency, amount_minor, original_amount_minor, original_currency, description,
-                                    status, status_version, reason_code, reason_message, fingerprint, created_at, committed_at, decisions)
+                                    status, status_version, reason_code, reason_message, fingerprint, created_at, committed_at, decisions,
+                                    client_id)
              SELECT t.transfer_id, t.kind, t.sender_id, t.receiver_id, t.debit_account_id, t.credit_account_id,
                     t.currency, t.amount_minor, t.original_amount_minor, t.original_currency, t.description,
-                    t.status, $17, t.reason_code, t.reason_message, t.fingerprint, t.created_at, $18, t.decisions::jsonb
+                    t.status, $17, t.reason_code, t.reason_message, t.fingerprint, t.created_at, $18, t.decisions::jsonb,
+                    t.client_id
                FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
                            $7::text[], $8::bigint[], $9::bigint[], $10::text[], $11::text[],
-                           $12::text[], $13::text[], $14::text[], $15::bytea[], $16::timestamptz[], $19::text[])
+                           $12::text[], $13::text[], $14::text[], $15::bytea[], $16::timestamptz[], $19::text[], $20::uuid[])
                     AS t(transfer_id, kind, sender_id, receiver_id, debit_account_id, credit_account_id,
                          currency, amount_minor, original_amount_minor, original_currency, description,
-                         status, reason_code, reason_message, fingerprint, created_at, decisions)",
+                         status, reason_code, reason_message, fingerprint, created_at, decisions, client_id)",
         )
         .bind(&rows.transfer_id)
         .bind(&rows.kind)
@@ -407,6 +411,7 @@ async fn write_rows(tx: &mut sqlx::PgConnection, rows: &NewRows, now: DateTime<U
         .bind(FINAL_VERSION_NEW)
         .bind(now)
         .bind(&rows.decisions)
+        .bind(&rows.client_id)
         .execute(&mut *tx)
         .await?;
 

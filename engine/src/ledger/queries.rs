@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Ledger, LedgerError};
-use crate::domain::{Currency, OwnerId, Reason, Status, TransferId, TransferKind};
+use crate::domain::{ClientId, Currency, OwnerId, Reason, Status, TransferId, TransferKind};
 use crate::hooks::Decision;
 
 /// One status a transfer had; also what clients see in its `history`.
@@ -39,6 +39,8 @@ pub struct TransferView {
     pub history: Vec<HistoryEntry>,
     /// What each plugin decided, in order.
     pub decisions: Vec<Decision>,
+    /// The API client that submitted it, if one did.
+    pub client_id: Option<ClientId>,
 }
 
 #[derive(Clone, Debug)]
@@ -75,11 +77,12 @@ struct TransferRow {
     committed_at: Option<DateTime<Utc>>,
     fingerprint: Vec<u8>,
     decisions: Option<String>,
+    client_id: Option<uuid::Uuid>,
 }
 
 const TRANSFER_COLUMNS: &str = "transfer_id, seq, kind, sender_id, receiver_id, currency, amount_minor,
     original_amount_minor, original_currency, description, status, status_version, reason_code,
-    reason_message, created_at, committed_at, fingerprint, decisions::text AS decisions";
+    reason_message, created_at, committed_at, fingerprint, decisions::text AS decisions, client_id";
 
 fn corrupt(what: &str, value: &str) -> LedgerError {
     LedgerError::Corrupt(format!("{what} {value:?}"))
@@ -109,6 +112,7 @@ fn transfer_from_row(row: TransferRow) -> Result<TransferView, LedgerError> {
             Some(json) => serde_json::from_str(&json).map_err(|e| corrupt("decisions", &e.to_string()))?,
             None => Vec::new(),
         },
+        client_id: row.client_id.map(ClientId),
     })
 }
 

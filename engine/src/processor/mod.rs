@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -174,7 +174,8 @@ impl Processor {
         let mut submissions = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         for message in &batch {
-            match TransferRecord::decode(message.payload()) {
+            let client_id = message.headers().and_then(|h| h.iter().find(|h| h.key == kafka::CLIENT_ID_HEADER)).and_then(|h| h.value);
+            match TransferRecord::decode(message.payload(), client_id) {
                 Ok(s) => submissions.push(s),
                 Err(e) => dead.push(DeadLetter { reason: format!("{}: {e}", e.code()), message: message.clone() }),
             }
@@ -424,6 +425,7 @@ mod tests {
             requested: Requested::Amount(Amount::from_minor(5).unwrap()),
             description: None,
             submitted_at: chrono::Utc::now(),
+            client_id: None,
         };
         let item = commit_item(&Buggy, submission);
         let crate::ledger::Verdict::Fail(reason) = item.verdict else { panic!("expected a failure, got {:?}", item.verdict) };

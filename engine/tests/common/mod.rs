@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use transfer_engine::auth::{ClientStore, NewClient, Scope};
 use transfer_engine::config::{Secret, Settings};
 use transfer_engine::domain::{Amount, Currency, OwnerId};
 use transfer_engine::ledger::{self, Ledger};
@@ -92,10 +93,19 @@ pub async fn assert_audit_passes(ledger: &Ledger) {
     assert!(report.passed(), "ledger audit failed: {report:#?}");
 }
 
+/// Creates an API client straight in the database and returns its key.
+pub async fn create_client(pool: &PgPool, name: &str, scopes: &[Scope], owners: Option<&[i64]>) -> String {
+    let scopes: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
+    let new = NewClient::new(name, &scopes, owners).expect("a valid client");
+    ClientStore::new(pool.clone(), Duration::from_secs(1)).create(&new).await.expect("client created").1
+}
+
 /// The engine, running in this process against its own database and topic.
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// An API key with every scope, for any owner: what `post` and `get` send.
+    pub key: String,
     pub db: TestDb,
     pub settings: Settings,
     shutdown: Option<oneshot::Sender<()>>,
@@ -136,7 +146,8 @@ impl TestApp {
             let _ = stop.await;
         }));
         let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        Self { address, client, db, settings, shutdown: Some(shutdown), handle: Some(handle) }
+        let key = create_client(&db.pool, "test", &Scope::ALL, None).await;
+        Self { address, client, key, db, settings, shutdown: Some(shutdown), handle: Some(handle) }
     }
 
     pub fn ledger(&self) -> Ledger {
@@ -147,16 +158,18 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// POSTs as the test's API key (every scope, any owner).
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
+        self.client.post(self.url(path)).bearer_auth(&self.key).json(body).send().await.expect("request sent")
     }
 
     pub async fn admin_post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.client.post(self.url(path)).bearer_auth(ADMIN_TOKEN).json(body).send().await.expect("request sent")
     }
 
+    /// GETs as the test's API key (every scope, any owner).
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.expect("request sent")
+        self.client.get(self.url(path)).bearer_auth(&self.key).send().await.expect("request sent")
     }
 
     /// Opens an account over HTTP and deposits `balance` (decimal text) into it.
