@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Renders the results block of BENCHMARKS.md from scripts/bench's reports.
 
-Usage: bench-report.py REPORT_DIR BENCHMARKS_MD COMMAND QUICK
+Usage: bench-report.py REPORT_DIR BENCHMARKS_MD COMMAND QUICK [BASELINE_REF]
 
 Only the block between the results markers is rewritten; the analysis written
 by hand around it stays as it is.
@@ -61,6 +61,14 @@ def spread(reports):
     return f" (mean of {len(rates)} runs: {', '.join(fmt(x) for x in rates)})" if len(rates) > 1 else ""
 
 
+def mean_latency(runs, key):
+    return sum((r["submit_latency"] or {}).get(key, 0) for r in runs) / len(runs)
+
+
+def delta(before, after, key):
+    return mean_latency(after, key) - mean_latency(before, key)
+
+
 def fmt(x, digits=0):
     return f"{x:,.{digits}f}"
 
@@ -71,6 +79,9 @@ def goal(met):
 
 def main():
     directory, target, command, quick = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+    baseline_ref = sys.argv[5] if len(sys.argv) > 5 else ""
+    http_after = [r for r in (load(directory, "http"), load(directory, "http2")) if r]
+    http_before = rounds(directory, "http-before")
     raw = load(directory, "raw")
     plugin_runs, passthrough_runs = rounds(directory, "plugins"), rounds(directory, "passthrough")
     plugins = plugin_runs[0] if plugin_runs else None
@@ -119,6 +130,17 @@ def main():
             f"| {fmt(http['submitted_per_s'])} submitted/s | p99 submit < 10 ms: {goal(s.get('p99_ms', 1e9) < 10)}; "
             f"p99 to completed < 100 ms: {goal(f.get('p99_ms', 1e9) < 100)} |"
         )
+    if http_before and http_after:
+        def submit(runs, key):
+            return " and ".join(f"{(r['submit_latency'] or {}).get(key, 0):.1f}" for r in runs)
+
+        lines.append(
+            f"| 4′ | (4) before and after, A B B A: engine at `{baseline_ref}` (before), this engine (after, every submit with an API key) "
+            f"| before: submit p50 {submit(http_before, 'p50_ms')} / p99 {submit(http_before, 'p99_ms')} ms; "
+            f"after: submit p50 {submit(http_after, 'p50_ms')} / p99 {submit(http_after, 'p99_ms')} ms "
+            f"| after − before: p50 {delta(http_before, http_after, 'p50_ms'):+.1f} ms, p99 {delta(http_before, http_after, 'p99_ms'):+.1f} ms "
+            f"| no measurable cost (p50 within 10% or 0.5 ms): {goal(abs(delta(http_before, http_after, 'p50_ms')) <= max(0.5, 0.1 * mean_latency(http_before, 'p50_ms')))} |"
+        )
     if hot:
         ratio = rate(hot) / one if one else 0
         lines.append(f"| 5 | one hot sender (every transfer debits one account) | {fmt(rate(hot))} tr/s | {ratio:.2f} of (2) | ≥ 0.5 of (2): {goal(ratio >= 0.5)} |")
@@ -126,7 +148,13 @@ def main():
         ratio = rate(two) / one if one else 0
         lines.append(f"| 6 | two processors in one consumer group | {fmt(rate(two))} tr/s | scaling {ratio:.2f} of one | |")
     lines += ["", "Outcomes per scenario (every acknowledged transfer reached a final status, and the ledger audit passed after each):", ""]
-    runs = [("2", r) for r in plugin_runs] + [("3", r) for r in passthrough_runs] + [("4", http), ("5", hot), ("6", two)]
+    runs = (
+        [("2", r) for r in plugin_runs]
+        + [("3", r) for r in passthrough_runs]
+        + [("4", r) for r in http_after or [http]]
+        + [(f"4′ before, {baseline_ref}", r) for r in http_before]
+        + [("5", hot), ("6", two)]
+    )
     for name, report in runs:
         if report:
             outcomes = ", ".join(f"{k}: {v:,}" for k, v in report["outcomes"].items())

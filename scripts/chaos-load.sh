@@ -16,7 +16,7 @@ random_seed() { od -An -N4 -tu4 /dev/urandom | tr -d ' \n'; }
 # client-chosen transfer id that also rides in the URL's query (axum ignores
 # it) so `%{url}` in the write-out tells which id got which answer.
 transfer_config() { # count accounts base_url
-  awk -v n="$1" -v a="$2" -v url="$3" -v seed="$(random_seed)" '
+  awk -v n="$1" -v a="$2" -v url="$3" -v key="$CHAOS_API_KEY" -v seed="$(random_seed)" '
     function hex(k,   s, i) { s = ""; for (i = 0; i < k; i++) s = s sprintf("%x", int(rand() * 16)); return s }
     function uuid() { return hex(8) "-" hex(4) "-4" hex(3) "-" substr("89ab", 1 + int(rand() * 4), 1) hex(3) "-" hex(12) }
     BEGIN {
@@ -28,6 +28,7 @@ transfer_config() { # count accounts base_url
         printf "url = \"%s/v1/transfers?id=%s\"\n", url, id
         printf "data = \"{\\\"transfer_id\\\":\\\"%s\\\",\\\"sender_id\\\":%d,\\\"receiver_id\\\":%d,\\\"amount\\\":\\\"%d.%02d\\\",\\\"currency\\\":\\\"EUR\\\"}\"\n", id, s, r, int(m / 100), m % 100
         print "header = \"content-type: application/json\""
+        print "header = \"authorization: Bearer " key "\""
         print "output = \"/dev/null\""
         print "write-out = \"%{http_code} %{time_total} %{url}\\n\""
       }
@@ -104,8 +105,19 @@ wait_final() { # ids_file seconds
   echo "$line"
 }
 
-# Opens accounts 1..n in EUR and deposits `balance` into each (admin API).
+# Creates this scenario's API client (transfers:write, accounts:write) with the
+# admin token: the load authenticates like any client. Sets CHAOS_API_KEY.
+create_api_client() {
+  CHAOS_API_KEY=$("$ENGINE" clients create --name "chaos-$SCEN" --scope transfers:write,accounts:write 2>>"$SCEN_DIR/cli.log" \
+    | jq -r .key) || die "could not create the scenario's API client (see ${SCEN_DIR#"$ROOT"/}/cli.log)"
+  [ -n "$CHAOS_API_KEY" ] && [ "$CHAOS_API_KEY" != null ] || die "the engine answered no API key"
+  export CHAOS_API_KEY
+}
+
+# Creates the scenario's API client, then opens accounts 1..n in EUR with it
+# and deposits `balance` into each (admin token).
 seed_accounts() { # n balance
+  create_api_client
   local config="$SCEN_DIR/seed.curl" results="$SCEN_DIR/seed.txt" i
   : >"$results"
   for kind in accounts deposits; do
@@ -114,6 +126,7 @@ seed_accounts() { # n balance
       [ $i = 1 ] || echo next >>"$config"
       if [ $kind = accounts ]; then
         printf 'url = "%s/v1/accounts"\ndata = "{\\"owner_id\\":%d,\\"currency\\":\\"EUR\\"}"\n' "$API_URL" "$i" >>"$config"
+        printf 'header = "authorization: Bearer %s"\n' "$CHAOS_API_KEY" >>"$config"
       else
         printf 'url = "%s/v1/deposits"\ndata = "{\\"owner_id\\":%d,\\"currency\\":\\"EUR\\",\\"amount\\":\\"%s\\",\\"reference\\":\\"chaos-seed-%d\\"}"\n' \
           "$API_URL" "$i" "$2" "$i" >>"$config"
@@ -136,7 +149,7 @@ probe_submit() {
         print substr(s,1,8) "-" substr(s,9,4) "-4" substr(s,14,3) "-a" substr(s,18,3) "-" substr(s,21,12) }')
   body=$(mktemp "$SCEN_DIR/probe.XXXXXX")
   out=$(curl -s -o "$body" -w '%{http_code} %{time_total}' --max-time "$REQUEST_TIMEOUT_S" -H 'content-type: application/json' \
-    -d "{\"transfer_id\":\"$id\",\"sender_id\":1,\"receiver_id\":2,\"amount\":\"0.01\",\"currency\":\"EUR\"}" \
+    -H "authorization: Bearer $CHAOS_API_KEY" -d "{\"transfer_id\":\"$id\",\"sender_id\":1,\"receiver_id\":2,\"amount\":\"0.01\",\"currency\":\"EUR\"}" \
     "$API_URL/v1/transfers") || true
   echo "$out $(jq -r '.error.code // "-"' "$body" 2>/dev/null || echo -) $id"
   rm -f "$body"

@@ -277,6 +277,8 @@ async fn every_bad_request_answers_a_json_error_with_its_code() {
     assert_eq!((r.status().as_u16(), r.json::<Value>().await.unwrap()["error"]["code"].clone()), (409, json!("account_exists")));
     let deposit = json!({"owner_id": 1, "currency": "EUR", "amount": "1", "reference": "x"});
     let r = app.post("/v1/deposits", &deposit).await;
+    assert_eq!((r.status().as_u16(), r.json::<Value>().await.unwrap()["error"]["code"].clone()), (403, json!("scope_missing")));
+    let r = app.client.post(app.url("/v1/deposits")).json(&deposit).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r = app.client.post(app.url("/v1/deposits")).bearer_auth("wrong").json(&deposit).send().await.unwrap();
     assert_eq!(r.status(), 401);
