@@ -19,12 +19,14 @@ pub struct TransferStatusView {
     pub version: i32,
     pub sender_id: i64,
     pub receiver_id: i64,
+    #[schema(value_type = crate::api::schema::CurrencyCode)]
     pub currency: String,
     /// Decimal text in the currency's precision, for example "12.34"; absent until known.
     pub amount: Option<String>,
     pub amount_minor: Option<i64>,
     pub original_amount: Option<String>,
     pub original_amount_minor: Option<i64>,
+    #[schema(value_type = Option<crate::api::schema::CurrencyCode>)]
     pub original_currency: Option<String>,
     pub description: Option<String>,
     /// Why, when rejected or failed.

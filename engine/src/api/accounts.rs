@@ -8,8 +8,10 @@ use utoipa::ToSchema;
 
 use super::auth::{AccountsRead, AccountsWrite, Authorized, require_owner};
 use super::error::{ErrorBody, JsonBody, PathParams};
+use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType};
+use super::schema::{self, CurrencyCode, DecimalAmount, OwnerIdSchema};
 use super::transfers::{balances, decimal_text, owner};
-use super::{Admin, ApiError, AppState};
+use super::{Admin, ApiError, AppState, whole};
 use crate::cache::{self, CachedBalance};
 use crate::domain::{Amount, Currency, OwnerId, format_minor};
 use crate::ledger::{CreateAccountError, MoveError};
@@ -17,14 +19,19 @@ use crate::views::TransferStatusView;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"owner_id": 3, "currency": "EUR"}))]
 pub struct CreateAccount {
+    #[serde(deserialize_with = "whole::i64")]
+    #[schema(value_type = OwnerIdSchema)]
     pub owner_id: i64,
+    #[schema(value_type = CurrencyCode)]
     pub currency: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AccountBody {
     pub owner_id: i64,
+    #[schema(value_type = CurrencyCode)]
     pub currency: String,
     /// Decimal text in the currency's precision, for example "12.34".
     pub balance: String,
@@ -44,18 +51,30 @@ fn account_body(owner: OwnerId, currency: Currency, b: &CachedBalance) -> Accoun
 }
 
 fn path_owner(owner_id: &str) -> Result<OwnerId, ApiError> {
-    owner_id
-        .parse::<i64>()
-        .ok()
+    whole::integer_text(owner_id)
         .and_then(|id| OwnerId::new(id).ok())
         .ok_or_else(|| ApiError::invalid("owner_id_invalid", "owner ids are positive integers"))
 }
 
-#[utoipa::path(post, path = "/v1/accounts", request_body = CreateAccount, security(("bearer" = [])),
-    responses((status = 201, body = AccountBody),
-              (status = 401, body = ErrorBody, description = "No valid credential"),
-              (status = 403, body = ErrorBody, description = "`scope_missing` (needs accounts:write) or `owner_not_permitted`"),
-              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/accounts", operation_id = "open_account", tag = "accounts", request_body = CreateAccount,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = AccountBody, description = "Opened, with a zero balance",
+            links(
+                ("balance" = (operation_id = "get_account",
+                    parameters(("owner_id" = "$response.body#/owner_id"), ("currency" = "$response.body#/currency")))),
+                ("transfers" = (operation_id = "list_account_transfers",
+                    parameters(("owner_id" = "$response.body#/owner_id"), ("currency" = "$response.body#/currency")))),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing` (needs accounts:write) or `owner_not_permitted`"),
+        (status = 409, body = ErrorBody, description = "`account_exists`: the owner already has an account in this currency"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, body = ErrorBody, description = "`invalid_body`, `owner_id_invalid` or `currency_not_supported`"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AccountsWrite>,
@@ -71,12 +90,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(account_body(owner, currency, &CachedBalance::from(&account)))))
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}", security(("bearer" = [])),
-    params(("owner_id" = i64, Path), ("currency" = String, Path)),
-    responses((status = 200, body = AccountBody),
-              (status = 401, body = ErrorBody, description = "No valid credential"),
-              (status = 403, body = ErrorBody, description = "`scope_missing` (needs accounts:read) or `owner_not_permitted`"),
-              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}", operation_id = "get_account", tag = "accounts",
+    security(("bearer" = [])),
+    params(("owner_id" = OwnerIdSchema, Path), ("currency" = CurrencyCode, Path)),
+    responses(
+        (status = 200, body = AccountBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing` (needs accounts:read) or `owner_not_permitted`"),
+        (status = 404, body = ErrorBody, description = "`account_not_found`"),
+        (status = 422, body = ErrorBody, description = "`owner_id_invalid` or `currency_not_supported`"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AccountsRead>,
@@ -93,10 +118,13 @@ pub async fn get(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// At most 200; default 50.
+    /// How many transfers: 1 to 200, default 50 (a value outside 1..200 is clamped to it).
+    #[param(required = false, value_type = i64)]
     pub limit: Option<i64>,
     /// The `next_before` cursor of the previous page.
+    #[param(required = false, value_type = i64)]
     pub before: Option<i64>,
 }
 
@@ -110,12 +138,19 @@ pub struct TransferPageBody {
 
 const PAGE_SIZE_DEFAULT: i64 = 50;
 
-#[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}/transfers", security(("bearer" = [])),
-    params(("owner_id" = i64, Path), ("currency" = String, Path), PageQuery),
-    responses((status = 200, body = TransferPageBody),
-              (status = 401, body = ErrorBody, description = "No valid credential"),
-              (status = 403, body = ErrorBody, description = "`scope_missing` (needs accounts:read) or `owner_not_permitted`"),
-              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}/transfers", operation_id = "list_account_transfers",
+    tag = "accounts", security(("bearer" = [])),
+    params(("owner_id" = OwnerIdSchema, Path), ("currency" = CurrencyCode, Path), PageQuery),
+    responses(
+        (status = 200, body = TransferPageBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing` (needs accounts:read) or `owner_not_permitted`"),
+        (status = 404, body = ErrorBody, description = "`account_not_found`"),
+        (status = 422, body = ErrorBody, description = "`owner_id_invalid`, `currency_not_supported`, or `invalid_query` \
+            (`limit` or `before` is not a 64-bit integer, or another parameter was given)"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn transfers(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AccountsRead>,
@@ -139,19 +174,43 @@ pub async fn transfers(
 /// reference again returns the first result; with another amount, 409.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"owner_id": 1, "currency": "EUR", "amount": "100.00", "reference": "payout-2024-001"}))]
 pub struct MoveMoney {
+    #[serde(deserialize_with = "whole::i64")]
+    #[schema(value_type = OwnerIdSchema)]
     pub owner_id: i64,
+    #[schema(value_type = CurrencyCode)]
     pub currency: String,
-    #[schema(value_type = String, example = "100.00")]
+    #[schema(value_type = DecimalAmount)]
     pub amount: serde_json::Value,
+    #[schema(schema_with = schema::move_reference)]
     pub reference: String,
 }
 
 /// Longest reference accepted for a deposit or withdrawal.
-const REFERENCE_CHARS_MAX: usize = 128;
+pub(super) const REFERENCE_CHARS_MAX: usize = 128;
 
-#[utoipa::path(post, path = "/v1/deposits", request_body = MoveMoney, security(("bearer" = [])),
-    responses((status = 201, body = TransferStatusView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/deposits", operation_id = "deposit", tag = "accounts", request_body = MoveMoney,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = TransferStatusView, description = "Recorded (completed)",
+            links(
+                ("transfer" = (operation_id = "get_transfer", parameters(("id" = "$response.body#/transfer_id")))),
+                ("balance" = (operation_id = "get_account",
+                    parameters(("owner_id" = "$response.body#/receiver_id"), ("currency" = "$response.body#/currency")))),
+            )),
+        (status = 200, body = TransferStatusView, description = "This reference was used before for the same deposit: the first result"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: only the admin token may move money in or out"),
+        (status = 409, body = ErrorBody, description = "`reference_conflict`: this reference was used for a different deposit"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, body = ErrorBody, description = "`invalid_body`, `owner_id_invalid`, `currency_not_supported`, \
+            `amount_invalid`, `amount_must_be_positive`, `amount_precision_exceeded`, `amount_out_of_range`, \
+            `reference_invalid`, `account_not_found`, or `balance_overflow` (recorded under the reference)"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn deposit(
     State(state): State<AppState>,
     _: Admin,
@@ -160,8 +219,27 @@ pub async fn deposit(
     move_money(state, body, true).await
 }
 
-#[utoipa::path(post, path = "/v1/withdrawals", request_body = MoveMoney, security(("bearer" = [])),
-    responses((status = 201, body = TransferStatusView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/withdrawals", operation_id = "withdraw", tag = "accounts", request_body = MoveMoney,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = TransferStatusView, description = "Recorded (completed)",
+            links(
+                ("transfer" = (operation_id = "get_transfer", parameters(("id" = "$response.body#/transfer_id")))),
+                ("balance" = (operation_id = "get_account",
+                    parameters(("owner_id" = "$response.body#/sender_id"), ("currency" = "$response.body#/currency")))),
+            )),
+        (status = 200, body = TransferStatusView, description = "This reference was used before for the same withdrawal: the first result"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: only the admin token may move money in or out"),
+        (status = 409, body = ErrorBody, description = "`reference_conflict`: this reference was used for a different withdrawal"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, body = ErrorBody, description = "`invalid_body`, `owner_id_invalid`, `currency_not_supported`, \
+            `amount_invalid`, `amount_must_be_positive`, `amount_precision_exceeded`, `amount_out_of_range`, \
+            `reference_invalid`, `account_not_found`, or `insufficient_funds` (recorded under the reference)"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn withdraw(
     State(state): State<AppState>,
     _: Admin,

@@ -10,8 +10,10 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{JsonBody, PathParams};
-use super::{Admin, ApiError, AppState};
+use super::error::{ErrorBody, JsonBody, PathParams};
+use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType};
+use super::schema::{self, PluginNameSchema};
+use super::{Admin, ApiError, AppState, whole};
 use crate::config::Settings;
 use crate::plugins::{PluginError, PluginInfo, PluginKind, valid_name};
 
@@ -37,23 +39,39 @@ impl From<PluginError> for ApiError {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadPlugin {
-    /// 1 to 63 characters of a-z, 0-9, '_' and '-', starting with a letter.
+    #[schema(value_type = PluginNameSchema)]
     pub name: String,
     /// Detected from the component's exports when absent.
     pub kind: Option<PluginKind>,
-    /// The plugin's configuration (any JSON), passed to its `configure`.
+    /// The plugin's configuration (any JSON; absent or null: `{}`), passed to its `configure`.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub config: serde_json::Value,
-    /// The component bytes, base64 (standard alphabet).
+    #[schema(schema_with = schema::plugin_component)]
     pub component: String,
     /// Activate the new version at once.
     #[serde(default)]
     pub activate: bool,
 }
 
-#[utoipa::path(post, path = "/v1/admin/plugins", request_body = UploadPlugin, security(("bearer" = [])),
-    responses((status = 201, body = PluginInfo), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/admin/plugins", operation_id = "upload_plugin", tag = "plugins", request_body = UploadPlugin,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = PluginInfo, description = "Stored as the name's next version (and activated if asked)",
+            links(
+                ("activate" = (operation_id = "activate_plugin", parameters(("name" = "$response.body#/name")))),
+                ("deactivate" = (operation_id = "deactivate_plugin", parameters(("name" = "$response.body#/name")))),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 409, body = ErrorBody, description = "`plugin_kind_already_active` (with `activate`): another converter or \
+            describer is active"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, body = ErrorBody, description = "`invalid_body`, `plugin_name_invalid`, `plugin_invalid` (not base64, \
+            not a component, the wrong world, or not the given `kind`) or `plugin_config_refused` (its `configure` said no)"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn upload(
     State(state): State<AppState>,
     _: Admin,
@@ -77,8 +95,13 @@ pub struct PluginList {
     pub plugins: Vec<PluginInfo>,
 }
 
-#[utoipa::path(get, path = "/v1/admin/plugins", security(("bearer" = [])),
-    responses((status = 200, body = PluginList), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/admin/plugins", operation_id = "list_plugins", tag = "plugins", security(("bearer" = [])),
+    responses(
+        (status = 200, body = PluginList),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<PluginList>, ApiError> {
     Ok(Json(PluginList { plugins: state.plugins.list().await? }))
 }
@@ -86,13 +109,27 @@ pub async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<Plugin
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Activate {
+    /// A stored version of the plugin.
+    #[serde(deserialize_with = "whole::i32")]
+    #[schema(minimum = -2147483648, maximum = 2147483647)]
     pub version: i32,
 }
 
-#[utoipa::path(post, path = "/v1/admin/plugins/{name}/activate", request_body = Activate, security(("bearer" = [])),
-    params(("name" = String, Path)),
-    responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
-              (status = 409, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/admin/plugins/{name}/activate", operation_id = "activate_plugin", tag = "plugins",
+    request_body = Activate, security(("bearer" = [])),
+    params(("name" = PluginNameSchema, Path)),
+    responses(
+        (status = 204, description = "Active (the name's other version, if one was active, is not); every engine follows within about a second"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 404, body = ErrorBody, description = "`plugin_not_found`: no such name and version (a name outside the pattern names none)"),
+        (status = 409, body = ErrorBody, description = "`plugin_kind_already_active`: another converter or describer is active"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, body = ErrorBody, description = "`invalid_body`"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn activate(
     State(state): State<AppState>,
     _: Admin,
@@ -104,8 +141,17 @@ pub async fn activate(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/v1/admin/plugins/{name}/deactivate", security(("bearer" = [])), params(("name" = String, Path)),
-    responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/admin/plugins/{name}/deactivate", operation_id = "deactivate_plugin", tag = "plugins",
+    security(("bearer" = [])),
+    params(("name" = PluginNameSchema, Path)),
+    responses(
+        (status = 204, description = "No version of it is active (deactivating an inactive plugin changes nothing)"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 404, body = ErrorBody, description = "`plugin_not_found` (a name outside the pattern names none)"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn deactivate(State(state): State<AppState>, _: Admin, PathParams(name): PathParams<String>) -> Result<StatusCode, ApiError> {
     let name = existing_name(name)?;
     state.plugins.deactivate(&name).await?;
@@ -115,12 +161,23 @@ pub async fn deactivate(State(state): State<AppState>, _: Admin, PathParams(name
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValidationOrder {
-    /// Validator names, first runs first; unlisted validators run after these.
+    #[schema(schema_with = schema::plugin_names)]
     pub names: Vec<String>,
 }
 
-#[utoipa::path(put, path = "/v1/admin/validation-order", request_body = ValidationOrder, security(("bearer" = [])),
-    responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+#[utoipa::path(put, path = "/v1/admin/validation-order", operation_id = "set_validation_order", tag = "plugins",
+    request_body = ValidationOrder, security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The new order; every engine follows within about a second"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 404, body = ErrorBody, description = "`plugin_not_found`: a listed name is no stored validator"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, body = ErrorBody, description = "`invalid_body`, or `validation_order_invalid`: a name is listed twice"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn set_validation_order(
     State(state): State<AppState>,
     _: Admin,

@@ -5,9 +5,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::json;
-use utoipa::OpenApi;
 
-use super::{ApiDoc, AppState};
+use super::AppState;
 
 /// How long readiness waits for each dependency.
 const READINESS_PROBE_TIMEOUT_MS: u64 = 1_000;
@@ -60,6 +59,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
 }
 
-pub async fn openapi() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
+/// The document as this engine serves it (its configured limits filled in).
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    Json(super::openapi::document(&state.settings))
 }

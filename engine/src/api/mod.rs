@@ -6,6 +6,8 @@
 //! - `health`: `/healthz`, `/readyz`, `/metrics`, `/openapi.json` (no credential).
 //! - `auth`: the credential extractors every `/v1/*` handler takes.
 //! - `error`: the JSON error shape and the body extractor.
+//! - `openapi`, `schema`: the OpenAPI document and the request schemas a derive cannot state.
+//! - `whole`: integer body fields read as JSON defines integers (`7.0` is 7).
 
 mod accounts;
 mod admin;
@@ -14,7 +16,9 @@ mod clients;
 pub mod error;
 mod health;
 mod openapi;
+pub(crate) mod schema;
 pub mod transfers;
+mod whole;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -98,7 +102,10 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/v1/admin/plugins/{name}/activate", post(admin::activate))
         .route("/v1/admin/plugins/{name}/deactivate", post(admin::deactivate))
         .route("/v1/admin/validation-order", axum::routing::put(admin::set_validation_order))
-        .route("/v1/admin/clients", get(clients::list).post(clients::create))
+        .route(
+            "/v1/admin/clients",
+            get(clients::list).post(clients::create).layer(DefaultBodyLimit::max(clients::create_body_bytes_max(&state.settings))),
+        )
         .route("/v1/admin/clients/{client_id}", delete(clients::revoke))
 }
 

@@ -17,30 +17,44 @@ use utoipa::ToSchema;
 
 use super::auth::{Authorized, TransfersRead, TransfersWrite, require_owner};
 use super::error::{ErrorBody, JsonBody, PathParams};
-use super::{ApiError, AppState};
+use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType};
+use super::schema::{self, CurrencyCode, DecimalAmount, OwnerIdSchema};
+use super::{ApiError, AppState, whole};
 use crate::cache::{self, CachedBalance};
 use crate::domain::{Amount, Currency, Money, OwnerId, Rejection, Requested, Submission, TransferId, TransferKind};
 use crate::kafka::{self, TransferRecord};
 use crate::views::TransferStatusView;
 
 /// A transfer request. Give either `amount` (in `currency`) or
-/// `original_amount` with `original_currency` (converted by the conversion hook).
+/// `original_amount` with `original_currency` (converted by the conversion
+/// hook), not a mix (422 `amount_missing`, `amount_ambiguous`). A field
+/// given as null is the same as a field left out.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"sender_id": 1, "receiver_id": 2, "amount": "12.34", "currency": "EUR", "description": "rent"}))]
 pub struct SubmitTransfer {
     /// Optional client-chosen id (UUID); else the `Idempotency-Key` header; else generated.
     #[schema(value_type = Option<String>, format = Uuid)]
     pub transfer_id: Option<uuid::Uuid>,
+    /// The owner of the debit account.
+    #[serde(deserialize_with = "whole::i64")]
+    #[schema(value_type = OwnerIdSchema)]
     pub sender_id: i64,
+    /// The owner of the credit account; another owner than the sender (422 `accounts_must_be_different`).
+    #[serde(deserialize_with = "whole::i64")]
+    #[schema(value_type = OwnerIdSchema)]
     pub receiver_id: i64,
-    /// Decimal as a JSON string or number, exact: "12.34" or 12.34. Never rounded.
-    #[schema(value_type = Option<String>, example = "12.34")]
+    #[schema(value_type = Option<DecimalAmount>)]
     pub amount: Option<serde_json::Value>,
-    /// ISO 4217 code of both accounts.
+    /// The currency of both accounts.
+    #[schema(value_type = CurrencyCode)]
     pub currency: String,
+    #[schema(schema_with = schema::transfer_description)]
     pub description: Option<String>,
-    #[schema(value_type = Option<String>, example = "10.00")]
+    /// An amount in `original_currency`, converted into `currency` by the conversion hook.
+    #[schema(value_type = Option<DecimalAmount>)]
     pub original_amount: Option<serde_json::Value>,
+    #[schema(value_type = Option<CurrencyCode>)]
     pub original_currency: Option<String>,
 }
 
@@ -137,14 +151,28 @@ pub fn validate(req: SubmitTransfer, headers: &HeaderMap, description_chars_max:
     })
 }
 
-#[utoipa::path(post, path = "/v1/transfers", request_body = SubmitTransfer, security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "UUID used as the transfer id")),
-    responses((status = 202, body = SubmitAccepted, description = "Accepted and published"),
-              (status = 200, body = SubmitAccepted, description = "The same transfer was submitted before"),
-              (status = 401, body = ErrorBody, description = "No valid credential"),
-              (status = 403, body = ErrorBody, description = "`scope_missing` (needs transfers:write) or `owner_not_permitted` (sender_id)"),
-              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
-              (status = 503, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/transfers", operation_id = "submit_transfer", tag = "transfers", request_body = SubmitTransfer,
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, format = Uuid, nullable = false,
+            description = "The transfer id, if the body has no `transfer_id` (422 `idempotency_key_mismatch` if it has another)")),
+    responses(
+        (status = 202, body = SubmitAccepted, description = "Accepted and published; the processor decides it (poll `GET /v1/transfers/{id}`)",
+            links(("status" = (operation_id = "get_transfer", parameters(("id" = "$response.body#/transfer_id")))))),
+        (status = 200, body = SubmitAccepted, description = "The same transfer was submitted before under this id: its current state",
+            headers(("idempotent-replayed" = String, description = "Always `true`"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing` (needs transfers:write) or `owner_not_permitted` (the sender)"),
+        (status = 409, body = ErrorBody, description = "`idempotency_conflict`: this id was used for a different transfer"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, body = ErrorBody, description = "The body does not fit the schema (`invalid_body`), or a rule refused it: \
+            `owner_id_invalid`, `currency_not_supported`, `accounts_must_be_different`, `amount_missing`, `amount_ambiguous`, \
+            `amount_invalid`, `amount_must_be_positive`, `amount_precision_exceeded`, `amount_out_of_range`, \
+            `description_too_long`, `description_invalid`, `idempotency_key_invalid`, `idempotency_key_mismatch`; \
+            or the advisory check before publishing: `account_not_found`, `insufficient_funds`"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn submit(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<TransfersWrite>,
@@ -262,12 +290,17 @@ pub async fn balances<const N: usize>(state: &AppState, keys: [(OwnerId, Currenc
     Ok(found.try_into().expect("one answer per key"))
 }
 
-#[utoipa::path(get, path = "/v1/transfers/{id}", params(("id" = String, Path, format = Uuid)), security(("bearer" = [])),
-    responses((status = 200, body = TransferStatusView),
-              (status = 401, body = ErrorBody, description = "No valid credential"),
-              (status = 403, body = ErrorBody, description = "`scope_missing` (needs transfers:read)"),
-              (status = 404, body = ErrorBody, description = "No such transfer, or none this credential may read"),
-              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/transfers/{id}", operation_id = "get_transfer", tag = "transfers", security(("bearer" = [])),
+    params(("id" = String, Path, format = Uuid, description = "The transfer id")),
+    responses(
+        (status = 200, body = TransferStatusView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing` (needs transfers:read)"),
+        (status = 404, body = ErrorBody, description = "`transfer_not_found`: no such transfer, or none this credential may read"),
+        (status = 422, body = ErrorBody, description = "`transfer_id_invalid`: the id is not a UUID"),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<TransfersRead>,
