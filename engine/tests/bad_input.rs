@@ -1,10 +1,16 @@
 //! Bad input, end to end on real services (issue 7, "Reliability suite"):
-//! - generated malformed requests for every endpoint: never a 5xx, every
-//!   refusal is `{"error": {"code", "message"}}`, and a 2xx only for input a
-//!   small model of the API (the `*_may_succeed` functions) calls valid;
+//! - generated malformed requests for every endpoint, each with one of the
+//!   `Credentials`: never a 5xx, every refusal is `{"error": {"code", "message"}}`;
+//!   a credential that may not call the route gets its exact code whatever the
+//!   body says (401 `unauthorized` with `WWW-Authenticate: Bearer`, 403
+//!   `scope_missing` or `owner_not_permitted`, 404 `transfer_not_found`) and
+//!   changes nothing; a 2xx only for a permitted caller and input that a small
+//!   model of the API (the `*_may_succeed` functions) calls valid;
+//! - every route by hand with every unfit credential: its exact code, nothing
+//!   changed, and then the same request succeeds with a fit one;
 //! - poison Kafka records: dead-lettered with a reason, or rejected with a
 //!   code, and a later transfer on the same partition still completes;
-//! - admin routes refuse missing, wrong or misplaced credentials with 401
+//! - admin routes refuse missing, wrong or misplaced admin tokens with 401
 //!   and change nothing.
 //!
 //! The request fuzzers are plain `#[test]`s that own a tokio runtime: proptest's
@@ -16,11 +22,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{ADMIN_TOKEN, TestApp, assert_audit_passes, eur, owner, plugin_bytes, test_settings};
+use common::{ADMIN_TOKEN, TestApp, assert_audit_passes, create_client, eur, owner, plugin_bytes, test_settings};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -32,10 +37,312 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use tokio::runtime::Runtime;
+use transfer_engine::auth::Scope;
 use transfer_engine::domain::TransferId;
 use transfer_engine::kafka;
 use transfer_engine::startup::Role;
+
+// ---------------------------------------------------------------------------
+// Credentials: what a probe presents, and the keys behind the names.
+// ---------------------------------------------------------------------------
+
+/// The owner the `OtherOwner` key is bound to. No probe's account or
+/// transfer is hers: the generators' owner ids are small, i64 edges or random.
+const OTHER_OWNER: i64 = 424_242;
+
+/// How a probe presents itself (the keys are in `Keys`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Credentials {
+    /// No `Authorization` header.
+    Missing,
+    /// A broken `Authorization` header around the `Client` key, which is valid on its own.
+    Malformed(Malformed),
+    /// A token that is nobody's: random text, a near miss of the admin token, a well-formed key of no client.
+    Wrong(String),
+    /// The `Client` key's id with another secret.
+    WrongSecret,
+    /// A key with every scope, revoked before the first probe.
+    Revoked,
+    /// A key with every scope, bound to `OTHER_OWNER`.
+    OtherOwner,
+    /// A key with every scope but the one the probe's route needs.
+    ScopeMissing,
+    /// A key with every scope, for any owner (the `TestApp`'s own).
+    Client,
+    /// The admin token.
+    Admin,
+}
+
+/// Broken `Authorization` headers, each around a key that is valid on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Malformed {
+    /// `Bearer` and no token.
+    SchemeAlone,
+    /// The key without a scheme.
+    NoScheme,
+    /// `Basic base64(key:)`.
+    Basic,
+    /// `Token <key>`.
+    OtherScheme,
+    /// `Bearer: <key>`.
+    ColonAfterScheme,
+    /// `Bearer<TAB><key>`: the scheme ends at a space (RFC 7235, `1*SP`).
+    TabAfterScheme,
+    /// `Bearer "<key>"`.
+    Quoted,
+    /// The key without its last character.
+    CutShort,
+    /// The key with one more hex digit.
+    Suffixed,
+    /// `TEK_...`: the key's prefix is lower case.
+    UpperCase,
+    /// The key followed by a byte that is not UTF-8.
+    NotUtf8,
+    /// Two `Authorization` headers, both with the key: ambiguous, so refused.
+    Twice,
+}
+
+const MALFORMED: [Malformed; 12] = [
+    Malformed::SchemeAlone,
+    Malformed::NoScheme,
+    Malformed::Basic,
+    Malformed::OtherScheme,
+    Malformed::ColonAfterScheme,
+    Malformed::TabAfterScheme,
+    Malformed::Quoted,
+    Malformed::CutShort,
+    Malformed::Suffixed,
+    Malformed::UpperCase,
+    Malformed::NotUtf8,
+    Malformed::Twice,
+];
+
+impl Malformed {
+    /// The `Authorization` values this shape sends around `key`.
+    fn headers(self, key: &str) -> Vec<HeaderValue> {
+        let value = |text: String| HeaderValue::from_str(&text).expect("visible ASCII");
+        match self {
+            Self::SchemeAlone => vec![value("Bearer".into())],
+            Self::NoScheme => vec![value(key.into())],
+            Self::Basic => vec![value(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))))],
+            Self::OtherScheme => vec![value(format!("Token {key}"))],
+            Self::ColonAfterScheme => vec![value(format!("Bearer: {key}"))],
+            Self::TabAfterScheme => vec![value(format!("Bearer\t{key}"))],
+            Self::Quoted => vec![value(format!("Bearer \"{key}\""))],
+            Self::CutShort => vec![value(format!("Bearer {}", &key[..key.len() - 1]))],
+            Self::Suffixed => vec![value(format!("Bearer {key}0"))],
+            Self::UpperCase => vec![value(format!("Bearer {}", key.to_uppercase()))],
+            Self::NotUtf8 => vec![HeaderValue::from_bytes(&[format!("Bearer {key}").as_bytes(), b"\xff"].concat()).unwrap()],
+            Self::Twice => vec![value(format!("Bearer {key}")), value(format!("Bearer {key}"))],
+        }
+    }
+}
+
+/// Tokens that are nobody's, for `Credentials::Wrong`.
+fn wrong_tokens() -> Vec<String> {
+    vec![
+        "wrong".into(),
+        "null".into(),
+        ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1].to_owned(),
+        format!("{ADMIN_TOKEN}x"),
+        ADMIN_TOKEN.to_uppercase(),
+        format!("tek_{}_{}", uuid::Uuid::nil().simple(), "0".repeat(64)),
+    ]
+}
+
+/// The keys the probes present, made before the first probe.
+struct Keys {
+    /// Every scope, any owner.
+    client: String,
+    revoked: String,
+    other_owner: String,
+    /// For each scope, a key with every other one.
+    lacking: Vec<(Scope, String)>,
+}
+
+impl Keys {
+    async fn make(app: &TestApp) -> Self {
+        let other_owner = create_client(&app.db.pool, "other-owner", &Scope::ALL, Some(&[OTHER_OWNER])).await;
+        let mut lacking = Vec::new();
+        for scope in Scope::ALL {
+            let others: Vec<Scope> = Scope::ALL.into_iter().filter(|s| *s != scope).collect();
+            lacking.push((scope, create_client(&app.db.pool, &format!("lacks {}", scope.as_str()), &others, None).await));
+        }
+        // Made and revoked over the API, as an operator does it.
+        let created = app.admin_post("/v1/admin/clients", &json!({"name": "revoked", "scopes": Scope::ALL.map(Scope::as_str)})).await;
+        assert_eq!(created.status(), 201);
+        let created: Value = created.json().await.unwrap();
+        let revoke = format!("/v1/admin/clients/{}", created["client_id"].as_str().unwrap());
+        let revoked = app.client.delete(app.url(&revoke)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        assert_eq!(revoked.status(), 204);
+        Self { client: app.key.clone(), revoked: created["key"].as_str().unwrap().to_owned(), other_owner, lacking }
+    }
+
+    /// The key without the scope `need` asks for; any such key where it asks for none.
+    fn lacking(&self, need: Option<Need>) -> &str {
+        let scope = match need {
+            Some(Need::Scope(scope, _)) => scope,
+            _ => Scope::TransfersWrite,
+        };
+        &self.lacking.iter().find(|(s, _)| *s == scope).expect("a key for every scope").1
+    }
+
+    /// The `Authorization` values sent with `credentials` to a route that needs `need`.
+    fn authorization(&self, credentials: &Credentials, need: Option<Need>) -> Vec<HeaderValue> {
+        let bearer = |token: &str| vec![HeaderValue::from_str(&format!("Bearer {token}")).expect("visible ASCII")];
+        match credentials {
+            Credentials::Missing => Vec::new(),
+            Credentials::Malformed(shape) => shape.headers(&self.client),
+            Credentials::Wrong(token) => bearer(token),
+            Credentials::WrongSecret => bearer(&format!("{}{}", &self.client[..self.client.len() - 64], "0".repeat(64))),
+            Credentials::Revoked => bearer(&self.revoked),
+            Credentials::OtherOwner => bearer(&self.other_owner),
+            Credentials::ScopeMissing => bearer(self.lacking(need)),
+            Credentials::Client => bearer(&self.client),
+            Credentials::Admin => bearer(ADMIN_TOKEN),
+        }
+    }
+}
+
+/// Credentials for a probe of a route that needs `need`: a fit one half the
+/// time (the admin token mostly, for admin routes), so that the body model
+/// is exercised too; the fuzzers' case counts are twice what that half needs.
+fn credentials(need: Need) -> BoxedStrategy<Credentials> {
+    let (admin, client) = if matches!(need, Need::Admin) { (8, 1) } else { (4, 4) };
+    prop_oneof![
+        admin => Just(Credentials::Admin),
+        client => Just(Credentials::Client),
+        1 => Just(Credentials::OtherOwner),
+        6 => unfit_credentials(),
+    ]
+    .boxed()
+}
+
+/// Credentials that no `/v1` route accepts.
+fn unfit_credentials() -> BoxedStrategy<Credentials> {
+    let random_key = ("[0-9a-f]{32}", "[0-9a-f]{64}").prop_map(|(id, secret)| format!("tek_{id}_{secret}"));
+    let wrong = prop_oneof![select(wrong_tokens()), "[!-~]{1,64}", random_key];
+    prop_oneof![
+        Just(Credentials::Missing),
+        select(MALFORMED.to_vec()).prop_map(Credentials::Malformed),
+        wrong.prop_map(Credentials::Wrong),
+        Just(Credentials::WrongSecret),
+        Just(Credentials::Revoked),
+        Just(Credentials::ScopeMissing),
+    ]
+    .boxed()
+}
+
+// ---------------------------------------------------------------------------
+// Routes: what each needs of its caller, and where a path leads.
+// ---------------------------------------------------------------------------
+
+/// What a route needs of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// No credential (health, metrics, the OpenAPI document).
+    Nothing,
+    /// A key with the scope, or the admin token; a key bound to owners is limited as `Bound` says.
+    Scope(Scope, Bound),
+    /// The admin token only.
+    Admin,
+}
+
+/// Where a route finds the owner that a bound key must be allowed to act for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bound {
+    /// This field of the JSON body (the body is read first: a bad one is refused for itself).
+    BodyField(&'static str),
+    /// This path segment (counted after the leading `/`).
+    PathSegment(usize),
+    /// The transfer's sender or receiver; others get 404 `transfer_not_found`.
+    TransferParty,
+}
+
+/// A route as the API's contract (README, OpenAPI) states it.
+#[derive(Debug, PartialEq, Eq)]
+struct Route {
+    method: &'static str,
+    /// `{...}` segments are parameters.
+    template: &'static str,
+    need: Need,
+}
+
+const fn route(method: &'static str, template: &'static str, need: Need) -> Route {
+    Route { method, template, need }
+}
+
+/// Every route the API role serves.
+static ROUTES: &[Route] = &[
+    route("POST", "/v1/transfers", Need::Scope(Scope::TransfersWrite, Bound::BodyField("sender_id"))),
+    route("GET", "/v1/transfers/{id}", Need::Scope(Scope::TransfersRead, Bound::TransferParty)),
+    route("POST", "/v1/accounts", Need::Scope(Scope::AccountsWrite, Bound::BodyField("owner_id"))),
+    route("GET", "/v1/accounts/{owner_id}/{currency}", Need::Scope(Scope::AccountsRead, Bound::PathSegment(2))),
+    route("GET", "/v1/accounts/{owner_id}/{currency}/transfers", Need::Scope(Scope::AccountsRead, Bound::PathSegment(2))),
+    route("POST", "/v1/deposits", Need::Admin),
+    route("POST", "/v1/withdrawals", Need::Admin),
+    route("GET", "/v1/admin/plugins", Need::Admin),
+    route("POST", "/v1/admin/plugins", Need::Admin),
+    route("POST", "/v1/admin/plugins/{name}/activate", Need::Admin),
+    route("POST", "/v1/admin/plugins/{name}/deactivate", Need::Admin),
+    route("PUT", "/v1/admin/validation-order", Need::Admin),
+    route("GET", "/v1/admin/clients", Need::Admin),
+    route("POST", "/v1/admin/clients", Need::Admin),
+    route("DELETE", "/v1/admin/clients/{client_id}", Need::Admin),
+    route("GET", "/healthz", Need::Nothing),
+    route("GET", "/readyz", Need::Nothing),
+    route("GET", "/metrics", Need::Nothing),
+    route("GET", "/openapi.json", Need::Nothing),
+];
+
+impl Route {
+    /// `POST /v1/transfers`: how the fuzzers name their endpoint.
+    fn endpoint(&self) -> String {
+        format!("{} {}", self.method, self.template)
+    }
+}
+
+/// The route named `endpoint` (`"GET /v1/transfers/{id}"`).
+fn route_named(endpoint: &str) -> &'static Route {
+    ROUTES.iter().find(|r| r.endpoint() == endpoint).unwrap_or_else(|| panic!("no route {endpoint}"))
+}
+
+/// Where a request leads.
+#[derive(Clone, Copy, Debug)]
+enum Reached {
+    /// No route has this path: 404 `not_found`, whatever the credential.
+    Nowhere,
+    /// A route has this path but not this method: 405 `method_not_allowed`, whatever the credential.
+    OtherMethod,
+    Route(&'static Route),
+}
+
+/// Where `method` and `path` (as sent: still percent-encoded, dot segments
+/// resolved) lead. As axum's router (matchit): the raw path is matched, a
+/// parameter is one segment, empty only if another follows (`/v1/accounts//EUR`
+/// is routed, `/v1/transfers/` is not), and HEAD is served by GET.
+fn reach(method: &Method, path: &str) -> Reached {
+    let path: Vec<&str> = path.split('/').collect();
+    let fits = |template: &str| {
+        let template: Vec<&str> = template.split('/').collect();
+        let last = template.len() - 1;
+        template.len() == path.len()
+            && template.iter().zip(&path).enumerate().all(|(i, (t, p))| if t.starts_with('{') { i < last || !p.is_empty() } else { t == p })
+    };
+    let mut at_path = ROUTES.iter().filter(|r| fits(r.template)).peekable();
+    if at_path.peek().is_none() {
+        return Reached::Nowhere;
+    }
+    let serves = |r: &&Route| r.method == method.as_str() || (*method == Method::HEAD && r.method == "GET");
+    at_path.find(serves).map_or(Reached::OtherMethod, Reached::Route)
+}
+
+/// The path a probe's target is sent as: the URL parser resolves dot segments.
+fn sent_path(app: &TestApp, target: &str) -> String {
+    reqwest::Url::parse(&app.url(target)).expect("a probe's URL parses").path().to_owned()
+}
 
 // ---------------------------------------------------------------------------
 // The request fuzzer: probes, how they are sent, what every answer must be.
@@ -43,17 +350,18 @@ use transfer_engine::startup::Role;
 
 /// The engine's default `request_body_bytes_max`, which the tests do not change.
 const BODY_BYTES_MAX: usize = 16 * 1024;
+/// `POST /v1/admin/clients` takes at least this much, so that a client bound to
+/// the most owners the document allows fits.
+const CLIENT_CREATE_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// The body limit of the route a target reaches.
+fn body_bytes_max(target: &str) -> usize {
+    if target.split('?').next() == Some("/v1/admin/clients") { CLIENT_CREATE_BODY_BYTES_MAX } else { BODY_BYTES_MAX }
+}
 /// The engine's default `description_chars_max`.
 const DESCRIPTION_CHARS_MAX: usize = 280;
 /// Longest deposit or withdrawal reference.
 const REFERENCE_CHARS_MAX: usize = 128;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Credentials {
-    Missing,
-    Wrong,
-    Admin,
-}
 
 /// One generated HTTP request.
 #[derive(Clone)]
@@ -84,19 +392,20 @@ impl fmt::Debug for Probe {
 }
 
 impl Probe {
+    /// A request with no body, sent with the `Client` key.
     fn new(method: Method, target: String) -> Self {
-        Self { method, target, content_type: None, credentials: Credentials::Missing, body: Vec::new() }
+        Self { method, target, content_type: None, credentials: Credentials::Client, body: Vec::new() }
     }
 
-    /// The body as JSON, if it is JSON (duplicate keys collapse: the model is
-    /// only ever asked whether a 2xx was allowed, and the engine refuses them).
+    /// The body as JSON, if it is JSON (duplicate keys collapse: the generators
+    /// serialize maps, so only raw bytes could repeat a key, and by luck only).
     fn json(&self) -> Option<Value> {
         serde_json::from_slice(&self.body).ok()
     }
 
     /// What every JSON endpoint needs before it looks at the body.
     fn sends_json(&self, method: &Method) -> bool {
-        self.method == *method && is_json_content_type(self.content_type) && self.body.len() <= BODY_BYTES_MAX
+        self.method == *method && is_json_content_type(self.content_type) && self.body.len() <= body_bytes_max(&self.target)
     }
 }
 
@@ -107,16 +416,18 @@ struct Answer {
     body: Vec<u8>,
 }
 
-/// Sends a probe. A transport error is returned, not judged: see `fuzz`.
-async fn send(client: &reqwest::Client, app: &TestApp, probe: &Probe) -> Result<Answer, reqwest::Error> {
+/// Sends a probe. A transport error is returned, not judged: see `Fuzzer::run`.
+async fn send(client: &reqwest::Client, app: &TestApp, keys: &Keys, probe: &Probe) -> Result<Answer, reqwest::Error> {
     let mut request = client.request(probe.method.clone(), app.url(&probe.target));
     if let Some(content_type) = probe.content_type {
         request = request.header(CONTENT_TYPE, content_type);
     }
-    match probe.credentials {
-        Credentials::Missing => {}
-        Credentials::Wrong => request = request.bearer_auth("not-the-admin-token"),
-        Credentials::Admin => request = request.bearer_auth(ADMIN_TOKEN),
+    let need = match reach(&probe.method, &sent_path(app, &probe.target)) {
+        Reached::Route(route) => Some(route.need),
+        Reached::Nowhere | Reached::OtherMethod => None,
+    };
+    for value in keys.authorization(&probe.credentials, need) {
+        request = request.header(AUTHORIZATION, value);
     }
     if !probe.body.is_empty() {
         request = request.body(probe.body.clone());
@@ -156,83 +467,240 @@ fn error_code(answer: &Answer) -> Result<String, String> {
     Ok(code.to_owned())
 }
 
-/// The property every answer must have: a 2xx only if the model allows it,
-/// else a 4xx with the JSON error shape. Never a 5xx, 1xx or 3xx.
-fn check(answer: &Answer, may_succeed: bool) -> Result<(), TestCaseError> {
+/// What the engine must answer a probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expected {
+    /// This status and code, whatever the body, path or query hold.
+    Exactly(u16, &'static str),
+    /// Up to the input: a 2xx only if `may_succeed`, else a 4xx that is never
+    /// a 401 (the credential is valid) and is a 403 only with code `forbidden`.
+    ByInput { may_succeed: bool, forbidden: Option<&'static str> },
+}
+
+/// What `probe`, sent as `path`, must get: from where it leads, its
+/// credential, and `may_succeed`, the model of `intended` (the route it was
+/// generated for; `None`: no route in particular) for a caller that may act
+/// for its owner. A path that dot segments led to another route has no
+/// model there: it is judged invalid.
+fn expected(probe: &Probe, path: &str, intended: Option<&Route>, may_succeed: impl Fn(&Probe) -> bool) -> Expected {
+    let route = match reach(&probe.method, path) {
+        Reached::Nowhere => return Expected::Exactly(404, "not_found"),
+        Reached::OtherMethod => return Expected::Exactly(405, "method_not_allowed"),
+        Reached::Route(route) => route,
+    };
+    let valid = intended.is_none_or(|i| i == route) && may_succeed(probe);
+    let by_input = |forbidden| Expected::ByInput { may_succeed: valid, forbidden };
+    let bound = match (&probe.credentials, route.need) {
+        (_, Need::Nothing) => return by_input(None),
+        (Credentials::Missing | Credentials::Malformed(_) | Credentials::Wrong(_) | Credentials::WrongSecret | Credentials::Revoked, _) => {
+            return Expected::Exactly(401, "unauthorized");
+        }
+        (Credentials::ScopeMissing, _) | (Credentials::Client | Credentials::OtherOwner, Need::Admin) => {
+            return Expected::Exactly(403, "scope_missing");
+        }
+        (Credentials::Admin | Credentials::Client, _) => return by_input(None),
+        (Credentials::OtherOwner, Need::Scope(_, bound)) => bound,
+    };
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let owner = match bound {
+        Bound::BodyField(field) => probe.json().and_then(|body| json_integer(body.get(field)?)),
+        Bound::PathSegment(i) => segments.get(i).and_then(|s| text_integer(&decoded_segment(s)?)),
+        Bound::TransferParty => None,
+    };
+    match (valid, bound) {
+        _ if owner == Some(OTHER_OWNER) => by_input(None),
+        // No transfer of the test's ledger is hers: it answers as if none existed.
+        (true, Bound::TransferParty) => Expected::Exactly(404, "transfer_not_found"),
+        (true, _) => Expected::Exactly(403, "owner_not_permitted"),
+        // The owner is known only once the body, path and query are read: bad ones are refused for themselves.
+        (false, _) => by_input(Some("owner_not_permitted")),
+    }
+}
+
+/// The property every answer must have: what `expected` says, a 4xx with the
+/// JSON error shape for any refusal, `WWW-Authenticate: Bearer` with any 401.
+/// Never a 5xx, 1xx or 3xx.
+fn check(answer: &Answer, expected: Expected) -> Result<(), TestCaseError> {
     let text = || String::from_utf8_lossy(&answer.body).chars().take(600).collect::<String>();
     prop_assert!(answer.status < 500, "answered {}: {}", answer.status, text());
     if (200..300).contains(&answer.status) {
-        prop_assert!(may_succeed, "accepted ({}) input the API should refuse: {}", answer.status, text());
+        let allowed = matches!(expected, Expected::ByInput { may_succeed: true, .. });
+        prop_assert!(allowed, "accepted ({}) what it should refuse ({:?}): {}", answer.status, expected, text());
         return Ok(());
     }
     prop_assert!((400..500).contains(&answer.status), "answered {}: {}", answer.status, text());
-    if let Err(why) = error_code(answer) {
-        return Err(TestCaseError::fail(format!("a {} without the JSON error shape: {why}", answer.status)));
-    }
+    let code = error_code(answer).map_err(|why| TestCaseError::fail(format!("a {} without the JSON error shape: {why}", answer.status)))?;
     if answer.status == 401 {
         prop_assert_eq!(answer.www_authenticate.as_deref(), Some("Bearer"));
+    }
+    match expected {
+        Expected::Exactly(status, want) => prop_assert_eq!((answer.status, code.as_str()), (status, want), "{}", text()),
+        Expected::ByInput { forbidden, .. } => {
+            prop_assert!(answer.status != 401, "a valid credential was refused: {}", text());
+            if answer.status == 403 {
+                prop_assert_eq!(Some(code.as_str()), forbidden, "{}", text());
+            }
+        }
     }
     Ok(())
 }
 
-/// Sends `cases` probes from `strategy` to `app`, checking each answer
-/// against `may_succeed`. Returns how many requests were sent (shrinking a
-/// failure included); panics with the minimal failing probe.
-fn fuzz<S>(rt: &Runtime, app: &TestApp, endpoint: &str, cases: u32, strategy: S, may_succeed: impl Fn(&Probe) -> bool) -> usize
-where
-    S: Strategy<Value = Probe>,
-{
-    let started = std::time::Instant::now();
-    // A fresh connection per request. The engine refuses some requests without
-    // reading their body (past the size limit, no credentials), and hyper then
-    // closes the connection: a pooled one could be reused just as it closes,
-    // which fails the next request on the client's side, not the engine's.
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build().unwrap();
-    let tried = AtomicUsize::new(0);
-    let accepted = AtomicUsize::new(0);
-    let cut_off = AtomicUsize::new(0);
-    // No failure file: the tests live outside `src`, and a failure prints its minimal probe.
-    let config = Config { cases, failure_persistence: None, max_shrink_iters: 256, ..Config::default() };
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(&strategy, |probe| {
-        tried.fetch_add(1, Ordering::Relaxed);
-        let answer = match rt.block_on(send(&client, app, &probe)) {
-            Ok(answer) => answer,
-            // The engine answered (413, 401...) and closed while the client was
-            // still writing a body past the limit: the client sees a broken pipe
-            // or a reset instead of the answer. An HTTP/1.1 fact, not a failure.
-            Err(e) if probe.body.len() > BODY_BYTES_MAX && e.is_request() => {
-                cut_off.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-            Err(e) => return Err(TestCaseError::fail(format!("no answer: {e:?}"))),
-        };
-        check(&answer, may_succeed(&probe))?;
-        if (200..300).contains(&answer.status) {
-            accepted.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    });
-    let (tried, accepted, cut_off) = (tried.into_inner(), accepted.into_inner(), cut_off.into_inner());
-    if let Err(failure) = result {
-        panic!("{endpoint}: {failure}");
+/// What a request could change, as counts and digests: a request refused for
+/// its credential must leave all of it as it was.
+#[derive(Debug, PartialEq, Eq)]
+struct Footprint {
+    accounts: i64,
+    /// (transfers, digest of every balance); `None` when not compared (see `Fuzzer::processor_running`).
+    ledger: Option<(i64, String)>,
+    /// (clients, revoked clients).
+    clients: (i64, i64),
+    /// Digests of the plugin versions (with which is active) and of the validation order, and the plugin generation.
+    plugins: (String, String, i64),
+}
+
+async fn footprint(pool: &PgPool, with_ledger: bool) -> Footprint {
+    let row: (i64, i64, String, i64, i64, String, String, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM accounts),
+                (SELECT count(*) FROM transfers),
+                (SELECT coalesce(md5(string_agg(account_id || ':' || balance_minor, ',' ORDER BY account_id)), '') FROM accounts),
+                (SELECT count(*) FROM api_clients),
+                (SELECT count(*) FROM api_clients WHERE revoked_at IS NOT NULL),
+                (SELECT coalesce(md5(string_agg(name || ':' || version || ':' || active, ',' ORDER BY name, version)), '') FROM plugins),
+                (SELECT coalesce(md5(string_agg(name || ':' || position, ',' ORDER BY name)), '') FROM validation_order),
+                (SELECT generation FROM plugin_generation)",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the footprint query runs");
+    let (accounts, transfers, balances, clients, revoked, plugins, order, generation) = row;
+    Footprint {
+        accounts,
+        ledger: with_ledger.then_some((transfers, balances)),
+        clients: (clients, revoked),
+        plugins: (plugins, order, generation),
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    eprintln!(
-        "bad_input: {endpoint}: {tried} inputs tried in {elapsed:.1} s, {accepted} accepted as valid, {cut_off} oversized cut off mid-body"
-    );
-    tried
 }
 
-/// A runtime of its own and an engine on it, for a fuzzing test.
-fn start(role: Role) -> (Runtime, TestApp) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let app = rt.block_on(spawn(role));
-    (rt, app)
+/// What a fuzzing run sent, and what the engine accepted.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    /// Requests sent, shrinking a failure included.
+    tried: usize,
+    /// 2xx answers.
+    accepted: usize,
+    /// 201 and 202 answers: something new was made or published (a 200 is a read or a replay).
+    fresh: usize,
 }
 
-/// The API alone where no test needs the processor: stopping an engine
-/// whose consumer is still joining its group takes seconds.
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Self) {
+        self.tried += other.tried;
+        self.accepted += other.accepted;
+        self.fresh += other.fresh;
+    }
+}
+
+/// An engine on a runtime of its own, and the keys its probes present.
+struct Fuzzer {
+    rt: Runtime,
+    app: TestApp,
+    keys: Keys,
+    /// A processor commits accepted transfers beside the probes, so the
+    /// ledger's transfers and balances move on their own: they are not
+    /// compared around each refused probe (the test counts them at its end).
+    processor_running: bool,
+}
+
+impl Fuzzer {
+    /// Starts the engine as `role` (the API alone where no test needs the
+    /// processor: stopping an engine whose consumer is still joining its group
+    /// takes seconds) and makes the keys.
+    fn start(role: Role) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let app = rt.block_on(spawn(role));
+        let keys = rt.block_on(Keys::make(&app));
+        Self { rt, app, keys, processor_running: matches!(role, Role::All) }
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.rt.block_on(future)
+    }
+
+    /// Sends `cases` probes from `strategy`, checking each answer against
+    /// `expected` with `may_succeed` as the model of `endpoint` (a route's
+    /// name, or anything else for no route in particular), and the footprint
+    /// around each probe that must be refused whatever its body says, or that
+    /// a bound key sends. Panics with the minimal failing probe.
+    fn run<S>(&self, endpoint: &str, cases: u32, strategy: S, may_succeed: impl Fn(&Probe) -> bool) -> Tally
+    where
+        S: Strategy<Value = Probe>,
+    {
+        let started = std::time::Instant::now();
+        let intended = ROUTES.iter().find(|r| r.endpoint() == endpoint);
+        // A fresh connection per request. The engine refuses some requests without
+        // reading their body (past the size limit, no credentials), and hyper then
+        // closes the connection: a pooled one could be reused just as it closes,
+        // which fails the next request on the client's side, not the engine's.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build().unwrap();
+        let tally = std::cell::Cell::new(Tally::default());
+        let (cut_off, watched) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        // No failure file: the tests live outside `src`, and a failure prints its minimal probe.
+        let config = Config { cases, failure_persistence: None, max_shrink_iters: 256, ..Config::default() };
+        let mut runner = TestRunner::new(config);
+        let result = runner.run(&strategy, |probe| {
+            tally.set(Tally { tried: tally.get().tried + 1, ..tally.get() });
+            let path = sent_path(&self.app, &probe.target);
+            let expected = expected(&probe, &path, intended, &may_succeed);
+            // One query on each side of the probe: cheap enough for every one.
+            let watch = matches!(expected, Expected::Exactly(..)) || probe.credentials == Credentials::OtherOwner;
+            let before = watch.then(|| self.block_on(footprint(&self.app.db.pool, !self.processor_running)));
+            let answer = match self.block_on(send(&client, &self.app, &self.keys, &probe)) {
+                Ok(answer) => Some(answer),
+                // The engine answered (413, 401...) and closed while the client was
+                // still writing a body past the limit: the client sees a broken pipe
+                // or a reset instead of the answer. An HTTP/1.1 fact, not a failure.
+                Err(e) if probe.body.len() > body_bytes_max(&probe.target) && e.is_request() => {
+                    cut_off.set(cut_off.get() + 1);
+                    None
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("no answer: {e:?}"))),
+            };
+            if let Some(answer) = &answer {
+                check(answer, expected)?;
+                if (200..300).contains(&answer.status) {
+                    let fresh = usize::from(matches!(answer.status, 201 | 202));
+                    tally.set(Tally { accepted: tally.get().accepted + 1, fresh: tally.get().fresh + fresh, ..tally.get() });
+                }
+            }
+            let refused = answer.as_ref().is_none_or(|a| !(200..300).contains(&a.status));
+            if let Some(before) = before.filter(|_| refused) {
+                watched.set(watched.get() + 1);
+                let after = self.block_on(footprint(&self.app.db.pool, !self.processor_running));
+                prop_assert_eq!(after, before, "a refused request changed something");
+            }
+            Ok(())
+        });
+        if let Err(failure) = result {
+            panic!("{endpoint}: {failure}");
+        }
+        let tally = tally.get();
+        eprintln!(
+            "bad_input: {endpoint}: {} inputs tried in {:.1} s, {} accepted as valid, {} refusals seen to change nothing, {} oversized cut off mid-body",
+            tally.tried,
+            started.elapsed().as_secs_f64(),
+            tally.accepted,
+            watched.get(),
+            cut_off.get(),
+        );
+        tally
+    }
+
+    fn stop(self) {
+        let Self { rt, app, .. } = self;
+        rt.block_on(app.stop());
+    }
+}
+
 async fn spawn(role: Role) -> TestApp {
     let db = common::TestDb::new().await;
     let settings = test_settings(&db);
@@ -386,6 +854,8 @@ const FIELD_NAMES: &[&str] = &[
     "activate",
     "version",
     "names",
+    "scopes",
+    "owners",
 ];
 
 fn key() -> BoxedStrategy<String> {
@@ -509,10 +979,7 @@ const NOT_GET: &[&str] = &["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"]
 const NOT_POST: &[&str] = &["GET", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"];
 const NOT_PUT: &[&str] = &["GET", "POST", "PATCH", "DELETE", "OPTIONS", "PURGE"];
 const NOT_GET_OR_POST: &[&str] = &["PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"];
-
-fn credentials() -> BoxedStrategy<Credentials> {
-    prop_oneof![8 => Just(Credentials::Admin), 1 => Just(Credentials::Missing), 1 => Just(Credentials::Wrong)].boxed()
-}
+const NOT_DELETE: &[&str] = &["GET", "POST", "PUT", "PATCH", "OPTIONS", "PURGE"];
 
 /// Percent-encodes every byte but the unreserved ones (RFC 3986).
 fn percent_encode(bytes: &[u8]) -> String {
@@ -606,9 +1073,31 @@ fn query() -> BoxedStrategy<String> {
 // (README, OpenAPI), independently of the engine's parsers.
 // ---------------------------------------------------------------------------
 
+/// A JSON number the engine reads as an integer: JSON Schema calls every
+/// spelling of a whole value an integer (`7`, `7.0`, `70e-1`). The model goes
+/// through f64, which is exact for the values the generators make from f64s;
+/// it may misjudge a hand-made spelling such as `9223372036854775807.0`.
+fn json_integer(value: &Value) -> Option<i64> {
+    if let Some(id) = value.as_i64() {
+        return Some(id);
+    }
+    const I64_F64_BOUND: f64 = 9.2e18;
+    let whole = value.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < I64_F64_BOUND)?;
+    Some(whole as i64)
+}
+
+/// An integer in a path segment: what Rust's `i64` parse reads (`+5`, `007`), or
+/// any JSON spelling of a whole number (`5.0`, `5e0`; not `5.` nor `+5.0`).
+fn text_integer(text: &str) -> Option<i64> {
+    let number_only = text.bytes().all(|b| b.is_ascii_digit() || b"-.eE+".contains(&b)); // serde_json allows spaces around
+    text.parse::<i64>().ok().or_else(|| {
+        number_only.then(|| serde_json::from_str::<serde_json::Number>(text).ok()).flatten().and_then(|n| json_integer(&Value::Number(n)))
+    })
+}
+
 /// A JSON integer the engine reads as an owner id (a positive i64).
 fn owner_id(value: Option<&Value>) -> Option<i64> {
-    value.and_then(Value::as_i64).filter(|id| *id > 0)
+    value.and_then(json_integer).filter(|id| *id > 0)
 }
 
 /// The minor-unit exponent of an ISO 4217 code the engine supports (upper case, with a minor unit).
@@ -724,6 +1213,32 @@ fn order_may_succeed(body: &Value) -> bool {
     names.is_some_and(|names| names.iter().all(|n| is_plugin_name(n)) && names.iter().collect::<BTreeSet<_>>().len() == names.len())
 }
 
+const CLIENT_FIELDS: &[&str] = &["name", "scopes", "owners"];
+/// The scopes a client may be given.
+const SCOPES: &[&str] = &["transfers:write", "transfers:read", "accounts:write", "accounts:read"];
+/// Most owners a client may be bound to.
+const CLIENT_OWNERS_MAX: usize = 1_000;
+/// Longest client name.
+const CLIENT_NAME_CHARS_MAX: usize = 128;
+
+/// `POST /v1/admin/clients`: a name, known scopes each at most once, and owners if bound.
+fn client_may_succeed(body: &Value) -> bool {
+    let Some(o) = body.as_object().filter(|o| only_fields(o, CLIENT_FIELDS)) else { return false };
+    let name_ok = o
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|name| (1..=CLIENT_NAME_CHARS_MAX).contains(&name.chars().count()) && !name.chars().any(char::is_control));
+    let scopes: Option<Vec<&str>> = o.get("scopes").and_then(Value::as_array).and_then(|s| s.iter().map(Value::as_str).collect());
+    let scopes_ok =
+        scopes.is_some_and(|s| !s.is_empty() && s.iter().all(|s| SCOPES.contains(s)) && s.iter().collect::<BTreeSet<_>>().len() == s.len());
+    let owners_ok = present(o, "owners").is_none_or(|owners| {
+        owners
+            .as_array()
+            .is_some_and(|ids| (1..=CLIENT_OWNERS_MAX).contains(&ids.len()) && ids.iter().all(|id| owner_id(Some(id)).is_some()))
+    });
+    name_ok && scopes_ok && owners_ok
+}
+
 /// The `limit` and `before` query of an account's transfers: each at most
 /// once, each an i64, nothing else (decoded as `application/x-www-form-urlencoded`).
 fn page_query_ok(target: &str) -> bool {
@@ -742,9 +1257,10 @@ fn segments(target: &str) -> Vec<&str> {
     target.split('?').next().unwrap_or_default().trim_start_matches('/').split('/').collect()
 }
 
-/// An owner id in a path: Rust's i64 parse, so a leading `+` or zeros are tolerated.
+/// An owner id in a path: Rust's i64 parse (a leading `+` or zeros are
+/// tolerated) or a JSON spelling of a whole number.
 fn path_owner_ok(segment: &str) -> bool {
-    decoded_segment(segment).and_then(|s| s.parse::<i64>().ok()).is_some_and(|id| id > 0)
+    decoded_segment(segment).and_then(|s| text_integer(&s)).is_some_and(|id| id > 0)
 }
 
 fn path_currency_ok(segment: &str) -> bool {
@@ -757,31 +1273,37 @@ fn path_currency_ok(segment: &str) -> bool {
 
 #[test]
 fn malformed_transfer_requests_never_get_a_5xx_and_every_refusal_is_a_json_error() {
-    let (rt, app) = start(Role::All);
-    rt.block_on(async {
-        app.open_account(1, "EUR", "1000000.00").await;
-        app.open_account(2, "EUR", "0").await;
+    let f = Fuzzer::start(Role::All);
+    f.block_on(async {
+        f.app.open_account(1, "EUR", "1000000.00").await;
+        f.app.open_account(2, "EUR", "0").await;
     });
-    let seeded = rt.block_on(app.post("/v1/transfers", &json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})));
+    let seeded = f.block_on(f.app.post("/v1/transfers", &json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})));
     assert_eq!(seeded.status(), 202);
-    let seeded_id = rt.block_on(seeded.json::<Value>()).unwrap()["transfer_id"].as_str().unwrap().to_owned();
+    let seeded_id = f.block_on(seeded.json::<Value>()).unwrap()["transfer_id"].as_str().unwrap().to_owned();
 
     let base = json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR", "description": "fuzz"});
-    let submits = (method(Method::POST, NOT_POST), content_type(), body_around(base, TRANSFER_FIELDS), query()).prop_map(
-        |(method, content_type, body, query)| Probe { content_type, body, ..Probe::new(method, format!("/v1/transfers{query}")) },
-    );
-    let mut tried = fuzz(&rt, &app, "POST /v1/transfers", 400, submits, |p| {
-        p.sends_json(&Method::POST) && p.json().is_some_and(|b| transfer_may_succeed(&b))
-    });
+    let need = route_named("POST /v1/transfers").need;
+    let submits = (method(Method::POST, NOT_POST), content_type(), credentials(need), body_around(base, TRANSFER_FIELDS), query())
+        .prop_map(|(method, content_type, credentials, body, query)| Probe {
+            content_type,
+            credentials,
+            body,
+            ..Probe::new(method, format!("/v1/transfers{query}"))
+        });
+    let submitted =
+        f.run("POST /v1/transfers", 800, submits, |p| p.sends_json(&Method::POST) && p.json().is_some_and(|b| transfer_may_succeed(&b)));
 
     let ids = vec![seeded_id.clone(), seeded_id.to_uppercase(), seeded_id.replace('-', ""), uuid::Uuid::new_v4().to_string()];
-    let reads = (method(Method::GET, NOT_GET), segment(ids), query())
-        .prop_map(|(method, id, query)| Probe::new(method, format!("/v1/transfers/{id}{query}")));
-    tried += fuzz(&rt, &app, "GET /v1/transfers/{id}", 200, reads, |p| {
+    let need = route_named("GET /v1/transfers/{id}").need;
+    let reads = (method(Method::GET, NOT_GET), credentials(need), segment(ids), query())
+        .prop_map(|(method, credentials, id, query)| Probe { credentials, ..Probe::new(method, format!("/v1/transfers/{id}{query}")) });
+    let read = f.run("GET /v1/transfers/{id}", 400, reads, |p| {
         p.method == Method::GET && decoded_segment(segments(&p.target)[2]).is_some_and(|id| uuid::Uuid::parse_str(&id).is_ok())
     });
-    eprintln!("bad_input: transfers: {tried} inputs in all");
-    rt.block_on(async {
+    eprintln!("bad_input: transfers: {} inputs in all", submitted.tried + read.tried);
+    f.block_on(async {
+        let app = &f.app;
         // The accepted transfers were processed: a last one from each sender
         // (the key of a partition) completes behind them. Owner 2 is topped up
         // first, so that what the fuzzed transfers took cannot refuse it.
@@ -794,22 +1316,33 @@ fn malformed_transfer_requests_never_get_a_5xx_and_every_refusal_is_a_json_error
             let done = app.wait_final(id).await;
             assert_eq!(done["status"], "completed", "{done}");
         }
+        // Each transfer in the ledger was answered 202 (a replay is a 200): no refused one was published.
+        let (transfers,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM transfers WHERE kind = 'transfer'").fetch_one(&app.db.pool).await.unwrap();
+        assert_eq!(transfers, i64::try_from(submitted.fresh + 3).unwrap(), "the fuzzed 202s, the seeded and the two last transfers");
         assert_audit_passes(&app.ledger()).await;
-        app.stop().await;
     });
+    f.stop();
 }
 
 #[test]
 fn malformed_account_requests_never_get_a_5xx_and_every_refusal_is_a_json_error() {
-    let (rt, app) = start(Role::Api);
-    rt.block_on(app.open_account(1, "EUR", "10.00"));
+    let f = Fuzzer::start(Role::Api);
+    f.block_on(f.app.open_account(1, "EUR", "10.00"));
+    let accounts_before = f.block_on(footprint(&f.app.db.pool, true)).accounts;
 
     let base = json!({"owner_id": 3, "currency": "EUR"});
-    let creates = (method(Method::POST, NOT_POST), content_type(), body_around(base, ACCOUNT_FIELDS))
-        .prop_map(|(method, content_type, body)| Probe { content_type, body, ..Probe::new(method, "/v1/accounts".to_owned()) });
-    let mut tried = fuzz(&rt, &app, "POST /v1/accounts", 200, creates, |p| {
-        p.sends_json(&Method::POST) && p.json().is_some_and(|b| account_may_succeed(&b))
-    });
+    let need = route_named("POST /v1/accounts").need;
+    let creates = (method(Method::POST, NOT_POST), content_type(), credentials(need), body_around(base, ACCOUNT_FIELDS)).prop_map(
+        |(method, content_type, credentials, body)| Probe {
+            content_type,
+            credentials,
+            body,
+            ..Probe::new(method, "/v1/accounts".to_owned())
+        },
+    );
+    let created =
+        f.run("POST /v1/accounts", 400, creates, |p| p.sends_json(&Method::POST) && p.json().is_some_and(|b| account_may_succeed(&b)));
 
     let owners = || {
         segment(
@@ -819,34 +1352,47 @@ fn malformed_account_requests_never_get_a_5xx_and_every_refusal_is_a_json_error(
         )
     };
     let currencies = || segment(["EUR", "eur", "JPY", "EU", "EURO", "%45UR", "XAU", "E%00R"].map(String::from).to_vec());
-    let reads = (method(Method::GET, NOT_GET), owners(), currencies(), query())
-        .prop_map(|(method, owner, currency, query)| Probe::new(method, format!("/v1/accounts/{owner}/{currency}{query}")));
-    tried += fuzz(&rt, &app, "GET /v1/accounts/{owner_id}/{currency}", 200, reads, |p| {
+    let need = route_named("GET /v1/accounts/{owner_id}/{currency}").need;
+    let reads = (method(Method::GET, NOT_GET), credentials(need), owners(), currencies(), query()).prop_map(
+        |(method, credentials, owner, currency, query)| Probe {
+            credentials,
+            ..Probe::new(method, format!("/v1/accounts/{owner}/{currency}{query}"))
+        },
+    );
+    let mut tally = f.run("GET /v1/accounts/{owner_id}/{currency}", 400, reads, |p| {
         let s = segments(&p.target);
         p.method == Method::GET && path_owner_ok(s[2]) && path_currency_ok(s[3])
     });
 
-    let pages = (method(Method::GET, NOT_GET), owners(), currencies(), query())
-        .prop_map(|(method, owner, currency, query)| Probe::new(method, format!("/v1/accounts/{owner}/{currency}/transfers{query}")));
-    tried += fuzz(&rt, &app, "GET /v1/accounts/{owner_id}/{currency}/transfers", 300, pages, |p| {
+    let pages = (method(Method::GET, NOT_GET), credentials(need), owners(), currencies(), query()).prop_map(
+        |(method, credentials, owner, currency, query)| Probe {
+            credentials,
+            ..Probe::new(method, format!("/v1/accounts/{owner}/{currency}/transfers{query}"))
+        },
+    );
+    tally += f.run("GET /v1/accounts/{owner_id}/{currency}/transfers", 600, pages, |p| {
         let s = segments(&p.target);
         p.method == Method::GET && path_owner_ok(s[2]) && path_currency_ok(s[3]) && page_query_ok(&p.target)
     });
-    eprintln!("bad_input: accounts: {tried} inputs in all");
-    rt.block_on(app.stop());
+    tally += created;
+    eprintln!("bad_input: accounts: {} inputs in all", tally.tried);
+    // Each account was opened by a request answered 201.
+    let accounts = f.block_on(footprint(&f.app.db.pool, true)).accounts;
+    assert_eq!(accounts, accounts_before + i64::try_from(created.fresh).unwrap());
+    f.stop();
 }
 
 #[test]
 fn malformed_deposits_and_withdrawals_never_get_a_5xx_and_every_refusal_is_a_json_error() {
-    let (rt, app) = start(Role::Api);
-    rt.block_on(async {
-        app.open_account(1, "EUR", "1000.00").await;
-        app.open_account(2, "JPY", "1000").await;
+    let f = Fuzzer::start(Role::Api);
+    f.block_on(async {
+        f.app.open_account(1, "EUR", "1000.00").await;
+        f.app.open_account(2, "JPY", "1000").await;
     });
     let mut tried = 0;
     for (path, amount) in [("/v1/deposits", "1.00"), ("/v1/withdrawals", "0.01")] {
         let base = json!({"owner_id": 1, "currency": "EUR", "amount": amount, "reference": format!("fuzz{path}")});
-        let moves = (method(Method::POST, NOT_POST), content_type(), credentials(), body_around(base, MOVE_FIELDS)).prop_map(
+        let moves = (method(Method::POST, NOT_POST), content_type(), credentials(Need::Admin), body_around(base, MOVE_FIELDS)).prop_map(
             move |(method, content_type, credentials, body)| Probe {
                 content_type,
                 credentials,
@@ -854,77 +1400,82 @@ fn malformed_deposits_and_withdrawals_never_get_a_5xx_and_every_refusal_is_a_jso
                 ..Probe::new(method, path.to_owned())
             },
         );
-        tried += fuzz(&rt, &app, &format!("POST {path}"), 250, moves, |p| {
-            p.credentials == Credentials::Admin && p.sends_json(&Method::POST) && p.json().is_some_and(|b| move_may_succeed(&b))
-        });
+        tried += f
+            .run(&format!("POST {path}"), 400, moves, |p| p.sends_json(&Method::POST) && p.json().is_some_and(|b| move_may_succeed(&b)))
+            .tried;
     }
     eprintln!("bad_input: deposits and withdrawals: {tried} inputs in all");
-    rt.block_on(async {
-        assert_audit_passes(&app.ledger()).await;
-        app.stop().await;
-    });
+    f.block_on(assert_audit_passes(&f.app.ledger()));
+    f.stop();
 }
 
 #[test]
 fn malformed_admin_plugin_requests_never_get_a_5xx_and_every_refusal_is_a_json_error() {
-    let (rt, app) = start(Role::Api);
-    rt.block_on(app.upload_plugin("limits", "limits", "validator", json!({}), true));
+    let f = Fuzzer::start(Role::Api);
+    f.block_on(f.app.upload_plugin("limits", "limits", "validator", json!({}), true));
     let component = base64::engine::general_purpose::STANDARD.encode(plugin_bytes("limits"));
     let names =
         || segment(["limits", "fuzzed", "nope", "LIMITS", "limits%00", "-limits", "l".repeat(64).as_str()].map(String::from).to_vec());
-    let admin = |p: &Probe| p.credentials == Credentials::Admin;
 
-    let lists = (method(Method::GET, NOT_GET_OR_POST), credentials(), query())
+    let lists = (method(Method::GET, NOT_GET_OR_POST), credentials(Need::Admin), query())
         .prop_map(|(method, credentials, query)| Probe { credentials, ..Probe::new(method, format!("/v1/admin/plugins{query}")) });
-    let mut tried = fuzz(&rt, &app, "GET /v1/admin/plugins", 60, lists, |p| admin(p) && p.method == Method::GET);
+    let mut tried = f.run("GET /v1/admin/plugins", 100, lists, |p| p.method == Method::GET).tried;
 
     let base = json!({"name": "fuzzed", "kind": "validator", "config": {}, "component": component.clone(), "activate": false});
-    let uploads = (method(Method::POST, NOT_GET_OR_POST), content_type(), credentials(), body_around(base, UPLOAD_FIELDS)).prop_map(
-        |(method, content_type, credentials, body)| Probe {
+    let uploads = (method(Method::POST, NOT_GET_OR_POST), content_type(), credentials(Need::Admin), body_around(base, UPLOAD_FIELDS))
+        .prop_map(|(method, content_type, credentials, body)| Probe {
             content_type,
             credentials,
             body,
             ..Probe::new(method, "/v1/admin/plugins".to_owned())
-        },
-    );
-    tried += fuzz(&rt, &app, "POST /v1/admin/plugins", 80, uploads, |p| {
-        // The upload route has its own, larger body limit.
-        admin(p)
-            && p.method == Method::POST
-            && is_json_content_type(p.content_type)
-            && p.json().is_some_and(|b| upload_may_succeed(&b, &component))
-    });
+        });
+    tried += f
+        .run("POST /v1/admin/plugins", 130, uploads, |p| {
+            // The upload route has its own, larger body limit.
+            p.method == Method::POST && is_json_content_type(p.content_type) && p.json().is_some_and(|b| upload_may_succeed(&b, &component))
+        })
+        .tried;
 
-    let activations =
-        (method(Method::POST, NOT_POST), content_type(), credentials(), names(), body_around(json!({"version": 1}), &["version"]))
-            .prop_map(|(method, content_type, credentials, name, body)| Probe {
-                content_type,
-                credentials,
-                body,
-                ..Probe::new(method, format!("/v1/admin/plugins/{name}/activate"))
-            });
-    tried += fuzz(&rt, &app, "POST /v1/admin/plugins/{name}/activate", 150, activations, |p| {
-        let version_ok = p
-            .json()
-            .and_then(|b| b.as_object().filter(|o| only_fields(o, &["version"])).and_then(|o| o.get("version")).and_then(Value::as_i64));
-        admin(p)
-            && p.sends_json(&Method::POST)
-            && decoded_segment(segments(&p.target)[3]).is_some_and(|n| is_plugin_name(&n))
-            && version_ok.is_some_and(|v| i32::try_from(v).is_ok())
-    });
+    let activations = (
+        method(Method::POST, NOT_POST),
+        content_type(),
+        credentials(Need::Admin),
+        names(),
+        body_around(json!({"version": 1}), &["version"]),
+    )
+        .prop_map(|(method, content_type, credentials, name, body)| Probe {
+            content_type,
+            credentials,
+            body,
+            ..Probe::new(method, format!("/v1/admin/plugins/{name}/activate"))
+        });
+    tried += f
+        .run("POST /v1/admin/plugins/{name}/activate", 240, activations, |p| {
+            let version_ok = p
+                .json()
+                .and_then(|b| b.as_object().filter(|o| only_fields(o, &["version"])).and_then(|o| o.get("version")).and_then(json_integer));
+            p.sends_json(&Method::POST)
+                && decoded_segment(segments(&p.target)[3]).is_some_and(|n| is_plugin_name(&n))
+                && version_ok.is_some_and(|v| i32::try_from(v).is_ok())
+        })
+        .tried;
 
-    let deactivations = (method(Method::POST, NOT_POST), credentials(), names(), query()).prop_map(|(method, credentials, name, query)| {
-        Probe { credentials, ..Probe::new(method, format!("/v1/admin/plugins/{name}/deactivate{query}")) }
-    });
-    tried += fuzz(&rt, &app, "POST /v1/admin/plugins/{name}/deactivate", 100, deactivations, |p| {
-        admin(p) && p.method == Method::POST && decoded_segment(segments(&p.target)[3]).is_some_and(|n| is_plugin_name(&n))
-    });
+    let deactivations =
+        (method(Method::POST, NOT_POST), credentials(Need::Admin), names(), query()).prop_map(|(method, credentials, name, query)| Probe {
+            credentials,
+            ..Probe::new(method, format!("/v1/admin/plugins/{name}/deactivate{query}"))
+        });
+    tried += f
+        .run("POST /v1/admin/plugins/{name}/deactivate", 160, deactivations, |p| {
+            p.method == Method::POST && decoded_segment(segments(&p.target)[3]).is_some_and(|n| is_plugin_name(&n))
+        })
+        .tried;
 
     // Lists of known, unknown, malformed and repeated names, besides the usual bodies.
     let name_lists = vec(select(&["limits", "limits", "fuzzed", "nope", "Limits", "limits\0", ""][..]), 0..4)
         .prop_map(|names| serde_json::to_vec(&json!({ "names": names })).unwrap());
     let order_bodies = prop_oneof![body_around(json!({"names": ["limits"]}), &["names"]), name_lists];
-    let orders = (method(Method::PUT, NOT_PUT), content_type(), credentials(), order_bodies).prop_map(
+    let orders = (method(Method::PUT, NOT_PUT), content_type(), credentials(Need::Admin), order_bodies).prop_map(
         |(method, content_type, credentials, body)| Probe {
             content_type,
             credentials,
@@ -932,16 +1483,64 @@ fn malformed_admin_plugin_requests_never_get_a_5xx_and_every_refusal_is_a_json_e
             ..Probe::new(method, "/v1/admin/validation-order".to_owned())
         },
     );
-    tried += fuzz(&rt, &app, "PUT /v1/admin/validation-order", 150, orders, |p| {
-        admin(p) && p.sends_json(&Method::PUT) && p.json().is_some_and(|b| order_may_succeed(&b))
-    });
+    tried += f
+        .run("PUT /v1/admin/validation-order", 240, orders, |p| {
+            p.sends_json(&Method::PUT) && p.json().is_some_and(|b| order_may_succeed(&b))
+        })
+        .tried;
     eprintln!("bad_input: admin plugins: {tried} inputs in all");
-    rt.block_on(app.stop());
+    f.stop();
+}
+
+#[test]
+fn malformed_admin_client_requests_never_get_a_5xx_and_every_refusal_is_a_json_error() {
+    let f = Fuzzer::start(Role::Api);
+    // The only client the probes may revoke: the keys they present stay valid.
+    let victim = f.block_on(create_client(&f.app.db.pool, "victim", &[Scope::AccountsRead], None));
+    let clients_before = f.block_on(footprint(&f.app.db.pool, true)).clients.0;
+
+    let lists = (method(Method::GET, NOT_GET_OR_POST), credentials(Need::Admin), query())
+        .prop_map(|(method, credentials, query)| Probe { credentials, ..Probe::new(method, format!("/v1/admin/clients{query}")) });
+    let mut tally = f.run("GET /v1/admin/clients", 100, lists, |p| p.method == Method::GET);
+
+    let base = json!({"name": "fuzzed", "scopes": ["transfers:read", "accounts:read"], "owners": [1, 2]});
+    let creates = (method(Method::POST, NOT_GET_OR_POST), content_type(), credentials(Need::Admin), body_around(base, CLIENT_FIELDS))
+        .prop_map(|(method, content_type, credentials, body)| Probe {
+            content_type,
+            credentials,
+            body,
+            ..Probe::new(method, "/v1/admin/clients".to_owned())
+        });
+    let created =
+        f.run("POST /v1/admin/clients", 240, creates, |p| p.sends_json(&Method::POST) && p.json().is_some_and(|b| client_may_succeed(&b)));
+
+    let id = client_id_of(&victim);
+    let ids = [
+        id.hyphenated().to_string(),
+        id.simple().to_string(),
+        id.hyphenated().to_string().to_uppercase(),
+        id.braced().to_string(),
+        id.urn().to_string(),
+        uuid::Uuid::nil().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    ];
+    let ids = ids.iter().map(|id| percent_encode(id.as_bytes())).collect();
+    let revokes = (method(Method::DELETE, NOT_DELETE), credentials(Need::Admin), segment(ids), query())
+        .prop_map(|(method, credentials, id, query)| Probe { credentials, ..Probe::new(method, format!("/v1/admin/clients/{id}{query}")) });
+    tally += f.run("DELETE /v1/admin/clients/{client_id}", 240, revokes, |p| {
+        p.method == Method::DELETE && decoded_segment(segments(&p.target)[3]).is_some_and(|id| uuid::Uuid::try_parse(&id).is_ok())
+    });
+    tally += created;
+    eprintln!("bad_input: admin clients: {} inputs in all", tally.tried);
+    // Each client was made by a request answered 201.
+    let clients = f.block_on(footprint(&f.app.db.pool, true)).clients.0;
+    assert_eq!(clients, clients_before + i64::try_from(created.fresh).unwrap());
+    f.stop();
 }
 
 #[test]
 fn unknown_paths_and_unrouted_methods_answer_json_errors() {
-    let (rt, app) = start(Role::Api);
+    let f = Fuzzer::start(Role::Api);
     let words = [
         "v1",
         "transfers",
@@ -953,6 +1552,7 @@ fn unknown_paths_and_unrouted_methods_answer_json_errors() {
         "activate",
         "deactivate",
         "validation-order",
+        "clients",
         "healthz",
         "metrics",
         "openapi.json",
@@ -960,32 +1560,32 @@ fn unknown_paths_and_unrouted_methods_answer_json_errors() {
         "EUR",
     ];
     let words = words.map(String::from).to_vec();
-    let paths = (select(&["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"][..]), vec(segment(words), 0..6), query()).prop_map(
-        |(method, segments, query)| Probe::new(Method::from_bytes(method.as_bytes()).unwrap(), format!("/{}{query}", segments.join("/"))),
-    );
-    let tried = fuzz(&rt, &app, "any path", 300, paths, |p| {
-        // Nothing exists in this engine and no request carries credentials or a
-        // body: only the probes without parameters can answer 2xx. The URL
-        // parser may resolve dot segments, so judge the path it sends.
-        let sent = reqwest::Url::parse(&app.url(&p.target)).unwrap();
-        p.method == Method::GET && ["/healthz", "/metrics", "/openapi.json"].contains(&sent.path())
+    let methods = select(&["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"][..]);
+    let paths = (methods, unfit_credentials(), vec(segment(words), 0..6), query()).prop_map(|(method, credentials, segments, query)| {
+        Probe { credentials, ..Probe::new(Method::from_bytes(method.as_bytes()).unwrap(), format!("/{}{query}", segments.join("/"))) }
     });
+    // Nothing exists in this engine, no probe has a body, and no credential
+    // here is fit for a `/v1` route: only the public routes answer 2xx.
+    let tried = f.run("any path", 300, paths, |_| true).tried;
     eprintln!("bad_input: paths: {tried} inputs in all");
-    rt.block_on(app.stop());
+    f.stop();
 }
 
 /// Hand-picked cases the generators reach only by luck, each with the exact code intended.
-#[tokio::test]
-async fn hand_picked_bad_requests_answer_their_exact_codes() {
-    let app = spawn(Role::Api).await;
-    app.open_account(1, "EUR", "10.00").await;
-    app.open_account(2, "EUR", "0").await;
+#[test]
+fn hand_picked_bad_requests_answer_their_exact_codes() {
+    let f = Fuzzer::start(Role::Api);
+    f.block_on(async {
+        f.app.open_account(1, "EUR", "10.00").await;
+        f.app.open_account(2, "EUR", "0").await;
+    });
     let transfer =
         |description: &str| json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR", "description": description});
     let deposit = |reference: &str| json!({"owner_id": 1, "currency": "EUR", "amount": "1.00", "reference": reference});
+    let sent_as = |credentials: Credentials, probe: Probe| Probe { credentials, ..probe };
     let cases: Vec<(Probe, u16, &str)> = vec![
         // PostgreSQL text cannot hold NUL: refused at the door, not at the ledger.
-        (json_probe(Method::POST, "/v1/transfers", &transfer("rent\0"), Credentials::Missing), 422, "description_invalid"),
+        (json_probe(Method::POST, "/v1/transfers", &transfer("rent\0"), Credentials::Client), 422, "description_invalid"),
         (json_probe(Method::POST, "/v1/deposits", &deposit("wire\0"), Credentials::Admin), 422, "reference_invalid"),
         (json_probe(Method::POST, "/v1/withdrawals", &deposit("\0"), Credentials::Admin), 422, "reference_invalid"),
         // Path segments that are not UTF-8, or that no plugin can be named.
@@ -999,19 +1599,16 @@ async fn hand_picked_bad_requests_answer_their_exact_codes() {
             404,
             "plugin_not_found",
         ),
-        (
-            Probe { credentials: Credentials::Admin, ..Probe::new(Method::POST, "/v1/admin/plugins/%00/deactivate".into()) },
-            404,
-            "plugin_not_found",
-        ),
+        (sent_as(Credentials::Admin, Probe::new(Method::POST, "/v1/admin/plugins/%00/deactivate".into())), 404, "plugin_not_found"),
+        (sent_as(Credentials::Admin, Probe::new(Method::DELETE, "/v1/admin/clients/not-a-uuid".into())), 404, "client_not_found"),
         // Queries.
         (Probe::new(Method::GET, "/v1/accounts/1/EUR/transfers?limit=%FF".into()), 422, "invalid_query"),
         (Probe::new(Method::GET, "/v1/accounts/1/EUR/transfers?limit=1&limit=2".into()), 422, "invalid_query"),
         (Probe::new(Method::GET, "/v1/accounts/1/EUR/transfers?before=9223372036854775808".into()), 422, "invalid_query"),
         (Probe::new(Method::GET, "/v1/accounts/1/EUR/transfers?token=x".into()), 422, "invalid_query"),
-        // Methods a route does not take.
+        // Methods a route does not take, whatever the credential.
         (Probe::new(Method::DELETE, "/v1/transfers".into()), 405, "method_not_allowed"),
-        (Probe::new(Method::GET, "/v1/deposits".into()), 405, "method_not_allowed"),
+        (sent_as(Credentials::Missing, Probe::new(Method::GET, "/v1/deposits".into())), 405, "method_not_allowed"),
         (Probe::new(Method::OPTIONS, "/v1/accounts/1/EUR".into()), 405, "method_not_allowed"),
         (Probe::new(Method::from_bytes(b"PURGE").unwrap(), "/v1/admin/validation-order".into()), 405, "method_not_allowed"),
         // Bodies: nesting past serde_json's recursion limit, bad UTF-8, a lone surrogate.
@@ -1020,31 +1617,57 @@ async fn hand_picked_bad_requests_answer_their_exact_codes() {
         (raw_probe("/v1/transfers", br#"{"sender_id": 1, "description": "\ud800"}"#.to_vec()), 400, "malformed_json"),
         (raw_probe("/v1/accounts", br#"{"owner_id": 1, "currency": "EUR", "owner_id": 2}"#.to_vec()), 422, "invalid_body"),
         (raw_probe("/v1/accounts", Vec::new()), 400, "malformed_json"),
+        // The credential is judged before the path, query or body is read...
+        (sent_as(Credentials::Missing, raw_probe("/v1/transfers", b"{not json".to_vec())), 401, "unauthorized"),
+        (sent_as(Credentials::Revoked, Probe::new(Method::GET, "/v1/transfers/%FF%FE".into())), 401, "unauthorized"),
+        (sent_as(Credentials::ScopeMissing, raw_probe("/v1/transfers", nested_amount(5_000))), 403, "scope_missing"),
+        (
+            sent_as(Credentials::ScopeMissing, Probe::new(Method::GET, "/v1/accounts/1/EUR/transfers?limit=%FF".into())),
+            403,
+            "scope_missing",
+        ),
+        (sent_as(Credentials::Client, raw_probe("/v1/deposits", b"{not json".to_vec())), 403, "scope_missing"),
+        (sent_as(Credentials::OtherOwner, raw_probe("/v1/admin/clients", Vec::new())), 403, "scope_missing"),
+        // ...but a bound key's owner is in the body, path or query, which must be read first.
+        (json_probe(Method::POST, "/v1/transfers", &transfer("rent"), Credentials::OtherOwner), 403, "owner_not_permitted"),
+        (
+            json_probe(
+                Method::POST,
+                "/v1/transfers",
+                &json!({"sender_id": "1", "receiver_id": 2, "amount": "1", "currency": "EUR"}),
+                Credentials::OtherOwner,
+            ),
+            422,
+            "invalid_body",
+        ),
+        (sent_as(Credentials::OtherOwner, Probe::new(Method::GET, "/v1/accounts/1/EUR/transfers?limit=x".into())), 422, "invalid_query"),
+        (sent_as(Credentials::OtherOwner, Probe::new(Method::GET, "/v1/transfers/not-a-uuid".into())), 422, "transfer_id_invalid"),
     ];
+    let before = f.block_on(footprint(&f.app.db.pool, true));
     for (probe, status, code) in cases {
-        let answer = send(&app.client, &app, &probe).await.unwrap();
+        let answer = f.block_on(send(&f.app.client, &f.app, &f.keys, &probe)).unwrap();
         let got = error_code(&answer).unwrap_or_else(|why| panic!("{probe:?}: {why}"));
         assert_eq!((answer.status, got.as_str()), (status, code), "{probe:?}");
     }
-    // None of the refused transfers or deposits reached the ledger.
-    let (transfers,): (i64,) = sqlx::query_as("SELECT count(*) FROM transfers").fetch_one(&app.db.pool).await.unwrap();
-    assert_eq!(transfers, 1, "only the opening deposit is recorded");
-    app.stop().await;
+    // None of the refused requests changed anything, nor reached the ledger.
+    assert_eq!(f.block_on(footprint(&f.app.db.pool, true)), before);
+    f.stop();
 }
 
 #[test]
 fn a_repeated_name_in_the_validation_order_is_refused_and_the_order_is_unchanged() {
-    let (rt, app) = start(Role::Api);
-    rt.block_on(async {
+    let f = Fuzzer::start(Role::Api);
+    f.block_on(async {
+        let app = &f.app;
         app.upload_plugin("limits", "limits", "validator", json!({}), true).await;
         let order = json_probe(Method::PUT, "/v1/admin/validation-order", &json!({"names": ["limits", "limits"]}), Credentials::Admin);
-        let answer = send(&app.client, &app, &order).await.unwrap();
+        let answer = send(&app.client, app, &f.keys, &order).await.unwrap();
         assert_eq!((answer.status, error_code(&answer).as_deref()), (422, Ok("validation_order_invalid")));
         let listed: Value =
             app.client.get(app.url("/v1/admin/plugins")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
         assert_eq!(listed["plugins"][0]["position"], 1, "{listed}");
-        app.stop().await;
     });
+    f.stop();
 }
 
 fn json_probe(method: Method, path: &str, body: &Value, credentials: Credentials) -> Probe {
@@ -1066,8 +1689,237 @@ fn raw_probe(path: &str, body: Vec<u8>) -> Probe {
     Probe { content_type: Some("application/json"), body, ..Probe::new(Method::POST, path.to_owned()) }
 }
 
+/// The client id in an API key (`tek_<32 hex>_<secret>`).
+fn client_id_of(key: &str) -> uuid::Uuid {
+    let id = &key["tek_".len()..];
+    uuid::Uuid::parse_str(&id[..32]).expect("a key holds its client's id")
+}
+
 // ---------------------------------------------------------------------------
-// 2. Poison records on the engine's topic.
+// 2. Every route, with every credential that may not call it.
+// ---------------------------------------------------------------------------
+
+/// A request that `fit` credentials get `fit_status` for, and a variant
+/// whose body or path is bad (target, body, and the status and code for any
+/// caller that gets past the credential check).
+struct ByHand {
+    endpoint: &'static str,
+    target: String,
+    body: Option<Value>,
+    fit: Credentials,
+    fit_status: u16,
+    bad: Option<(&'static str, &'static [u8], u16, &'static str)>,
+}
+
+impl ByHand {
+    fn probe(&self, credentials: Credentials, bad: bool) -> Probe {
+        let method = Method::from_bytes(route_named(self.endpoint).method.as_bytes()).unwrap();
+        let (target, body) = match (&self.bad, bad) {
+            (Some((target, body, ..)), true) => ((*target).to_owned(), body.to_vec()),
+            _ => (self.target.clone(), self.body.as_ref().map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default()),
+        };
+        let content_type = (!body.is_empty()).then_some("application/json");
+        Probe { method, target, content_type, credentials, body }
+    }
+}
+
+#[test]
+fn every_route_refuses_unfit_credentials_with_exact_codes_and_no_change_then_serves_fit_ones() {
+    let f = Fuzzer::start(Role::Api);
+    let app = &f.app;
+    let (deposit_id, victim) = f.block_on(async {
+        app.open_account(1, "EUR", "10.00").await;
+        app.open_account(2, "EUR", "0").await;
+        app.upload_plugin("limits", "limits", "validator", json!({}), true).await;
+        let deposit = json!({"owner_id": 1, "currency": "EUR", "amount": "1.00", "reference": "read-me"});
+        let deposited: Value = app.admin_post("/v1/deposits", &deposit).await.json().await.unwrap();
+        let victim = create_client(&app.db.pool, "victim", &[Scope::AccountsRead], None).await;
+        (deposited["transfer_id"].as_str().unwrap().to_owned(), client_id_of(&victim))
+    });
+    let component = base64::engine::general_purpose::STANDARD.encode(plugin_bytes("limits"));
+    let not_json: &[u8] = b"{not json";
+    let by_hand = |endpoint, target: &str, body: Option<Value>, fit, fit_status, bad| ByHand {
+        endpoint,
+        target: target.to_owned(),
+        body,
+        fit,
+        fit_status,
+        bad,
+    };
+    // In the order the fit requests are sent at the end (deactivate, then activate again).
+    let routes = vec![
+        by_hand(
+            "POST /v1/transfers",
+            "/v1/transfers",
+            Some(json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR"})),
+            Credentials::Client,
+            202,
+            Some(("/v1/transfers", not_json, 400, "malformed_json")),
+        ),
+        by_hand(
+            "GET /v1/transfers/{id}",
+            &format!("/v1/transfers/{deposit_id}"),
+            None,
+            Credentials::Client,
+            200,
+            Some(("/v1/transfers/%FF", b"", 400, "invalid_path")),
+        ),
+        by_hand(
+            "POST /v1/accounts",
+            "/v1/accounts",
+            Some(json!({"owner_id": 3, "currency": "EUR"})),
+            Credentials::Client,
+            201,
+            Some(("/v1/accounts", not_json, 400, "malformed_json")),
+        ),
+        by_hand(
+            "GET /v1/accounts/{owner_id}/{currency}",
+            "/v1/accounts/1/EUR",
+            None,
+            Credentials::Client,
+            200,
+            Some(("/v1/accounts/%FF/EUR", b"", 400, "invalid_path")),
+        ),
+        by_hand(
+            "GET /v1/accounts/{owner_id}/{currency}/transfers",
+            "/v1/accounts/1/EUR/transfers",
+            None,
+            Credentials::Client,
+            200,
+            Some(("/v1/accounts/1/EUR/transfers?limit=x", b"", 422, "invalid_query")),
+        ),
+        by_hand(
+            "POST /v1/deposits",
+            "/v1/deposits",
+            Some(json!({"owner_id": 1, "currency": "EUR", "amount": "1.00", "reference": "by-hand"})),
+            Credentials::Admin,
+            201,
+            Some(("/v1/deposits", not_json, 400, "malformed_json")),
+        ),
+        by_hand(
+            "POST /v1/withdrawals",
+            "/v1/withdrawals",
+            Some(json!({"owner_id": 1, "currency": "EUR", "amount": "0.50", "reference": "by-hand"})),
+            Credentials::Admin,
+            201,
+            Some(("/v1/withdrawals", not_json, 400, "malformed_json")),
+        ),
+        by_hand("GET /v1/admin/plugins", "/v1/admin/plugins", None, Credentials::Admin, 200, None),
+        by_hand(
+            "POST /v1/admin/plugins",
+            "/v1/admin/plugins",
+            Some(json!({"name": "second", "kind": "validator", "component": component, "activate": false})),
+            Credentials::Admin,
+            201,
+            Some(("/v1/admin/plugins", not_json, 400, "malformed_json")),
+        ),
+        by_hand(
+            "POST /v1/admin/plugins/{name}/deactivate",
+            "/v1/admin/plugins/limits/deactivate",
+            None,
+            Credentials::Admin,
+            204,
+            Some(("/v1/admin/plugins/%FF/deactivate", b"", 400, "invalid_path")),
+        ),
+        by_hand(
+            "POST /v1/admin/plugins/{name}/activate",
+            "/v1/admin/plugins/limits/activate",
+            Some(json!({"version": 1})),
+            Credentials::Admin,
+            204,
+            Some(("/v1/admin/plugins/limits/activate", not_json, 400, "malformed_json")),
+        ),
+        by_hand(
+            "PUT /v1/admin/validation-order",
+            "/v1/admin/validation-order",
+            Some(json!({"names": ["second", "limits"]})),
+            Credentials::Admin,
+            204,
+            Some(("/v1/admin/validation-order", not_json, 400, "malformed_json")),
+        ),
+        by_hand("GET /v1/admin/clients", "/v1/admin/clients", None, Credentials::Admin, 200, None),
+        by_hand(
+            "POST /v1/admin/clients",
+            "/v1/admin/clients",
+            Some(json!({"name": "by-hand", "scopes": ["accounts:read"]})),
+            Credentials::Admin,
+            201,
+            Some(("/v1/admin/clients", not_json, 400, "malformed_json")),
+        ),
+        by_hand(
+            "DELETE /v1/admin/clients/{client_id}",
+            &format!("/v1/admin/clients/{victim}"),
+            None,
+            Credentials::Admin,
+            204,
+            Some(("/v1/admin/clients/not-a-uuid", b"", 404, "client_not_found")),
+        ),
+        by_hand("GET /healthz", "/healthz", None, Credentials::Missing, 200, None),
+        by_hand("GET /readyz", "/readyz", None, Credentials::Missing, 200, None),
+        by_hand("GET /metrics", "/metrics", None, Credentials::Missing, 200, None),
+        by_hand("GET /openapi.json", "/openapi.json", None, Credentials::Missing, 200, None),
+    ];
+    assert_eq!(routes.len(), ROUTES.len(), "every route is called by hand");
+
+    let mut credentials = vec![
+        Credentials::Missing,
+        Credentials::WrongSecret,
+        Credentials::Revoked,
+        Credentials::ScopeMissing,
+        Credentials::OtherOwner,
+        Credentials::Client,
+        Credentials::Admin,
+    ];
+    credentials.extend(MALFORMED.map(Credentials::Malformed));
+    credentials.extend(wrong_tokens().into_iter().map(Credentials::Wrong));
+    let before = f.block_on(footprint(&app.db.pool, true));
+    let mut refused = 0;
+    for case in &routes {
+        let route = route_named(case.endpoint);
+        let fit = |c: &Credentials| match route.need {
+            Need::Nothing => false,
+            Need::Scope(..) => matches!(c, Credentials::Admin | Credentials::Client),
+            Need::Admin => *c == Credentials::Admin,
+        };
+        for c in credentials.iter().filter(|c| !fit(c)) {
+            for bad in [false, true].into_iter().filter(|bad| !bad || case.bad.is_some()) {
+                let probe = case.probe(c.clone(), bad);
+                let path = sent_path(app, &probe.target);
+                let want = match expected(&probe, &path, Some(route), |_| !bad) {
+                    Expected::Exactly(status, code) => Some((status, code)),
+                    // Past the credential check: the bad variant's own code, or a public route's answer.
+                    Expected::ByInput { .. } => case.bad.filter(|_| bad).map(|(_, _, status, code)| (status, code)),
+                };
+                let answer = f.block_on(send(&app.client, app, &f.keys, &probe)).unwrap();
+                match want {
+                    Some((status, code)) => {
+                        check(&answer, Expected::Exactly(status, code)).unwrap_or_else(|e| panic!("{probe:?}: {e}"));
+                        refused += 1;
+                    }
+                    None => assert_eq!(answer.status, case.fit_status, "{probe:?}"),
+                }
+                assert_eq!(f.block_on(footprint(&app.db.pool, true)), before, "{probe:?} changed something");
+            }
+        }
+    }
+    eprintln!("bad_input: by hand: {refused} requests refused with their exact code and nothing changed");
+
+    // The same requests, from a fit caller: the bad variant is refused for itself, the good one served.
+    for case in &routes {
+        if let Some((_, _, status, code)) = case.bad {
+            let probe = case.probe(case.fit.clone(), true);
+            let answer = f.block_on(send(&app.client, app, &f.keys, &probe)).unwrap();
+            check(&answer, Expected::Exactly(status, code)).unwrap_or_else(|e| panic!("{probe:?}: {e}"));
+        }
+        let probe = case.probe(case.fit.clone(), false);
+        let answer = f.block_on(send(&app.client, app, &f.keys, &probe)).unwrap();
+        assert_eq!(answer.status, case.fit_status, "{probe:?}: {}", String::from_utf8_lossy(&answer.body));
+    }
+    f.stop();
+}
+
+// ---------------------------------------------------------------------------
+// 3. Poison records on the engine's topic.
 // ---------------------------------------------------------------------------
 
 /// A schema-1 transfer record from 1 to 2 (EUR 1.00) with `changes` applied (null removes a field).
@@ -1267,7 +2119,7 @@ async fn a_record_whose_description_holds_nul_does_not_stall_its_partition() {
 }
 
 // ---------------------------------------------------------------------------
-// 3. Admin credentials.
+// 4. Admin credentials.
 // ---------------------------------------------------------------------------
 
 /// A way to present (or not) the admin token: what it is, the headers it
@@ -1311,17 +2163,6 @@ fn refused_credentials() -> Vec<Presentation> {
     ]
 }
 
-/// What the admin routes could change: plugins, validation order, balances, transfers.
-async fn admin_state(app: &TestApp) -> (Value, Vec<(String, i32)>, Vec<(i64, i64)>, i64) {
-    let plugins: Value = app.client.get(app.url("/v1/admin/plugins")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
-    let order: Vec<(String, i32)> =
-        sqlx::query_as("SELECT name, position FROM validation_order ORDER BY name").fetch_all(&app.db.pool).await.unwrap();
-    let balances: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT owner_id, balance_minor FROM accounts ORDER BY owner_id, currency").fetch_all(&app.db.pool).await.unwrap();
-    let (transfers,): (i64,) = sqlx::query_as("SELECT count(*) FROM transfers").fetch_one(&app.db.pool).await.unwrap();
-    (plugins, order, balances, transfers)
-}
-
 #[tokio::test]
 async fn admin_routes_refuse_missing_wrong_or_misplaced_credentials_with_401_and_change_nothing() {
     let app = spawn(Role::Api).await;
@@ -1329,9 +2170,12 @@ async fn admin_routes_refuse_missing_wrong_or_misplaced_credentials_with_401_and
     app.upload_plugin("limits", "limits", "validator", json!({}), true).await;
     app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100}}), false).await;
     app.upload_plugin("other", "limits", "validator", json!({}), true).await;
-    let before = admin_state(&app).await;
+
+    let victim = client_id_of(&create_client(&app.db.pool, "victim", &[Scope::AccountsRead], None).await);
+    let before = footprint(&app.db.pool, true).await;
 
     let component = base64::engine::general_purpose::STANDARD.encode(plugin_bytes("limits"));
+    let revoke = format!("/v1/admin/clients/{victim}");
     let routes: Vec<(Method, &str, Option<Value>)> = vec![
         (Method::GET, "/v1/admin/plugins", None),
         (Method::POST, "/v1/admin/plugins", Some(json!({"name": "sneaky", "component": component, "activate": true}))),
@@ -1344,6 +2188,9 @@ async fn admin_routes_refuse_missing_wrong_or_misplaced_credentials_with_401_and
             "/v1/withdrawals",
             Some(json!({"owner_id": 1, "currency": "EUR", "amount": "5.00", "reference": "sneaky-withdrawal"})),
         ),
+        (Method::GET, "/v1/admin/clients", None),
+        (Method::POST, "/v1/admin/clients", Some(json!({"name": "sneaky", "scopes": ["transfers:write"]}))),
+        (Method::DELETE, &revoke, None),
     ];
     let mut tried = 0;
     for (method, path, body) in &routes {
@@ -1375,14 +2222,14 @@ async fn admin_routes_refuse_missing_wrong_or_misplaced_credentials_with_401_and
         }
     }
     eprintln!("bad_input: admin credentials: {tried} refused requests");
-    assert_eq!(admin_state(&app).await, before, "a refused request changed something");
+    assert_eq!(footprint(&app.db.pool, true).await, before, "a refused request changed something");
 
     // The scheme is case-insensitive (RFC 7235) and may be followed by more than one space.
     for header in [format!("bearer {ADMIN_TOKEN}"), format!("BEARER {ADMIN_TOKEN}"), format!("Bearer   {ADMIN_TOKEN}")] {
         let r = app.client.get(app.url("/v1/admin/plugins")).header(AUTHORIZATION, &header).send().await.unwrap();
         assert_eq!(r.status(), 200, "{header}");
     }
-    assert_eq!(admin_state(&app).await, before);
+    assert_eq!(footprint(&app.db.pool, true).await, before);
     app.stop().await;
 }
 
@@ -1400,6 +2247,9 @@ async fn without_a_configured_admin_token_every_admin_route_answers_401() {
         (Method::PUT, "/v1/admin/validation-order"),
         (Method::POST, "/v1/deposits"),
         (Method::POST, "/v1/withdrawals"),
+        (Method::GET, "/v1/admin/clients"),
+        (Method::POST, "/v1/admin/clients"),
+        (Method::DELETE, "/v1/admin/clients/00000000-0000-0000-0000-000000000001"),
     ] {
         for header in ["", "Bearer ", "Bearer test-admin-token", "Bearer null"] {
             let mut request = app.client.request(method.clone(), app.url(path)).json(&json!({}));
