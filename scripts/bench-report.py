@@ -81,7 +81,7 @@ def main():
     directory, target, command, quick = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
     baseline_ref = sys.argv[5] if len(sys.argv) > 5 else ""
     http_after = [r for r in (load(directory, "http"), load(directory, "http2")) if r]
-    http_before = rounds(directory, "http-before")
+    http_before = rounds(directory, "http_before")
     raw = load(directory, "raw")
     plugin_runs, passthrough_runs = rounds(directory, "plugins"), rounds(directory, "passthrough")
     plugins = plugin_runs[0] if plugin_runs else None

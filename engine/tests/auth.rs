@@ -157,10 +157,7 @@ async fn the_submitting_client_is_stored_with_the_transfer_and_shown_only_to_adm
 async fn a_revoked_key_is_refused_by_every_engine_within_two_seconds() {
     let app = TestApp::spawn().await;
     // A second engine (API only) on the same database, with its own cache of verified keys.
-    let shared = TestDb { name: app.db.name.clone(), url: app.db.url.clone(), pool: app.db.pool.clone() };
-    let mut settings = test_settings(&app.db);
-    settings.topic = app.settings.topic.clone();
-    let mut other = TestApp::spawn_with(shared, settings, Role::Api).await;
+    let mut other = app.spawn_beside(Role::Api).await;
     let (_, created) = admin_create_client(&app, json!({"name": "soon-gone", "scopes": ["accounts:read"]})).await;
     let key = created["key"].as_str().unwrap().to_owned();
     // The other engine verifies the key and caches it.
@@ -188,10 +185,7 @@ async fn a_revoked_key_is_refused_by_every_engine_within_two_seconds() {
 #[tokio::test]
 async fn the_processor_role_serves_health_and_metrics_but_no_api_route() {
     let app = TestApp::spawn().await;
-    let shared = TestDb { name: app.db.name.clone(), url: app.db.url.clone(), pool: app.db.pool.clone() };
-    let mut settings = test_settings(&app.db);
-    settings.topic = app.settings.topic.clone();
-    let mut processor = TestApp::spawn_with(shared, settings, Role::Processor).await;
+    let mut processor = app.spawn_beside(Role::Processor).await;
     for path in ["/healthz", "/metrics"] {
         assert_eq!(call(&processor, Method::GET, path, None, None).await.0, 200, "{path}");
     }

@@ -152,10 +152,7 @@ async fn a_processor_restarted_before_storing_offsets_replays_the_records_and_ch
     app.wait_final(accepted["transfer_id"].as_str().unwrap()).await;
     // A second processor in a fresh consumer group reads the topic from the start:
     // the same as a processor that committed to PostgreSQL but never stored offsets.
-    let mut settings = test_settings(&app.db);
-    settings.topic = app.settings.topic.clone();
-    let replayer_db = common::TestDb { name: app.db.name.clone(), url: app.db.url.clone(), pool: app.db.pool.clone() };
-    let mut replayer = TestApp::spawn_with(replayer_db, settings, Role::Processor).await;
+    let mut replayer = app.spawn_beside(Role::Processor).await;
     let metrics_url = replayer.url("/metrics");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -150,6 +150,15 @@ impl TestApp {
         Self { address, client, key, db, settings, shutdown: Some(shutdown), handle: Some(handle) }
     }
 
+    /// Another engine in `role` beside this one: the same database and topic,
+    /// its own consumer group, port and caches (as a second instance of a deployment).
+    pub async fn spawn_beside(&self, role: Role) -> TestApp {
+        let shared = TestDb { name: self.db.name.clone(), url: self.db.url.clone(), pool: self.db.pool.clone() };
+        let mut settings = test_settings(&self.db);
+        settings.topic = self.settings.topic.clone();
+        Self::spawn_with(shared, settings, role).await
+    }
+
     pub fn ledger(&self) -> Ledger {
         self.db.ledger()
     }
