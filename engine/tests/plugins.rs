@@ -218,7 +218,11 @@ async fn garbage_wrong_world_bad_config_and_unauthenticated_uploads_are_refused(
         assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code, "{}", body["name"]);
     }
     let good = json!({"name": "limits", "component": b64(&plugin_bytes("limits"))});
-    assert_eq!(app.post("/v1/admin/plugins", &good).await.status(), 401);
+    let client_key = app.post("/v1/admin/plugins", &good).await;
+    assert_eq!(client_key.status(), 403, "an API key, however scoped, is not the admin token");
+    assert_eq!(client_key.json::<Value>().await.unwrap()["error"]["code"], "scope_missing");
+    let none = app.client.post(app.url("/v1/admin/plugins")).json(&good).send().await.unwrap();
+    assert_eq!(none.status(), 401);
     let wrong = app.client.post(app.url("/v1/admin/plugins")).bearer_auth("not-the-token").json(&good).send().await.unwrap();
     assert_eq!(wrong.status(), 401);
     let in_query = app.client.post(app.url(&format!("/v1/admin/plugins?token={}", common::ADMIN_TOKEN))).json(&good).send().await.unwrap();
