@@ -4,14 +4,17 @@
 //! - `accounts`: account creation and the synchronous deposit/withdrawal path.
 //! - `queries`: reads (balances, a transfer with its history, an account's transfers).
 //! - `audit`: the invariants a correct ledger always satisfies, checked by queries.
+//! - `quarantine`: records the processor could neither apply nor dead-letter.
 
 mod accounts;
 pub mod audit;
 mod commit;
+mod quarantine;
 mod queries;
 
 pub use accounts::{AccountView, CreateAccountError, MoveError};
 pub use commit::{BatchResult, CommitItem, Committed, Disposition, Verdict};
+pub use quarantine::{KeptRecord, Quarantined};
 pub use queries::{HistoryEntry, TransferPage, TransferView};
 
 use sqlx::PgPool;
@@ -34,6 +37,30 @@ impl LedgerError {
             return false;
         };
         matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01"))
+    }
+
+    /// Errors caused by the values of the statement, which the same values
+    /// will cause again: a data exception (class 22: a time out of range, a
+    /// character the encoding cannot hold), an integrity violation (class
+    /// 23) that outlived `commit_batch`'s retries, a value past a program
+    /// limit (class 54), or a value that could not be encoded. Splitting the
+    /// batch finds the items that cause them; no other error is an item's fault.
+    pub fn is_data_dependent(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => {
+                db.code().as_deref().is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
+            }
+            Self::Database(sqlx::Error::Encode(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE, when PostgreSQL gave one.
+    pub fn sql_state(&self) -> Option<String> {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        }
     }
 
     /// Errors that mean the database is away for now (connection, pool
