@@ -69,6 +69,9 @@ pub struct Settings {
     pub batch_size_max: usize,
     /// How long the processor waits to fill a batch once it has one record.
     pub batch_wait_ms: u64,
+    /// How long records may wait with no batch finished before `/readyz`
+    /// reports the processor stalled (503) and `processor_healthy` turns 0.
+    pub processor_stall_limit_ms: u64,
     /// How long a submit waits for the broker's acknowledgement before 503.
     pub publish_timeout_ms: u64,
     pub request_body_bytes_max: usize,
@@ -120,6 +123,7 @@ impl Default for Settings {
             database_connections_max: 16,
             batch_size_max: 500,
             batch_wait_ms: 5,
+            processor_stall_limit_ms: 60_000,
             publish_timeout_ms: 5_000,
             request_body_bytes_max: 16 * 1024,
             description_chars_max: 280,

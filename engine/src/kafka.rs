@@ -42,13 +42,19 @@ pub async fn ensure_topics(brokers: &str, topic: &str, dlq_topic: &str, partitio
 
 /// An idempotent producer that waits for every in-sync replica (acks=all).
 pub fn producer(brokers: &str, delivery_timeout_ms: u64) -> Result<FutureProducer, KafkaError> {
-    client_config(brokers)
+    producer_config(brokers, delivery_timeout_ms).create()
+}
+
+/// The configuration `producer` creates, for a caller that needs to change a setting.
+pub fn producer_config(brokers: &str, delivery_timeout_ms: u64) -> ClientConfig {
+    let mut config = client_config(brokers);
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         // Submit latency matters more than batching efficiency at the API.
         .set("linger.ms", "1")
-        .set("message.timeout.ms", delivery_timeout_ms.to_string())
-        .create()
+        .set("message.timeout.ms", delivery_timeout_ms.to_string());
+    config
 }
 
 /// Sends one record and waits for the broker's acknowledgement.
@@ -199,12 +205,30 @@ pub fn record_headers(s: &Submission) -> Option<OwnedHeaders> {
     Some(OwnedHeaders::new().insert(Header { key: CLIENT_ID_HEADER, value: Some(&id) }))
 }
 
-/// The only schema version this engine writes and reads.
+/// The schema version this engine writes.
+///
+/// The versions are minor versions of one schema: a new version may only add
+/// optional fields, which older readers ignore. A processor reads the
+/// previous, its own and the next version, so during a rolling deploy (API
+/// and processors one release apart, in either order) no transfer that the
+/// API acknowledged is dead-lettered. A breaking change needs a new topic.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The versions this engine reads: its own and its neighbours (there is no version 0).
+pub const SCHEMA_VERSIONS_READ: std::ops::RangeInclusive<u32> =
+    if SCHEMA_VERSION > 1 { SCHEMA_VERSION - 1 } else { 1 }..=SCHEMA_VERSION + 1;
+
+/// The earliest and latest `submitted_at` a record may carry. Far wider than
+/// any real clock, and inside what PostgreSQL's `timestamptz` stores (4713 BC
+/// to 294276 AD): a time PostgreSQL refuses would fail its batch on every try.
+const SUBMITTED_AT_YEAR_MIN: i32 = 2000;
+const SUBMITTED_AT_YEAR_MAX: i32 = 9999;
+
 /// A transfer on the wire (JSON). Amounts are integer minor units.
+///
+/// Unknown fields are ignored (not refused): they are how the next minor
+/// version of the schema adds optional data (see `SCHEMA_VERSION`).
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TransferRecord {
     pub schema_version: u32,
     pub transfer_id: uuid::Uuid,
@@ -287,7 +311,7 @@ impl TransferRecord {
             schema_version: u32,
         }
         let version: Version = serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if version.schema_version != SCHEMA_VERSION {
+        if !SCHEMA_VERSIONS_READ.contains(&version.schema_version) {
             return Err(DecodeError::UnknownSchemaVersion(version.schema_version));
         }
         let record: TransferRecord = serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -300,6 +324,13 @@ impl TransferRecord {
             return Err(DecodeError::Invalid(format!("kind {} is not processed from the topic", self.kind.as_str())));
         }
         let currency = Currency::parse(&self.currency).map_err(|e| invalid(&e))?;
+        let year = chrono::Datelike::year(&self.submitted_at);
+        if !(SUBMITTED_AT_YEAR_MIN..=SUBMITTED_AT_YEAR_MAX).contains(&year) {
+            return Err(DecodeError::Invalid(format!(
+                "submitted_at {} is outside the years {SUBMITTED_AT_YEAR_MIN} to {SUBMITTED_AT_YEAR_MAX}",
+                self.submitted_at.to_rfc3339()
+            )));
+        }
         // PostgreSQL text cannot hold NUL: such a record would fail its batch on
         // every retry and stall the partition. The API refuses it too.
         if self.description.as_deref().is_some_and(|d| d.contains('\0')) {
@@ -361,12 +392,44 @@ mod tests {
     fn poison_records_are_refused_with_a_reason() {
         assert!(matches!(TransferRecord::decode(Some(b"not json"), None), Err(DecodeError::Malformed(_))));
         assert!(matches!(TransferRecord::decode(None, None), Err(DecodeError::Malformed(_))));
-        let future = br#"{"schema_version": 2, "anything": true}"#;
-        assert_eq!(TransferRecord::decode(Some(future), None), Err(DecodeError::UnknownSchemaVersion(2)));
+        let far_future = br#"{"schema_version": 3, "anything": true}"#;
+        assert_eq!(TransferRecord::decode(Some(far_future), None), Err(DecodeError::UnknownSchemaVersion(3)));
+        let ancient = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":5,"submitted_at":"-5000-01-01T00:00:00Z"}"#;
+        let refused = TransferRecord::decode(Some(ancient), None);
+        assert!(matches!(&refused, Err(DecodeError::Invalid(m)) if m.contains("submitted_at")), "{refused:?}");
         let negative = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":-5,"submitted_at":"2026-01-01T00:00:00Z"}"#;
         assert!(matches!(TransferRecord::decode(Some(negative), None), Err(DecodeError::Invalid(_))));
         let nul = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":5,"description":"rent\u0000","submitted_at":"2026-01-01T00:00:00Z"}"#;
         let refused = TransferRecord::decode(Some(nul), None);
         assert!(matches!(refused, Err(DecodeError::Invalid(_))), "{refused:?}");
+    }
+
+    /// A record as the next minor version may write it: a higher
+    /// `schema_version` and optional fields this release does not know.
+    const NEXT_VERSION_RECORD: &[u8] = br#"{"schema_version":2,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000002","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":500,"description":"rent","submitted_at":"2026-11-30T12:00:00Z","metadata":{"channel":"web"},"priority":"high"}"#;
+
+    /// A record exactly as the previous release (schema version 1) wrote it.
+    const PREVIOUS_RELEASE_RECORD: &[u8] = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000003","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":500,"original_amount_minor":null,"original_currency":null,"description":null,"submitted_at":"2026-11-30T12:00:00.123456Z"}"#;
+
+    #[test]
+    fn a_record_of_the_next_minor_version_is_read_and_its_unknown_fields_ignored() {
+        let submission = TransferRecord::decode(Some(NEXT_VERSION_RECORD), None).expect("the next minor version is read");
+        assert_eq!(submission.amount().map(Amount::minor), Some(500));
+        assert_eq!(submission.description.as_deref(), Some("rent"));
+    }
+
+    #[test]
+    fn a_record_written_by_the_previous_release_is_read() {
+        let submission = TransferRecord::decode(Some(PREVIOUS_RELEASE_RECORD), None).expect("the previous release's record is read");
+        assert_eq!(submission.sender, OwnerId::new(1).unwrap());
+        assert_eq!(submission.amount().map(Amount::minor), Some(500));
+    }
+
+    #[test]
+    fn the_versions_read_are_the_neighbours_of_the_version_written() {
+        assert!(SCHEMA_VERSIONS_READ.contains(&SCHEMA_VERSION));
+        assert!(SCHEMA_VERSIONS_READ.contains(&(SCHEMA_VERSION + 1)));
+        assert!(!SCHEMA_VERSIONS_READ.contains(&(SCHEMA_VERSION + 2)));
+        assert!(!SCHEMA_VERSIONS_READ.contains(&0));
     }
 }

@@ -7,6 +7,7 @@
 //! - `hooks`: description rules, currency conversion and validation.
 //! - `plugins`: the sandboxed WebAssembly plugins behind the hooks, and their registry.
 //! - `ledger`: PostgreSQL, the source of truth; `commit_batch` moves money.
+//! - `dead_letters`: the operator command for records the processor kept aside.
 //! - `cache`: Redis balance cache and versioned status view (never the truth).
 //! - `kafka`: client settings, topics, the record format.
 //! - `domain`: pure types: currencies, amounts, ids, rejections.
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod dead_letters;
 pub mod domain;
 pub mod hooks;
 pub mod kafka;

@@ -48,6 +48,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::PluginCommand,
     },
+    /// List the records the processor kept aside (dead-letter topic and
+    /// quarantine), and replay them onto their source topic.
+    DeadLetters {
+        #[command(subcommand)]
+        command: transfer_engine::dead_letters::DeadLetterCommand,
+    },
     /// Create, list and revoke API clients on a running engine.
     Clients {
         #[command(flatten)]
@@ -102,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Audit { json, acknowledged } => return audit(&settings, json, acknowledged.as_deref()).await,
         Command::Loadgen(args) => return loadgen::run(&settings, *args).await.map(drop),
+        Command::DeadLetters { command } => return transfer_engine::dead_letters::run(&settings, command).await,
         Command::Plugins { .. } | Command::Clients { .. } => unreachable!("handled above"),
     };
     let app = Application::build(settings, role).await?;

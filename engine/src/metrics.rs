@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::processor::watchdog::ProcessorState;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub method: String,
@@ -34,6 +36,10 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub commit_duration: Histogram,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// 1 while the processor runs and progresses; 0 when it is dead, stalled or stopped.
+    pub processor_healthy: Gauge,
+    /// Seconds since the processor last finished a batch while records waited (0 when healthy).
+    pub processor_stalled_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -52,13 +58,42 @@ impl Default for Metrics {
         registry.register("batch_size", "Records per processor batch", batch_size.clone());
         registry.register("commit_duration_seconds", "PostgreSQL batch commit latency", commit_duration.clone());
         registry.register("consumer_lag", "Records behind the partition's end after the last batch", consumer_lag.clone());
-        Self { registry, http_requests, http_request_duration, transfers, batch_size, commit_duration, consumer_lag }
+        let processor_healthy = Gauge::default();
+        let processor_stalled_seconds = Gauge::default();
+        registry.register("processor_healthy", "1 while the processor is alive and progressing", processor_healthy.clone());
+        registry.register(
+            "processor_stalled_seconds",
+            "How long records have waited with no batch finished (0 unless stalled)",
+            processor_stalled_seconds.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_request_duration,
+            transfers,
+            batch_size,
+            commit_duration,
+            consumer_lag,
+            processor_healthy,
+            processor_stalled_seconds,
+        }
     }
 }
 
 impl Metrics {
     pub fn count_outcome(&self, outcome: &'static str, n: u64) {
         self.transfers.get_or_create(&OutcomeLabels { outcome }).inc_by(n);
+    }
+
+    /// Sets the processor gauges from the watchdog's reading.
+    pub fn record_processor_state(&self, state: ProcessorState) {
+        let healthy = matches!(state, ProcessorState::Running);
+        self.processor_healthy.set(i64::from(healthy));
+        let stalled_s = match state {
+            ProcessorState::Stalled { since_progress_ms, .. } => i64::try_from(since_progress_ms / 1_000).unwrap_or(i64::MAX),
+            _ => 0,
+        };
+        self.processor_stalled_seconds.set(stalled_s);
     }
 
     pub fn encode(&self) -> String {

@@ -19,6 +19,7 @@ use crate::kafka;
 use crate::ledger::{self, Ledger};
 use crate::metrics::Metrics;
 use crate::plugins::{Registry, Sandbox};
+use crate::processor::watchdog::ProcessorHealth;
 use crate::processor::{self, Processor};
 
 /// Which parts of the engine this process runs.
@@ -81,7 +82,9 @@ impl Application {
         let (hooks, _) = watch::channel::<HookSet>(Arc::new(set));
         let metrics = Arc::new(Metrics::default());
         let clients = Arc::new(ClientStore::new(pool.clone(), Duration::from_millis(settings.client_cache_ttl_ms)));
-        let state = AppState { settings: Arc::new(settings), ledger: Ledger::new(pool), cache, publisher, metrics, plugins, clients };
+        let processor = ProcessorHealth::new(Duration::from_millis(settings.processor_stall_limit_ms));
+        let state =
+            AppState { settings: Arc::new(settings), ledger: Ledger::new(pool), cache, publisher, metrics, plugins, clients, processor };
         Ok(Self { listener, metrics_listener, state, role, hooks, plugin_generation })
     }
 
@@ -105,13 +108,18 @@ impl Application {
         let (stop, stopped) = watch::channel(false);
         let processor = if self.role != Role::Api {
             let consumer = processor::build_consumer(&self.state.settings).context("could not create the Kafka consumer")?;
+            let settings = &self.state.settings;
+            let dead_letter_publisher = kafka::Publisher::new(&settings.kafka_brokers, settings.publish_timeout_ms)
+                .context("could not create the dead-letter producer")?;
             let processor = Processor {
                 settings: self.state.settings.clone(),
                 ledger: self.state.ledger.clone(),
                 cache: self.state.cache.clone(),
                 metrics: self.state.metrics.clone(),
                 hooks: self.hooks.subscribe(),
-                publisher: self.state.publisher.clone(),
+                dead_letter_publisher,
+                dead_letter_topic: Default::default(),
+                health: self.state.processor.clone(),
             };
             let poll = Duration::from_millis(self.state.settings.plugin_poll_ms);
             tokio::spawn(self.state.plugins.clone().watch(self.hooks.clone(), self.plugin_generation, poll, stopped.clone()));

@@ -8,8 +8,6 @@
 //!   model of the API (the `*_may_succeed` functions) calls valid;
 //! - every route by hand with every unfit credential: its exact code, nothing
 //!   changed, and then the same request succeeds with a fit one;
-//! - poison Kafka records: dead-lettered with a reason, or rejected with a
-//!   code, and a later transfer on the same partition still completes;
 //! - admin routes refuse missing, wrong or misplaced admin tokens with 401
 //!   and change nothing.
 //!
@@ -25,23 +23,17 @@ use std::fmt;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{ADMIN_TOKEN, TestApp, assert_audit_passes, create_client, eur, owner, plugin_bytes, test_settings};
+use common::{ADMIN_TOKEN, TestApp, assert_audit_passes, create_client, plugin_bytes, test_settings};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
-use rdkafka::producer::FutureRecord;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::runtime::Runtime;
 use transfer_engine::auth::Scope;
-use transfer_engine::domain::TransferId;
-use transfer_engine::kafka;
 use transfer_engine::startup::Role;
 
 // ---------------------------------------------------------------------------
@@ -1919,207 +1911,7 @@ fn every_route_refuses_unfit_credentials_with_exact_codes_and_no_change_then_ser
 }
 
 // ---------------------------------------------------------------------------
-// 3. Poison records on the engine's topic.
-// ---------------------------------------------------------------------------
-
-/// A schema-1 transfer record from 1 to 2 (EUR 1.00) with `changes` applied (null removes a field).
-fn record(changes: Value) -> Vec<u8> {
-    let mut record = json!({
-        "schema_version": 1,
-        "transfer_id": uuid::Uuid::new_v4(),
-        "kind": "transfer",
-        "sender_id": 1,
-        "receiver_id": 2,
-        "currency": "EUR",
-        "amount_minor": 100,
-        "submitted_at": "2026-01-01T00:00:00Z",
-    });
-    for (key, value) in changes.as_object().unwrap() {
-        if value.is_null() {
-            record.as_object_mut().unwrap().remove(key);
-        } else {
-            record[key] = value.clone();
-        }
-    }
-    serde_json::to_vec(&record).unwrap()
-}
-
-/// A decodable record and the id to find it by in the ledger.
-fn decodable(changes: Value) -> (uuid::Uuid, Vec<u8>) {
-    let id = uuid::Uuid::new_v4();
-    let mut changes = changes;
-    changes["transfer_id"] = json!(id);
-    (id, record(changes))
-}
-
-/// Reads `<topic>.dlq` until `count` dead letters arrived, then makes sure no
-/// more follow. Returns (payload, `dlq.reason`, `dlq.source.topic`, `dlq.source.partition`).
-async fn dead_letters(app: &TestApp, count: usize) -> Vec<(Vec<u8>, String, String, String)> {
-    let dlq: StreamConsumer = kafka::client_config(&app.settings.kafka_brokers)
-        .set("group.id", format!("dlq-reader-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    // Assigned, not subscribed: no group to join, so the letters arrive at once.
-    // The dead-letter topic has one partition (`kafka::ensure_topics`).
-    let mut partitions = TopicPartitionList::new();
-    partitions.add_partition_offset(&app.settings.dlq_topic(), 0, Offset::Beginning).unwrap();
-    dlq.assign(&partitions).unwrap();
-    let mut letters = Vec::new();
-    while letters.len() < count {
-        let m = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} dead letters arrived: {letters:?}", letters.len()))
-            .unwrap();
-        let headers = m.headers().expect("dead letters carry headers");
-        let header = |key: &str| {
-            headers.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
-        };
-        letters.push((
-            m.payload().unwrap_or_default().to_vec(),
-            header("dlq.reason"),
-            header("dlq.source.topic"),
-            header("dlq.source.partition"),
-        ));
-    }
-    let extra = tokio::time::timeout(Duration::from_secs(2), dlq.recv()).await;
-    assert!(extra.is_err(), "more dead letters than poison records: {:?}", extra.map(|m| m.map(|m| m.detach())));
-    // Dropping a consumer blocks (it leaves the group): off the async workers.
-    tokio::task::spawn_blocking(move || drop(dlq)).await.unwrap();
-    letters
-}
-
-#[tokio::test]
-async fn poison_records_are_dead_lettered_or_rejected_and_a_later_transfer_on_their_partition_completes() {
-    let app = TestApp::spawn().await;
-    app.open_account(1, "EUR", "10.00").await;
-    app.open_account(2, "EUR", "0").await;
-    let producer = kafka::producer(&app.settings.kafka_brokers, 10_000).unwrap();
-    let topic = &app.settings.topic;
-    // The key the API gives sender 1's EUR transfers: every record below lands
-    // on the partition the final, valid transfer uses.
-    let key = kafka::record_key(owner(1), eur());
-
-    // Records that cannot become a transfer: dead-lettered, with the reason's code first.
-    let undecodable: Vec<(Vec<u8>, &str)> = vec![
-        (b"{not json".to_vec(), "malformed"),
-        (Vec::new(), "malformed"),
-        (vec![0xff, 0xfe, 0x00, 0x01, 0x80], "malformed"),
-        (b"[1, 2, 3]".to_vec(), "malformed"),
-        (br#"{"schema_version": 99}"#.to_vec(), "unknown_schema_version"),
-        (record(json!({"schema_version": 2, "amount_minor": "lots"})), "unknown_schema_version"),
-        (record(json!({"schema_version": "1"})), "malformed"),
-        (record(json!({"schema_version": -1})), "malformed"),
-        (record(json!({"surprise": true})), "malformed"),
-        (record(json!({"submitted_at": null})), "malformed"),
-        (record(json!({"transfer_id": "not-a-uuid"})), "malformed"),
-        (record(json!({"description": 12})), "malformed"),
-        (record(json!({"amount_minor": 18_446_744_073_709_551_615u64})), "malformed"),
-        (record(json!({"amount_minor": 1e300})), "malformed"),
-        (record(json!({"sender_id": 99_999_999_999_999_999_999_999_999_999.0})), "malformed"),
-        (record(json!({"amount_minor": -5})), "invalid"),
-        (record(json!({"amount_minor": 0})), "invalid"),
-        (record(json!({"amount_minor": i64::MIN})), "invalid"),
-        (record(json!({"currency": "XYZ"})), "invalid"),
-        (record(json!({"currency": "eur"})), "invalid"),
-        (record(json!({"currency": "XAU"})), "invalid"),
-        (record(json!({"sender_id": 0})), "invalid"),
-        (record(json!({"receiver_id": -2})), "invalid"),
-        (record(json!({"kind": "deposit"})), "invalid"),
-        (record(json!({"amount_minor": null})), "invalid"),
-        (record(json!({"original_amount_minor": 100, "original_currency": "USD"})), "invalid"),
-    ];
-    for (payload, _) in &undecodable {
-        kafka::publish(&producer, topic, &key, payload, None).await.unwrap();
-    }
-    // A record with no payload at all (a tombstone).
-    producer.send(FutureRecord::<str, [u8]>::to(topic).key(&key), Duration::from_secs(0)).await.map_err(|(e, _)| e).unwrap();
-
-    // Records that decode but break a business rule: rejected, with the rule's code.
-    let breaking: Vec<((uuid::Uuid, Vec<u8>), &str)> = vec![
-        (decodable(json!({"receiver_id": 999})), "account_not_found"),
-        (decodable(json!({"sender_id": 998, "receiver_id": 999})), "account_not_found"),
-        (decodable(json!({"currency": "JPY"})), "account_not_found"),
-        (decodable(json!({"receiver_id": 1})), "accounts_must_be_different"),
-        (decodable(json!({"amount_minor": i64::MAX})), "insufficient_funds"),
-        (decodable(json!({"amount_minor": 1_001})), "insufficient_funds"),
-        (decodable(json!({"amount_minor": null, "original_amount_minor": 100, "original_currency": "USD"})), "conversion_unavailable"),
-    ];
-    for ((_, payload), _) in &breaking {
-        kafka::publish(&producer, topic, &key, payload, None).await.unwrap();
-    }
-
-    // Then a valid transfer through the API, on the same key.
-    let r = app.post("/v1/transfers", &json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR"})).await;
-    assert_eq!(r.status(), 202);
-    let accepted: Value = r.json().await.unwrap();
-    let done = app.wait_final(accepted["transfer_id"].as_str().unwrap()).await;
-    assert_eq!(done["status"], "completed", "the partition stuck behind the poison records: {done}");
-
-    for ((id, _), code) in &breaking {
-        let stored = app.ledger().transfer(TransferId(*id)).await.unwrap().unwrap_or_else(|| panic!("{id} ({code}) is in the ledger"));
-        assert_eq!(stored.status.as_str(), "rejected", "{id}");
-        assert_eq!(stored.reason.as_ref().map(|r| r.code.as_str()), Some(*code), "{id}");
-    }
-
-    let letters = dead_letters(&app, undecodable.len() + 1).await;
-    eprintln!("bad_input: poison records: {} dead-lettered, {} rejected", letters.len(), breaking.len());
-    let partitions: BTreeSet<&str> = letters.iter().map(|(_, _, _, partition)| partition.as_str()).collect();
-    assert_eq!(partitions.len(), 1, "one partition: {partitions:?}");
-    assert!(letters.iter().all(|(_, _, source, _)| source == topic), "{letters:?}");
-    // (payload, the reason's code): the same multiset as what was produced.
-    let mut expected: Vec<(Vec<u8>, String)> = undecodable.iter().map(|(p, code)| (p.clone(), code.to_string())).collect();
-    expected.push((Vec::new(), "malformed".into()));
-    expected.sort();
-    let mut got: Vec<(Vec<u8>, String)> = letters
-        .iter()
-        .map(|(payload, reason, _, _)| {
-            let (code, detail) = reason.split_once(": ").unwrap_or_else(|| panic!("a reason is `code: detail`: {reason:?}"));
-            assert!(!detail.is_empty(), "{reason:?}");
-            (payload.clone(), code.to_owned())
-        })
-        .collect();
-    got.sort();
-    let show =
-        |v: &[(Vec<u8>, String)]| v.iter().map(|(p, c)| format!("{c}: {}", String::from_utf8_lossy(p))).collect::<Vec<_>>().join("\n");
-    assert_eq!(show(&got), show(&expected));
-
-    // Only the valid transfer moved money.
-    let balance = |owner: i64| {
-        let app = &app;
-        async move { app.get(&format!("/v1/accounts/{owner}/EUR")).await.json::<Value>().await.unwrap()["balance_minor"].as_i64().unwrap() }
-    };
-    assert_eq!((balance(1).await, balance(2).await), (900, 100));
-    assert_audit_passes(&app.ledger()).await;
-    app.stop().await;
-}
-
-/// PostgreSQL cannot store NUL in text: a record whose description holds one
-/// would fail its batch's commit on every retry and stop the partition. The
-/// API refuses such descriptions (`description_invalid`), and decoding refuses
-/// records from anything else, so they go to the dead-letter topic.
-#[tokio::test]
-async fn a_record_whose_description_holds_nul_does_not_stall_its_partition() {
-    let app = TestApp::spawn().await;
-    app.open_account(1, "EUR", "10.00").await;
-    app.open_account(2, "EUR", "0").await;
-    let producer = kafka::producer(&app.settings.kafka_brokers, 10_000).unwrap();
-    let key = kafka::record_key(owner(1), eur());
-    let (id, payload) = decodable(json!({"description": "rent\u{0}"}));
-    kafka::publish(&producer, &app.settings.topic, &key, &payload, None).await.unwrap();
-    let r = app.post("/v1/transfers", &json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR"})).await;
-    let accepted: Value = r.json().await.unwrap();
-    assert_eq!(app.wait_final(accepted["transfer_id"].as_str().unwrap()).await["status"], "completed");
-    let stored = app.ledger().transfer(TransferId(id)).await.unwrap();
-    assert!(stored.is_none(), "a record with NUL in its description must not reach the ledger");
-    let letters = dead_letters(&app, 1).await;
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_audit_passes(&app.ledger()).await;
-    app.stop().await;
-}
-
-// ---------------------------------------------------------------------------
-// 4. Admin credentials.
+// 3. Admin credentials.
 // ---------------------------------------------------------------------------
 
 /// A way to present (or not) the admin token: what it is, the headers it

@@ -49,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub plugins: Arc<crate::plugins::Registry>,
     pub clients: Arc<ClientStore>,
+    /// Whether this process's processor is alive and progressing (`/readyz`).
+    pub processor: Arc<crate::processor::watchdog::ProcessorHealth>,
 }
 
 /// What an HTTP listener serves.

@@ -3,16 +3,27 @@
 //! status and balance cache -> Kafka offsets.
 //!
 //! Offsets are *stored* only after the transaction that covers them has
-//! committed (and dead letters are acknowledged); librdkafka then commits
-//! stored offsets asynchronously. A crash anywhere before that re-delivers
-//! the batch, and the ledger's idempotency makes the replay change nothing.
+//! committed (and dead letters are kept); librdkafka then commits stored
+//! offsets asynchronously. A crash anywhere before that re-delivers the
+//! batch, and the ledger's idempotency makes the replay change nothing.
+//!
+//! - `isolate`: a batch PostgreSQL refuses for one item's values is split
+//!   until the item is found; the rest commits.
+//! - `dead_letters`: records that cannot be applied go to the dead-letter
+//!   topic, or to PostgreSQL's quarantine when the topic refuses them.
+//! - `watchdog`: whether the processor is alive and progressing (`/readyz`).
+//! - `consumer`: the rdkafka consumer.
 
 mod consumer;
+mod dead_letters;
+mod isolate;
+pub mod watchdog;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use futures::StreamExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -21,10 +32,14 @@ use tracing::{debug, info, warn};
 
 use consumer::EngineConsumer;
 pub use consumer::build_consumer;
+use dead_letters::{DeadLetter, DeadLetterTopicState};
+pub use isolate::UNSTORABLE_CODE;
+use watchdog::ProcessorHealth;
 
 use crate::cache::{self, Cache};
 use crate::config::Settings;
 use crate::domain::Submission;
+use crate::domain::TransferId;
 use crate::hooks::{self, HookSet};
 use crate::kafka::{self, TransferRecord};
 use crate::ledger::{BatchResult, CommitItem, Disposition, Ledger, LedgerError};
@@ -36,8 +51,11 @@ const RETRY_BACKOFF_FIRST_MS: u64 = 100;
 const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
 /// Pause after a consumer error before reading on.
 const CONSUMER_ERROR_PAUSE_MS: u64 = 50;
-/// How often consumer lag is measured.
+/// How often consumer lag is measured (more often when the stall limit is short).
 const LAG_INTERVAL_MS: u64 = 5_000;
+const LAG_INTERVAL_MS_MIN: u64 = 100;
+/// PostgreSQL reads at once when a replayed batch refreshes Redis.
+const REFRESH_READS_CONCURRENT_MAX: usize = 4;
 
 pub struct Processor {
     pub settings: Arc<Settings>,
@@ -47,29 +65,27 @@ pub struct Processor {
     /// The current hook set; a new value is picked up between batches, so a
     /// batch always runs on exactly one set.
     pub hooks: watch::Receiver<HookSet>,
-    /// For dead letters.
-    pub publisher: kafka::Publisher,
-}
-
-/// A record that could not become a submission, bound for `<topic>.dlq`.
-struct DeadLetter {
-    reason: String,
-    message: OwnedMessage,
+    /// For dead letters: the processor's own producer, so that a dead-letter
+    /// topic refusing records never marks the API's producer failing.
+    pub dead_letter_publisher: kafka::Publisher,
+    pub dead_letter_topic: DeadLetterTopicState,
+    pub health: Arc<ProcessorHealth>,
 }
 
 /// A batch decoded and run through the hooks, ready to commit.
 struct PreparedBatch {
     batch: Vec<OwnedMessage>,
     items: Vec<CommitItem>,
+    /// For each item, the index in `batch` of the record it came from.
+    sources: Vec<usize>,
     dead: Vec<DeadLetter>,
 }
 
-/// A batch whose transaction has committed (and dead letters are acknowledged).
+/// A batch whose transactions have committed (and dead letters are kept).
 struct CommittedBatch {
     batch: Vec<OwnedMessage>,
     items: Vec<CommitItem>,
     result: BatchResult,
-    dead_letters: usize,
 }
 
 impl Processor {
@@ -85,9 +101,11 @@ impl Processor {
     /// in order and only after the transaction that covers them. If a stage
     /// stops (shutdown during a retry), no later batch reaches the next one.
     pub async fn run(self, consumer: EngineConsumer, shutdown: watch::Receiver<bool>) {
+        let _alive = self.health.started();
         let consumer = Arc::new(consumer);
         let this = Arc::new(self);
-        let lag_task = tokio::spawn(measure_lag(consumer.clone(), this.metrics.clone(), shutdown.clone()));
+        let lag_interval = Duration::from_millis(LAG_INTERVAL_MS.min(this.settings.processor_stall_limit_ms / 4).max(LAG_INTERVAL_MS_MIN));
+        let lag_task = tokio::spawn(measure_lag(consumer.clone(), this.clone(), lag_interval, shutdown.clone()));
         info!(topic = %this.settings.topic, group = %this.settings.consumer_group, "Processor started.");
         let (to_commit, mut committing) = mpsc::channel::<PreparedBatch>(1);
         let (to_finish, mut finishing) = mpsc::channel::<CommittedBatch>(1);
@@ -112,7 +130,10 @@ impl Processor {
                 }
             }
         });
-        this.prepare_until_stopped(&consumer, to_commit, shutdown).await;
+        this.prepare_until_stopped(&consumer, to_commit, shutdown.clone()).await;
+        if *shutdown.borrow() {
+            this.health.stopping();
+        }
         // The committer drains what was handed to it (or stops at shutdown
         // during a retry), then the finisher drains what was committed.
         let _ = committer.await;
@@ -171,12 +192,17 @@ impl Processor {
     /// Decodes a batch (undecodable records become dead letters) and runs the hooks.
     async fn prepare(&self, batch: Vec<OwnedMessage>) -> PreparedBatch {
         self.metrics.batch_size.observe(batch.len() as f64);
+        self.health.received(batch.len());
         let mut submissions = Vec::with_capacity(batch.len());
+        let mut sources = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
-        for message in &batch {
+        for (index, message) in batch.iter().enumerate() {
             let client_id = message.headers().and_then(|h| h.iter().find(|h| h.key == kafka::CLIENT_ID_HEADER)).and_then(|h| h.value);
             match TransferRecord::decode(message.payload(), client_id) {
-                Ok(s) => submissions.push(s),
+                Ok(s) => {
+                    submissions.push(s);
+                    sources.push(index);
+                }
                 Err(e) => dead.push(DeadLetter { reason: format!("{}: {e}", e.code()), message: message.clone() }),
             }
         }
@@ -185,73 +211,37 @@ impl Processor {
         let items = tokio::task::spawn_blocking(move || submissions.into_iter().map(|s| commit_item(&*hooks, s)).collect::<Vec<_>>())
             .await
             .expect("commit_item contains panics");
-        PreparedBatch { batch, items, dead }
+        PreparedBatch { batch, items, sources, dead }
     }
 
-    /// Commits a prepared batch and publishes its dead letters. None if
-    /// shutdown interrupted it (the batch will be redelivered).
+    /// Commits a prepared batch (isolating items PostgreSQL refuses) and
+    /// keeps its dead letters. None if shutdown interrupted it (the batch
+    /// will be redelivered).
     async fn commit(&self, prepared: PreparedBatch, shutdown: &mut watch::Receiver<bool>) -> Option<CommittedBatch> {
-        let PreparedBatch { batch, items, dead } = prepared;
-        let result = self.commit_with_retry(&items, shutdown).await?;
+        let PreparedBatch { batch, items, sources, mut dead } = prepared;
+        let isolated = self.commit_isolating(items, shutdown).await?;
+        for (index, reason) in isolated.poison {
+            dead.push(DeadLetter { reason, message: batch[sources[index]].clone() });
+        }
         for letter in &dead {
-            if !self.dead_letter(letter, shutdown).await {
+            if !self.keep_dead_letter(letter, shutdown).await {
                 return None;
             }
         }
-        Some(CommittedBatch { batch, items, result, dead_letters: dead.len() })
+        Some(CommittedBatch { batch, items: isolated.items, result: isolated.result })
     }
 
     /// Updates Redis, counts outcomes, then stores the batch's offsets.
     async fn finish(&self, consumer: &EngineConsumer, committed: CommittedBatch) {
         self.update_cache(&committed.items, &committed.result).await;
-        self.count(&committed.result, committed.dead_letters);
+        self.count(&committed.result);
         store_offsets(consumer, &committed.batch);
-    }
-
-    async fn commit_with_retry(&self, items: &[CommitItem], shutdown: &mut watch::Receiver<bool>) -> Option<BatchResult> {
-        let mut failures = 0;
-        loop {
-            let started = Instant::now();
-            match self.ledger.commit_batch(items).await {
-                Ok(result) => {
-                    self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
-                    return Some(result);
-                }
-                Err(e) => {
-                    failures += 1;
-                    log_commit_failure(&e, failures);
-                    if wait_or_stop(backoff(failures), shutdown).await {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Publishes a dead letter, retrying while the broker is away.
-    async fn dead_letter(&self, letter: &DeadLetter, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let m = &letter.message;
-        warn!(partition = m.partition(), offset = m.offset(), reason = %letter.reason, "Record sent to the dead-letter topic.");
-        let headers = kafka::dlq_headers(&letter.reason, m.topic(), m.partition(), m.offset());
-        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-        let dlq = self.settings.dlq_topic();
-        let mut failures = 0;
-        loop {
-            match self.publisher.publish(&dlq, &key, m.payload().unwrap_or_default(), Some(headers.clone())).await {
-                Ok(()) => return true,
-                Err(e) => {
-                    failures += 1;
-                    warn!(error = %e, failures, "Dead letter not acknowledged; retrying.");
-                    if wait_or_stop(backoff(failures), shutdown).await {
-                        return false;
-                    }
-                }
-            }
-        }
+        self.health.finished(committed.batch.len());
     }
 
     /// Writes new statuses and balances to Redis. Best effort: PostgreSQL has them.
     async fn update_cache(&self, items: &[CommitItem], result: &BatchResult) {
+        self.refresh_duplicates(items, result).await;
         let statuses: Vec<_> = items
             .iter()
             .zip(&result.outcomes)
@@ -270,7 +260,52 @@ impl Processor {
         }
     }
 
-    fn count(&self, result: &BatchResult, dead_letters: usize) {
+    /// Rewrites Redis from PostgreSQL for the transfers of this batch the
+    /// ledger already held. A crash between a commit and its Redis write
+    /// leaves Redis saying `initiated` and the old balances; the redelivered
+    /// batch is all duplicates, and without this a client's retry would be
+    /// told `initiated` until the entry expired.
+    async fn refresh_duplicates(&self, items: &[CommitItem], result: &BatchResult) {
+        let ids: Vec<TransferId> =
+            result.outcomes.iter().filter(|c| c.disposition == Disposition::Duplicate).map(|c| c.transfer_id).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut accounts: Vec<_> = items
+            .iter()
+            .zip(&result.outcomes)
+            .filter(|(_, c)| c.disposition == Disposition::Duplicate)
+            .flat_map(|(item, _)| {
+                [(item.submission.sender, item.submission.currency), (item.submission.receiver, item.submission.currency)]
+            })
+            .collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        let ledger = &self.ledger;
+        let statuses: Vec<_> = futures::stream::iter(ids)
+            .map(|id| async move { ledger.transfer(id).await })
+            .buffer_unordered(REFRESH_READS_CONCURRENT_MAX)
+            .filter_map(|read| async move {
+                let view = TransferStatusView::from_ledger(&read.ok()??);
+                serde_json::to_string(&view).ok().map(|body| (TransferId(view.transfer_id), i64::from(view.version), body))
+            })
+            .collect()
+            .await;
+        let balances: Vec<_> = futures::stream::iter(accounts)
+            .map(|(owner, currency)| async move { ledger.account(owner, currency).await })
+            .buffer_unordered(REFRESH_READS_CONCURRENT_MAX)
+            .filter_map(|read| async move { read.ok().flatten() })
+            .collect()
+            .await;
+        if let Err(e) = self.cache.put_statuses(&statuses).await {
+            cache::warn_unavailable(&e, "status refresh");
+        }
+        if let Err(e) = self.cache.put_accounts(&balances).await {
+            cache::warn_unavailable(&e, "balance refresh");
+        }
+    }
+
+    fn count(&self, result: &BatchResult) {
         let mut counts: HashMap<&'static str, u64> = HashMap::new();
         for c in &result.outcomes {
             let outcome = match (c.disposition, c.status) {
@@ -280,13 +315,10 @@ impl Processor {
             };
             *counts.entry(outcome).or_default() += 1;
         }
-        if dead_letters > 0 {
-            counts.insert("dead_lettered", dead_letters as u64);
-        }
         for (outcome, n) in counts {
             self.metrics.count_outcome(outcome, n);
         }
-        debug!(transfers = result.outcomes.len(), dead_letters, "Batch committed.");
+        debug!(transfers = result.outcomes.len(), "Batch committed.");
     }
 }
 
@@ -365,17 +397,19 @@ fn log_commit_failure(e: &LedgerError, failures: u32) {
     }
 }
 
-/// Publishes records-behind-end per assigned partition as a gauge.
-async fn measure_lag(consumer: Arc<EngineConsumer>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+/// Publishes records-behind-end per assigned partition as a gauge, and
+/// tells the watchdog (with the processor's state as gauges).
+async fn measure_lag(consumer: Arc<EngineConsumer>, this: Arc<Processor>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let metrics = this.metrics.clone();
     loop {
-        if wait_or_stop(Duration::from_millis(LAG_INTERVAL_MS), &mut shutdown).await {
+        if wait_or_stop(interval, &mut shutdown).await {
             return;
         }
         let consumer = consumer.clone();
         let measured = tokio::task::spawn_blocking(move || {
             let mut lags = Vec::new();
             let Ok(position) = consumer.position() else {
-                return lags;
+                return None;
             };
             for element in position.elements() {
                 let Some(at) = element.offset().to_raw() else {
@@ -385,12 +419,19 @@ async fn measure_lag(consumer: Arc<EngineConsumer>, metrics: Arc<Metrics>, mut s
                     lags.push((element.partition(), (high - at.max(0)).max(0)));
                 }
             }
-            lags
+            Some(lags)
         })
         .await;
-        for (partition, lag) in measured.unwrap_or_default() {
+        // Unknown (the consumer could not say) is not zero; no partitions assigned is.
+        let Ok(Some(measured)) = measured else {
+            metrics.record_processor_state(this.health.state());
+            continue;
+        };
+        this.health.lag_measured(measured.iter().map(|(_, lag)| *lag).sum());
+        for (partition, lag) in measured {
             metrics.consumer_lag.get_or_create(&PartitionLabels { partition }).set(lag);
         }
+        metrics.record_processor_state(this.health.state());
     }
 }
 
