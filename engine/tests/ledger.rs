@@ -256,3 +256,48 @@ proptest! {
         });
     }
 }
+
+/// The audit reads the ledger in chunks, each in its own short snapshot: a
+/// violation anywhere (here in the first and the last transfer by id, and in
+/// one account) is found whatever the chunk boundaries, and a sound ledger
+/// passes with chunks of any size.
+#[tokio::test]
+async fn the_audit_in_small_chunks_finds_violations_at_every_chunk_boundary() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    seed(&ledger, 1..=6, eur(), 1_000).await;
+    let items: Vec<CommitItem> = (0..25).map(|i| new_transfer(1 + i % 6, 1 + (i + 1) % 6, 1 + i)).collect();
+    ledger.commit_batch(&items).await.unwrap();
+    for rows_per_chunk in [1, 2, 7, 10_000] {
+        let report = ledger.audit_in_chunks(rows_per_chunk).await.unwrap();
+        assert!(report.passed(), "chunks of {rows_per_chunk}: {report:?}");
+    }
+
+    let (first, last): (uuid::Uuid, uuid::Uuid) = sqlx::query_as(
+        "SELECT (SELECT transfer_id FROM transfers ORDER BY transfer_id LIMIT 1),
+                (SELECT transfer_id FROM transfers ORDER BY transfer_id DESC LIMIT 1)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE transfers SET status = 'initiated' WHERE transfer_id IN ($1, $2)")
+        .bind(first)
+        .bind(last)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE accounts SET balance_minor = balance_minor + 1 WHERE account_id = (SELECT max(account_id) FROM accounts)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for rows_per_chunk in [1, 2, 7, 10_000] {
+        let report = ledger.audit_in_chunks(rows_per_chunk).await.unwrap();
+        let found = |name: &str| report.checks.iter().find(|c| c.name == name).map(|c| c.violations.clone()).unwrap_or_default();
+        let not_final = found("every_recorded_transfer_is_final");
+        assert_eq!(not_final.len(), 2, "chunks of {rows_per_chunk}: {not_final:?}");
+        assert!(not_final.contains(&first.to_string()) && not_final.contains(&last.to_string()), "{not_final:?}");
+        assert_eq!(found("each_balance_equals_the_sum_of_its_entries").len(), 1, "chunks of {rows_per_chunk}");
+        assert_eq!(found("balances_of_each_currency_sum_to_zero").len(), 1, "chunks of {rows_per_chunk}");
+    }
+    db.drop_database().await;
+}

@@ -1,5 +1,5 @@
-//! The ledger's invariants, each checked by one query over the whole ledger.
-//! Used by the tests after every scenario and by `transfer-engine audit`.
+//! The ledger's invariants, checked by queries over bounded chunks of the
+//! ledger. Used by the tests after every scenario and by `transfer-engine audit`.
 
 use std::collections::HashMap;
 
@@ -34,32 +34,33 @@ impl AuditReport {
 
 const VIOLATIONS_SHOWN_MAX: i64 = 20;
 
-/// (name, query returning one text column per violation).
-const CHECKS: &[(&str, &str)] = &[
+/// Transfers (and accounts) per chunk: each chunk is checked in its own
+/// short read-only snapshot, so the audit never holds one snapshot over
+/// whole tables (which would stop vacuum on the hottest table for its whole
+/// duration, and grows with the ledger).
+const AUDIT_ROWS_PER_CHUNK: i64 = 10_000;
+
+/// Invariants of single transfers, checked per chunk of transfer ids: `$1`
+/// and `$2` bound the chunk (`transfer_id > $1 AND transfer_id <= $2`). A
+/// transfer, its entries and its history are written in one transaction, so
+/// each chunk's snapshot sees every transfer whole or not at all.
+const TRANSFER_CHECKS: &[(&str, &str)] = &[
     (
         "entries_of_each_transfer_sum_to_zero",
-        "SELECT transfer_id::text FROM ledger_entries GROUP BY transfer_id HAVING sum(amount_minor) <> 0 OR count(*) <> 2",
+        "SELECT transfer_id::text FROM ledger_entries WHERE transfer_id > $1 AND transfer_id <= $2
+          GROUP BY transfer_id HAVING sum(amount_minor) <> 0 OR count(*) <> 2",
     ),
     (
         "completed_transfers_and_only_they_have_entries",
         "SELECT t.transfer_id::text || ' ' || t.status FROM transfers t
-          WHERE (t.status = 'completed') <> EXISTS (SELECT 1 FROM ledger_entries e WHERE e.transfer_id = t.transfer_id)",
+          WHERE t.transfer_id > $1 AND t.transfer_id <= $2
+            AND (t.status = 'completed') <> EXISTS (SELECT 1 FROM ledger_entries e WHERE e.transfer_id = t.transfer_id)",
     ),
-    (
-        "each_balance_equals_the_sum_of_its_entries",
-        "SELECT a.account_id::text || ' balance ' || a.balance_minor || ' entries ' || coalesce(e.total, 0) FROM accounts a
-           LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM ledger_entries GROUP BY account_id) e USING (account_id)
-          WHERE a.balance_minor <> coalesce(e.total, 0)",
-    ),
-    (
-        "balances_of_each_currency_sum_to_zero",
-        "SELECT currency || ' ' || sum(balance_minor) FROM accounts GROUP BY currency HAVING sum(balance_minor) <> 0",
-    ),
-    ("no_balance_under_its_floor", "SELECT account_id::text FROM accounts WHERE balance_minor < floor_minor"),
     (
         "status_versions_rise_by_one_from_initiated",
         "SELECT t.transfer_id::text FROM transfers t
-           JOIN (SELECT transfer_id, count(*) AS n, max(version) AS top, min(version) AS bottom FROM transfer_status_history GROUP BY transfer_id) h
+           JOIN (SELECT transfer_id, count(*) AS n, max(version) AS top, min(version) AS bottom FROM transfer_status_history
+                  WHERE transfer_id > $1 AND transfer_id <= $2 GROUP BY transfer_id) h
              USING (transfer_id)
           WHERE h.n <> h.top OR h.bottom <> 1 OR h.top <> t.status_version
              OR NOT EXISTS (SELECT 1 FROM transfer_status_history x WHERE x.transfer_id = t.transfer_id AND x.version = 1 AND x.status = 'initiated')
@@ -67,28 +68,132 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "every_transfer_has_a_status_history",
-        "SELECT t.transfer_id::text FROM transfers t WHERE NOT EXISTS (SELECT 1 FROM transfer_status_history h WHERE h.transfer_id = t.transfer_id)",
+        "SELECT t.transfer_id::text FROM transfers t WHERE t.transfer_id > $1 AND t.transfer_id <= $2
+            AND NOT EXISTS (SELECT 1 FROM transfer_status_history h WHERE h.transfer_id = t.transfer_id)",
     ),
-    ("every_recorded_transfer_is_final", "SELECT transfer_id::text FROM transfers WHERE status = 'initiated'"),
+    (
+        "every_recorded_transfer_is_final",
+        "SELECT transfer_id::text FROM transfers WHERE transfer_id > $1 AND transfer_id <= $2 AND status = 'initiated'",
+    ),
 ];
 
+/// Invariants of single accounts, per chunk of account ids (`$1`, `$2` as
+/// above). A balance and the entries that move it are written in one
+/// transaction, so a chunk's snapshot sees them agree.
+const ACCOUNT_CHECKS: &[(&str, &str)] = &[
+    (
+        "each_balance_equals_the_sum_of_its_entries",
+        "SELECT a.account_id::text || ' balance ' || a.balance_minor || ' entries ' || coalesce(e.total, 0) FROM accounts a
+           LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM ledger_entries
+                       WHERE account_id > $1 AND account_id <= $2 GROUP BY account_id) e USING (account_id)
+          WHERE a.account_id > $1 AND a.account_id <= $2 AND a.balance_minor <> coalesce(e.total, 0)",
+    ),
+    (
+        "no_balance_under_its_floor",
+        "SELECT account_id::text FROM accounts WHERE account_id > $1 AND account_id <= $2 AND balance_minor < floor_minor",
+    ),
+];
+
+/// Conservation needs every account of a currency at one instant: one
+/// statement (its own snapshot) over `accounts`, which holds one row per
+/// (owner, currency) and stays far smaller than the transfers.
+const CURRENCY_CHECK: (&str, &str) = (
+    "balances_of_each_currency_sum_to_zero",
+    "SELECT currency || ' ' || sum(balance_minor) FROM accounts GROUP BY currency HAVING sum(balance_minor) <> 0",
+);
+
+/// A chunk's upper bound: the key `AUDIT_ROWS_PER_CHUNK` rows after `after`,
+/// or None when fewer rows remain (the last chunk is open-ended).
+const TRANSFER_CHUNK_END: &str = "SELECT transfer_id FROM transfers WHERE transfer_id > $1 ORDER BY transfer_id OFFSET $2 LIMIT 1";
+const ACCOUNT_CHUNK_END: &str = "SELECT account_id FROM accounts WHERE account_id > $1 ORDER BY account_id OFFSET $2 LIMIT 1";
+
+/// The violations found so far, per check, capped at `VIOLATIONS_SHOWN_MAX`.
+struct Findings(Vec<Check>);
+
+impl Findings {
+    fn add(&mut self, name: &'static str, rows: Vec<(Option<String>,)>) {
+        let check = match self.0.iter_mut().find(|c| c.name == name) {
+            Some(check) => check,
+            None => {
+                self.0.push(Check { name, violations: Vec::new() });
+                self.0.last_mut().expect("just pushed")
+            }
+        };
+        for (v,) in rows {
+            if check.violations.len() < VIOLATIONS_SHOWN_MAX as usize {
+                check.violations.push(v.unwrap_or_default());
+            }
+        }
+    }
+}
+
 impl Ledger {
-    /// Runs every invariant check. Read-only; safe on a live ledger (each
-    /// query sees its own snapshot, so run it on a quiet ledger for a strict verdict).
+    /// Runs every invariant check, in chunks of `AUDIT_ROWS_PER_CHUNK`
+    /// transfers or accounts, each chunk in its own read-only snapshot. Safe
+    /// on a live ledger: every check is one that a single snapshot of its
+    /// chunk can decide, so a commit between chunks cannot fake a violation
+    /// (transfers committed meanwhile are checked if their chunk comes later).
     pub async fn audit(&self) -> Result<AuditReport, LedgerError> {
+        self.audit_in_chunks(AUDIT_ROWS_PER_CHUNK).await
+    }
+
+    /// `audit` with another chunk size (tests use tiny ones to cross many chunk boundaries).
+    pub async fn audit_in_chunks(&self, rows_per_chunk: i64) -> Result<AuditReport, LedgerError> {
+        assert!(rows_per_chunk >= 1, "a chunk holds at least one row");
+        let mut findings = Findings(Vec::new());
+        let (transfers,): (i64,) = sqlx::query_as("SELECT count(*) FROM transfers").fetch_one(&self.pool).await?;
+        let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(&self.pool).await?;
+
+        let mut after = uuid::Uuid::nil();
+        loop {
+            let end: Option<(uuid::Uuid,)> =
+                sqlx::query_as(TRANSFER_CHUNK_END).bind(after).bind(rows_per_chunk - 1).fetch_optional(&self.pool).await?;
+            let until = end.map_or(uuid::Uuid::max(), |(id,)| id);
+            self.check_chunk(TRANSFER_CHECKS, after, until, &mut findings).await?;
+            if end.is_none() || until == uuid::Uuid::max() {
+                break;
+            }
+            after = until;
+        }
+
+        let mut after = i64::MIN;
+        loop {
+            let end: Option<(i64,)> =
+                sqlx::query_as(ACCOUNT_CHUNK_END).bind(after).bind(rows_per_chunk - 1).fetch_optional(&self.pool).await?;
+            let until = end.map_or(i64::MAX, |(id,)| id);
+            self.check_chunk(ACCOUNT_CHECKS, after, until, &mut findings).await?;
+            if end.is_none() || until == i64::MAX {
+                break;
+            }
+            after = until;
+        }
+
+        let (name, sql) = CURRENCY_CHECK;
+        let rows = sqlx::query_as(&format!("{sql} LIMIT {VIOLATIONS_SHOWN_MAX}")).fetch_all(&self.pool).await?;
+        findings.add(name, rows);
+        let mut checks = findings.0;
+        // Every check is listed, also one that found nothing in any chunk.
+        for (name, _) in TRANSFER_CHECKS.iter().chain(ACCOUNT_CHECKS) {
+            if !checks.iter().any(|c| c.name == *name) {
+                checks.push(Check { name, violations: Vec::new() });
+            }
+        }
+        Ok(AuditReport { transfers, accounts, acknowledged: None, checks, skipped: Vec::new() })
+    }
+
+    /// Runs `checks` over one chunk in one short read-only snapshot.
+    async fn check_chunk<K>(&self, checks: &[(&'static str, &str)], after: K, until: K, findings: &mut Findings) -> Result<(), LedgerError>
+    where
+        K: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Copy + Send + Sync,
+    {
         let mut tx = self.pool.begin().await?;
-        // One snapshot for all checks, so a commit in between cannot fake a violation.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-        let (transfers,): (i64,) = sqlx::query_as("SELECT count(*) FROM transfers").fetch_one(&mut *tx).await?;
-        let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(&mut *tx).await?;
-        let mut checks = Vec::with_capacity(CHECKS.len());
-        for (name, sql) in CHECKS {
-            let rows: Vec<(Option<String>,)> = sqlx::query_as(&format!("{sql} LIMIT {VIOLATIONS_SHOWN_MAX}")).fetch_all(&mut *tx).await?;
-            let violations = rows.into_iter().map(|(v,)| v.unwrap_or_default()).collect();
-            checks.push(Check { name, violations });
+        for (name, sql) in checks {
+            let rows = sqlx::query_as(&format!("{sql} LIMIT {VIOLATIONS_SHOWN_MAX}")).bind(after).bind(until).fetch_all(&mut *tx).await?;
+            findings.add(name, rows);
         }
         tx.commit().await?;
-        Ok(AuditReport { transfers, accounts, acknowledged: None, checks, skipped: Vec::new() })
+        Ok(())
     }
 }
 
