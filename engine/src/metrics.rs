@@ -10,7 +10,9 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    /// One of a fixed few (`api::method_label`): clients choose the method.
+    pub method: &'static str,
+    /// The matched route's template, or `unmatched`: never the raw path.
     pub route: String,
     pub status: u16,
 }
