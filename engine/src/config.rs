@@ -50,21 +50,43 @@ pub struct Settings {
     pub kafka_brokers: String,
     /// Transfers topic; its dead-letter topic is `<topic>.dlq`.
     pub topic: String,
-    /// Partitions when the engine creates the topic itself.
-    pub topic_partitions: i32,
+    /// Partitions of the transfers topic when the engine creates it (the
+    /// dead-letter topic always gets one). Unset: the cluster's default
+    /// (`num.partitions`). Processors of one group share partitions, so this
+    /// caps how many of them work at once.
+    pub topic_partitions: Option<i32>,
+    /// Replicas of each partition when the engine creates its topics. Unset:
+    /// the cluster's default (`default.replication.factor`). A topic that
+    /// exists already is never changed; the engine warns at start when it has
+    /// a partition with one replica.
+    pub topic_replication_factor: Option<i32>,
     pub consumer_group: String,
     /// How long the broker waits for a silent processor before handing its
     /// partitions to the others (a crashed one holds them this long).
     pub consumer_session_timeout_ms: u64,
     /// Bearer token for `/v1/admin/*` and deposits/withdrawals, also accepted
-    /// wherever an API key is (with every scope, for any owner). Unset or
-    /// empty: only API keys are accepted, and admin endpoints answer 401.
+    /// wherever an API key is (with every scope, for any owner). Unset: only
+    /// API keys are accepted, and admin endpoints answer 401. Set but empty or
+    /// blank: a start-up error (an operator meant to set it).
     pub admin_token: Option<Secret>,
     /// How long an engine trusts an API client it read from PostgreSQL
     /// (scopes, owners, not revoked) before reading it again: a revocation
     /// takes effect on every engine within this plus one query.
     pub client_cache_ttl_ms: u64,
     pub database_connections_max: u32,
+    /// The longest one SQL statement may run on an engine connection
+    /// (PostgreSQL's `statement_timeout`); past it PostgreSQL cancels it.
+    pub database_statement_timeout_ms: u64,
+    /// The longest a statement may wait for a row or table lock
+    /// (PostgreSQL's `lock_timeout`).
+    pub database_lock_timeout_ms: u64,
+    /// The longest the API works on one request before answering
+    /// `503 request_timeout`. Longer than `publish_timeout_ms`, so a submit
+    /// answers its own `503 broker_unavailable` first.
+    pub http_request_timeout_ms: u64,
+    /// API requests in progress at once; one more answers `503 overloaded`
+    /// at once rather than queueing. Health, readiness and metrics are not counted.
+    pub http_requests_concurrent_max: usize,
     /// Most records in one processor batch (one PostgreSQL transaction).
     pub batch_size_max: usize,
     /// How long the processor waits to fill a batch once it has one record.
@@ -98,6 +120,17 @@ pub struct Settings {
     pub plugin_poll_ms: u64,
 }
 
+/// Settings that could not be read, or that make no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Load(#[from] Box<figment::Error>),
+    /// A value the engine refuses to start with; `setting` is its key in the
+    /// file (the variable is `TRANSFER_ENGINE_` and the key in capitals).
+    #[error("setting `{setting}` (TRANSFER_ENGINE_{}) {reason}", .setting.to_uppercase())]
+    Invalid { setting: &'static str, reason: String },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -115,12 +148,19 @@ impl Default for Settings {
             redis_key_prefix: String::new(),
             kafka_brokers: "127.0.0.1:9092".into(),
             topic: "transfers".into(),
-            topic_partitions: 4,
+            topic_partitions: None,
+            topic_replication_factor: None,
             consumer_group: "transfer-engine".into(),
             consumer_session_timeout_ms: 10_000,
             admin_token: None,
             client_cache_ttl_ms: 1_000,
             database_connections_max: 16,
+            // A 500-transfer batch commits in tens of milliseconds; these cut
+            // only a statement that is stuck, never a normal one.
+            database_statement_timeout_ms: 30_000,
+            database_lock_timeout_ms: 10_000,
+            http_request_timeout_ms: 30_000,
+            http_requests_concurrent_max: 1_024,
             batch_size_max: 500,
             batch_wait_ms: 5,
             processor_stall_limit_ms: 60_000,
@@ -142,8 +182,9 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Defaults, then `file` (if given), then `TRANSFER_ENGINE_*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+    /// Defaults, then `file` (if given), then `TRANSFER_ENGINE_*` variables;
+    /// the result is validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
@@ -151,7 +192,98 @@ impl Settings {
         // CONFIG_FILE and URL are read by the CLI itself (the file's path, the
         // engine to talk to), not settings of the engine.
         figment = figment.merge(Env::prefixed("TRANSFER_ENGINE_").ignore(&["config_file", "url"]));
-        figment.extract().map_err(Box::new)
+        let settings: Self = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Refuses values the engine cannot work with, or that silently turn a
+    /// guarantee off (a zero TTL, a zero limit), naming the first such setting.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        // librdkafka's and PostgreSQL's millisecond settings are 32-bit signed.
+        const MS_MAX: u64 = i32::MAX as u64;
+        require(!self.kafka_brokers.trim().is_empty(), "kafka_brokers", "must name at least one `host:port`")?;
+        require(
+            valid_topic_name(&self.topic),
+            "topic",
+            "must be 1 to 245 of the characters a-z, A-Z, 0-9, `.`, `_` and `-` (Kafka's rule, leaving room for `.dlq`)",
+        )?;
+        require(!self.consumer_group.trim().is_empty(), "consumer_group", "must not be empty")?;
+        if let Some(partitions) = self.topic_partitions {
+            require(partitions >= 1, "topic_partitions", "must be at least 1, or unset for the cluster's default")?;
+        }
+        if let Some(replicas) = self.topic_replication_factor {
+            require(
+                (1..=i32::from(i16::MAX)).contains(&replicas),
+                "topic_replication_factor",
+                "must be from 1 to 32767, or unset for the cluster's default",
+            )?;
+        }
+        require((1..=MS_MAX).contains(&self.consumer_session_timeout_ms), "consumer_session_timeout_ms", "must be from 1 to 2147483647")?;
+        if let Some(token) = &self.admin_token {
+            let token = token.expose();
+            require(!token.trim().is_empty(), "admin_token", "is set but empty or blank; unset it to turn admin access off")?;
+            // A bearer token is read without surrounding whitespace, so such a token could never match.
+            require(token.trim() == token, "admin_token", "must not begin or end with whitespace")?;
+        }
+        require(
+            self.client_cache_ttl_ms >= 1,
+            "client_cache_ttl_ms",
+            "must be at least 1 (0 reads PostgreSQL on every request, even for unknown keys)",
+        )?;
+        require(self.database_connections_max >= 1, "database_connections_max", "must be at least 1")?;
+        require(
+            (1..=MS_MAX).contains(&self.database_statement_timeout_ms),
+            "database_statement_timeout_ms",
+            "must be from 1 to 2147483647 (PostgreSQL reads 0 as no limit)",
+        )?;
+        require(
+            (1..=MS_MAX).contains(&self.database_lock_timeout_ms),
+            "database_lock_timeout_ms",
+            "must be from 1 to 2147483647 (PostgreSQL reads 0 as no limit)",
+        )?;
+        require(
+            self.database_lock_timeout_ms <= self.database_statement_timeout_ms,
+            "database_lock_timeout_ms",
+            "must not exceed database_statement_timeout_ms (the statement would be cut first)",
+        )?;
+        require(
+            (1..=MS_MAX).contains(&self.publish_timeout_ms),
+            "publish_timeout_ms",
+            "must be from 1 to 2147483647 (librdkafka reads 0 as no limit)",
+        )?;
+        require(
+            self.http_request_timeout_ms > self.publish_timeout_ms,
+            "http_request_timeout_ms",
+            "must exceed publish_timeout_ms, so a submit answers its own 503 broker_unavailable before the request is cut",
+        )?;
+        require(
+            (1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&self.http_requests_concurrent_max),
+            "http_requests_concurrent_max",
+            "must be at least 1 (and within a semaphore's permits)",
+        )?;
+        require(self.batch_size_max >= 1, "batch_size_max", "must be at least 1")?;
+        require(
+            self.processor_stall_limit_ms > self.database_statement_timeout_ms,
+            "processor_stall_limit_ms",
+            "must exceed database_statement_timeout_ms (one slow commit is not a stall)",
+        )?;
+        require(self.request_body_bytes_max >= 1, "request_body_bytes_max", "must be at least 1")?;
+        require(self.balance_cache_ttl_s >= 1, "balance_cache_ttl_s", "must be at least 1 (Redis refuses an expiry of 0)")?;
+        require(
+            self.status_cache_ttl_s >= 1,
+            "status_cache_ttl_s",
+            "must be at least 1 (0 turns idempotency off: a claim would expire at once)",
+        )?;
+        // Plugin limits: a zero here fails every transfer that meets a plugin.
+        require(self.plugin_call_ms_max >= 1, "plugin_call_ms_max", "must be at least 1")?;
+        require(self.plugin_configure_ms_max >= 1, "plugin_configure_ms_max", "must be at least 1")?;
+        require(self.plugin_memory_bytes_max >= 1, "plugin_memory_bytes_max", "must be at least 1")?;
+        // The sandbox's pool counts four core instances per slot in a u32.
+        require((1..=u32::MAX / 4).contains(&self.plugin_instances_max), "plugin_instances_max", "must be from 1 to 1073741823")?;
+        require(self.plugin_upload_bytes_max >= 1, "plugin_upload_bytes_max", "must be at least 1")?;
+        require(self.plugin_poll_ms >= 1, "plugin_poll_ms", "must be at least 1")?;
+        Ok(())
     }
 
     pub fn sandbox_limits(&self) -> SandboxLimits {
@@ -166,6 +298,20 @@ impl Settings {
     pub fn dlq_topic(&self) -> String {
         format!("{}.dlq", self.topic)
     }
+}
+
+fn require(holds: bool, setting: &'static str, reason: &str) -> Result<(), SettingsError> {
+    if holds { Ok(()) } else { Err(SettingsError::Invalid { setting, reason: reason.to_owned() }) }
+}
+
+/// Kafka's rule for topic names (at most 249 characters), less the `.dlq` the
+/// dead-letter topic adds; `.` and `..` alone are reserved.
+fn valid_topic_name(topic: &str) -> bool {
+    const TOPIC_CHARS_MAX: usize = 249 - ".dlq".len();
+    (1..=TOPIC_CHARS_MAX).contains(&topic.len())
+        && topic != "."
+        && topic != ".."
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -187,6 +333,117 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("engine.toml", "topic = \"t\"\nbatch_sise_max = 3\n")?;
             assert!(Settings::load(Some(Path::new("engine.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    /// The setting `settings.validate()` names, or None if it passes.
+    fn refused(settings: Settings) -> Option<&'static str> {
+        match settings.validate() {
+            Ok(()) => None,
+            Err(SettingsError::Invalid { setting, .. }) => Some(setting),
+            Err(e) => panic!("validation cannot fail to load: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_defaults_pass_validation() {
+        assert_eq!(refused(Settings::default()), None);
+    }
+
+    #[test]
+    fn each_nonsense_value_is_refused_naming_its_setting() {
+        let d = Settings::default;
+        let cases: Vec<(&str, Settings)> = vec![
+            ("kafka_brokers", Settings { kafka_brokers: " ".into(), ..d() }),
+            ("topic", Settings { topic: String::new(), ..d() }),
+            ("topic", Settings { topic: "has space".into(), ..d() }),
+            ("topic", Settings { topic: "..".into(), ..d() }),
+            ("topic", Settings { topic: "t".repeat(246), ..d() }),
+            ("consumer_group", Settings { consumer_group: "".into(), ..d() }),
+            ("consumer_group", Settings { consumer_group: " \t".into(), ..d() }),
+            ("topic_partitions", Settings { topic_partitions: Some(0), ..d() }),
+            ("topic_partitions", Settings { topic_partitions: Some(-1), ..d() }),
+            ("topic_replication_factor", Settings { topic_replication_factor: Some(0), ..d() }),
+            ("topic_replication_factor", Settings { topic_replication_factor: Some(40_000), ..d() }),
+            ("consumer_session_timeout_ms", Settings { consumer_session_timeout_ms: 0, ..d() }),
+            ("admin_token", Settings { admin_token: Some(Secret::new("")), ..d() }),
+            ("admin_token", Settings { admin_token: Some(Secret::new("  ")), ..d() }),
+            ("admin_token", Settings { admin_token: Some(Secret::new(" s3cret")), ..d() }),
+            ("client_cache_ttl_ms", Settings { client_cache_ttl_ms: 0, ..d() }),
+            ("database_connections_max", Settings { database_connections_max: 0, ..d() }),
+            ("database_statement_timeout_ms", Settings { database_statement_timeout_ms: 0, ..d() }),
+            ("database_statement_timeout_ms", Settings { database_statement_timeout_ms: 1 << 31, ..d() }),
+            ("database_lock_timeout_ms", Settings { database_lock_timeout_ms: 0, ..d() }),
+            ("database_lock_timeout_ms", Settings { database_lock_timeout_ms: 30_001, database_statement_timeout_ms: 30_000, ..d() }),
+            ("publish_timeout_ms", Settings { publish_timeout_ms: 0, ..d() }),
+            ("http_request_timeout_ms", Settings { http_request_timeout_ms: 0, ..d() }),
+            ("http_request_timeout_ms", Settings { http_request_timeout_ms: 5_000, publish_timeout_ms: 5_000, ..d() }),
+            ("http_requests_concurrent_max", Settings { http_requests_concurrent_max: 0, ..d() }),
+            ("http_requests_concurrent_max", Settings { http_requests_concurrent_max: usize::MAX, ..d() }),
+            ("batch_size_max", Settings { batch_size_max: 0, ..d() }),
+            ("request_body_bytes_max", Settings { request_body_bytes_max: 0, ..d() }),
+            ("balance_cache_ttl_s", Settings { balance_cache_ttl_s: 0, ..d() }),
+            ("status_cache_ttl_s", Settings { status_cache_ttl_s: 0, ..d() }),
+            ("plugin_call_ms_max", Settings { plugin_call_ms_max: 0, ..d() }),
+            ("plugin_configure_ms_max", Settings { plugin_configure_ms_max: 0, ..d() }),
+            ("plugin_memory_bytes_max", Settings { plugin_memory_bytes_max: 0, ..d() }),
+            ("plugin_instances_max", Settings { plugin_instances_max: 0, ..d() }),
+            ("plugin_instances_max", Settings { plugin_instances_max: u32::MAX, ..d() }),
+            ("plugin_upload_bytes_max", Settings { plugin_upload_bytes_max: 0, ..d() }),
+            ("plugin_poll_ms", Settings { plugin_poll_ms: 0, ..d() }),
+        ];
+        for (setting, settings) in cases {
+            assert_eq!(refused(settings), Some(setting), "a nonsense `{setting}` was not refused by its name");
+        }
+    }
+
+    #[test]
+    fn values_at_the_edge_of_each_rule_pass() {
+        let d = Settings::default;
+        let cases = [
+            Settings { topic: "t".repeat(245), ..d() },
+            Settings { topic: "a.b_c-D9".into(), ..d() },
+            Settings { topic_partitions: Some(1), topic_replication_factor: Some(1), ..d() },
+            Settings { admin_token: Some(Secret::new("x")), ..d() },
+            Settings { client_cache_ttl_ms: 1, balance_cache_ttl_s: 1, status_cache_ttl_s: 1, ..d() },
+            Settings { database_lock_timeout_ms: 30_000, database_statement_timeout_ms: 30_000, ..d() },
+            Settings { http_request_timeout_ms: 5_001, publish_timeout_ms: 5_000, ..d() },
+            Settings { http_requests_concurrent_max: 1, batch_size_max: 1, database_connections_max: 1, ..d() },
+            Settings { batch_wait_ms: 0, ..d() },
+        ];
+        for settings in cases {
+            assert_eq!(refused(settings.clone()), None, "{settings:?}");
+        }
+    }
+
+    #[test]
+    fn a_zero_status_ttl_from_the_environment_stops_the_load_naming_the_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRANSFER_ENGINE_STATUS_CACHE_TTL_S", "0");
+            let e = Settings::load(None).unwrap_err();
+            assert!(matches!(e, SettingsError::Invalid { setting: "status_cache_ttl_s", .. }), "{e}");
+            assert!(e.to_string().contains("TRANSFER_ENGINE_STATUS_CACHE_TTL_S"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_empty_admin_token_from_the_environment_stops_the_load() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRANSFER_ENGINE_ADMIN_TOKEN", "");
+            let e = Settings::load(None).unwrap_err();
+            assert!(matches!(e, SettingsError::Invalid { setting: "admin_token", .. }), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn topic_partitions_still_reads_a_plain_number() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRANSFER_ENGINE_TOPIC_PARTITIONS", "4");
+            let settings = Settings::load(None).unwrap();
+            assert_eq!((settings.topic_partitions, settings.topic_replication_factor), (Some(4), None));
             Ok(())
         });
     }

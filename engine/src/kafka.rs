@@ -24,10 +24,26 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     config
 }
 
-/// Creates the transfers topic and its dead-letter topic if they are missing.
-pub async fn ensure_topics(brokers: &str, topic: &str, dlq_topic: &str, partitions: i32) -> Result<(), KafkaError> {
+/// Creates the transfers topic and its dead-letter topic if they are missing:
+/// the transfers topic with `partitions` partitions, the dead-letter topic with
+/// one, each partition with `replication` replicas. `None` asks for the
+/// cluster's default (`num.partitions`, `default.replication.factor`), which
+/// brokers from Kafka 2.4 on accept as -1 (KIP-464). A topic that exists is
+/// left as it is.
+pub async fn ensure_topics(
+    brokers: &str,
+    topic: &str,
+    dlq_topic: &str,
+    partitions: Option<i32>,
+    replication: Option<i32>,
+) -> Result<(), KafkaError> {
+    const CLUSTER_DEFAULT: i32 = -1;
     let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
-    let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1)), NewTopic::new(dlq_topic, 1, TopicReplication::Fixed(1))];
+    let replication = replication.unwrap_or(CLUSTER_DEFAULT);
+    let topics = [
+        NewTopic::new(topic, partitions.unwrap_or(CLUSTER_DEFAULT), TopicReplication::Fixed(replication)),
+        NewTopic::new(dlq_topic, 1, TopicReplication::Fixed(replication)),
+    ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
         match result {
@@ -40,7 +56,57 @@ pub async fn ensure_topics(brokers: &str, topic: &str, dlq_topic: &str, partitio
     Ok(())
 }
 
-/// An idempotent producer that waits for every in-sync replica (acks=all).
+/// How long start-up waits for a topic's metadata to list its partitions (a
+/// topic created a moment ago may not be listed yet).
+const TOPIC_METADATA_WAIT_MS: u64 = 5_000;
+
+/// The number of replicas of each partition of `topic`, by partition, as the
+/// cluster's metadata lists them; empty if the topic has no partition listed
+/// within `TOPIC_METADATA_WAIT_MS`.
+pub async fn partition_replicas(brokers: &str, topic: &str) -> Result<Vec<(i32, usize)>, KafkaError> {
+    let config = client_config(brokers);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer as _;
+        let client: rdkafka::producer::BaseProducer = config.create()?;
+        let deadline = std::time::Instant::now() + Duration::from_millis(TOPIC_METADATA_WAIT_MS);
+        loop {
+            let metadata = client.client().fetch_metadata(Some(&topic), Duration::from_millis(TOPIC_METADATA_WAIT_MS))?;
+            let replicas: Vec<(i32, usize)> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.replicas().len())))
+                .collect();
+            if !replicas.is_empty() || std::time::Instant::now() >= deadline {
+                return Ok(replicas);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("reading topic metadata does not panic")
+}
+
+/// Logs one warning naming those of `topics` that have a partition with a
+/// single replica: the producer's `acks=all` then waits for that one broker
+/// only, and losing it loses acknowledged records.
+pub async fn warn_on_single_replicas(brokers: &str, topics: &[&str]) {
+    let mut single = Vec::new();
+    for &topic in topics {
+        match partition_replicas(brokers, topic).await {
+            Ok(replicas) if replicas.iter().any(|&(_, n)| n < 2) => single.push(topic),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(topic, error = %e, "Could not read the topic's replication from the cluster."),
+        }
+    }
+    if !single.is_empty() {
+        tracing::warn!(topics = ?single, "Topics have partitions with one replica: losing that broker loses acknowledged records.");
+    }
+}
+
+/// An idempotent producer that waits for every in-sync replica (acks=all);
+/// how many that is depends on the topic's replication (see `warn_on_single_replicas`).
 pub fn producer(brokers: &str, delivery_timeout_ms: u64) -> Result<FutureProducer, KafkaError> {
     producer_config(brokers, delivery_timeout_ms).create()
 }

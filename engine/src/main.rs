@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use transfer_engine::config::Settings;
-use transfer_engine::startup::{Application, Role, connect_database};
+use transfer_engine::startup::{Application, Role, connect_database_for_maintenance};
 use transfer_engine::{cache, cli, ledger, loadgen, telemetry};
 
 #[derive(Parser)]
@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => Role::Api,
         Command::Process => Role::Processor,
         Command::Migrate => {
-            let pool = connect_database(&settings).await?;
+            let pool = connect_database_for_maintenance(&settings).await?;
             ledger::migrate(&pool).await.context("could not apply migrations")?;
             println!("Migrations applied.");
             return Ok(());
@@ -116,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn audit(settings: &Settings, json: bool, acknowledged: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let pool = connect_database(settings).await?;
+    // The audit reads whole tables: a statement time limit would fail it on a large ledger.
+    let pool = connect_database_for_maintenance(settings).await?;
     let ledger = ledger::Ledger::new(pool);
     let mut report = ledger.audit().await?;
     if let Some(path) = acknowledged {

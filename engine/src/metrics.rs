@@ -12,7 +12,9 @@ use crate::processor::watchdog::ProcessorState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    /// One of a fixed few (`api::method_label`): clients choose the method.
+    pub method: &'static str,
+    /// The matched route's template, or `unmatched`: never the raw path.
     pub route: String,
     pub status: u16,
 }

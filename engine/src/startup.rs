@@ -1,11 +1,12 @@
 //! `Application`: what `main` runs and what tests build, the same way.
 
 use std::future::Future;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
@@ -48,11 +49,35 @@ pub struct Application {
     plugin_generation: i64,
 }
 
+/// The engine's pool: every connection carries `statement_timeout` and
+/// `lock_timeout`, so a stuck statement or a lock held elsewhere costs a
+/// request or a batch its time limit, never a connection for good.
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let options = connect_options(settings)?.options([
+        ("statement_timeout", settings.database_statement_timeout_ms.to_string()),
+        ("lock_timeout", settings.database_lock_timeout_ms.to_string()),
+    ]);
+    pool(settings, options).await
+}
+
+/// A pool for migrations and the audit, which read or rewrite whole tables:
+/// no statement time limit, but the same lock time limit, so a migration
+/// waiting for a busy table fails within that limit rather than queueing every
+/// request behind it for as long as the table stays busy.
+pub async fn connect_database_for_maintenance(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let options = connect_options(settings)?.options([("lock_timeout", settings.database_lock_timeout_ms.to_string())]);
+    pool(settings, options).await
+}
+
+fn connect_options(settings: &Settings) -> anyhow::Result<PgConnectOptions> {
+    PgConnectOptions::from_str(settings.database_url.expose()).context("invalid TRANSFER_ENGINE_DATABASE_URL")
+}
+
+async fn pool(settings: &Settings, options: PgConnectOptions) -> anyhow::Result<sqlx::PgPool> {
     PgPoolOptions::new()
         .max_connections(settings.database_connections_max)
         .acquire_timeout(Duration::from_millis(DATABASE_ACQUIRE_TIMEOUT_MS))
-        .connect(settings.database_url.expose())
+        .connect_with(options)
         .await
         .context("could not connect to PostgreSQL (TRANSFER_ENGINE_DATABASE_URL)")
 }
@@ -60,12 +85,23 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<sqlx::PgPoo
 impl Application {
     /// Connects to everything, applies migrations, creates topics, binds the listener.
     pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        // Here as well as in `Settings::load`: tests and embedders build settings in code.
+        settings.validate()?;
+        let maintenance = connect_database_for_maintenance(&settings).await?;
+        ledger::migrate(&maintenance).await.context("could not apply migrations")?;
+        maintenance.close().await;
         let pool = connect_database(&settings).await?;
-        ledger::migrate(&pool).await.context("could not apply migrations")?;
         let cache = Cache::from_settings(&settings).context("invalid TRANSFER_ENGINE_REDIS_URL")?;
-        kafka::ensure_topics(&settings.kafka_brokers, &settings.topic, &settings.dlq_topic(), settings.topic_partitions)
-            .await
-            .context("could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)")?;
+        kafka::ensure_topics(
+            &settings.kafka_brokers,
+            &settings.topic,
+            &settings.dlq_topic(),
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+        )
+        .await
+        .context("could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)")?;
+        kafka::warn_on_single_replicas(&settings.kafka_brokers, &[&settings.topic, &settings.dlq_topic()]).await;
         let publisher =
             kafka::Publisher::new(&settings.kafka_brokers, settings.publish_timeout_ms).context("could not create the Kafka producer")?;
         let listener =

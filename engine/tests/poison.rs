@@ -361,6 +361,9 @@ async fn a_processor_that_makes_no_progress_while_records_wait_is_reported_not_r
     let db = TestDb::new().await;
     let mut settings = test_settings(&db);
     settings.processor_stall_limit_ms = 1_000;
+    // A stall is longer than any one statement may take.
+    settings.database_statement_timeout_ms = 500;
+    settings.database_lock_timeout_ms = 500;
     let app = TestApp::spawn_with(db, settings, Role::All).await;
     app.open_account(1, "EUR", "10.00").await;
     app.open_account(2, "EUR", "0").await;

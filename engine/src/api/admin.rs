@@ -31,6 +31,7 @@ impl From<PluginError> for ApiError {
             PluginError::BadName => ApiError::invalid("plugin_name_invalid", message),
             PluginError::NotFound(_) => ApiError::NotFound { code: "plugin_not_found", message },
             PluginError::KindAlreadyActive { .. } => ApiError::Conflict { code: "plugin_kind_already_active", message },
+            PluginError::Database(ref db) if crate::ledger::is_unavailable(db) => ApiError::database_unavailable(),
             PluginError::Sandbox(_) | PluginError::Database(_) => ApiError::Unexpected(anyhow::Error::from(e)),
         }
     }

@@ -55,6 +55,11 @@ impl ApiError {
         Self::Invalid { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: message.into() }
     }
 
+    /// PostgreSQL is away or too busy for now: 503, the client may retry.
+    pub fn database_unavailable() -> Self {
+        Self::Unavailable { code: "database_unavailable", message: "the ledger database is unavailable; retry later".into() }
+    }
+
     pub fn status_and_code(&self) -> (StatusCode, &str) {
         match self {
             Self::Rejected(r) => (StatusCode::UNPROCESSABLE_ENTITY, r.code()),
@@ -103,7 +108,7 @@ impl From<JsonRejection> for ApiError {
 impl From<crate::ledger::LedgerError> for ApiError {
     fn from(e: crate::ledger::LedgerError) -> Self {
         if e.is_unavailable() {
-            return Self::Unavailable { code: "database_unavailable", message: "the ledger database is unavailable; retry later".into() };
+            return Self::database_unavailable();
         }
         Self::Unexpected(e.into())
     }

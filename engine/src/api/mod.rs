@@ -21,10 +21,12 @@ pub mod transfers;
 mod whole;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use axum::BoxError;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
@@ -38,6 +40,11 @@ use crate::metrics::{Metrics, RequestLabels};
 pub use auth::{Admin, Authorized};
 pub use error::ApiError;
 pub use openapi::ApiDoc;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::load_shed::error::Overloaded;
+use tower::timeout::TimeoutLayer;
+use tower::timeout::error::Elapsed;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -89,7 +96,7 @@ pub fn router(state: AppState, surface: Surface) -> Router {
 }
 
 fn api_routes(state: &AppState) -> Router<AppState> {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/transfers", post(transfers::submit))
         .route("/v1/transfers/{id}", get(transfers::get))
         .route("/v1/accounts", post(accounts::create))
@@ -108,7 +115,34 @@ fn api_routes(state: &AppState) -> Router<AppState> {
             "/v1/admin/clients",
             get(clients::list).post(clients::create).layer(DefaultBodyLimit::max(clients::create_body_bytes_max(&state.settings))),
         )
-        .route("/v1/admin/clients/{client_id}", delete(clients::revoke))
+        .route("/v1/admin/clients/{client_id}", delete(clients::revoke));
+    // A time limit on each API request and a limit on requests in progress at
+    // once (one semaphore shared by all these routes). A request past the
+    // concurrency limit is refused at once (`503 overloaded`) rather than
+    // queued, so a burst cannot pile up work its clients have given up on; one
+    // past its time limit is dropped (`503 request_timeout`) and frees its
+    // slot. The time limit starts once the request has a slot, and covers
+    // reading its body. Only the API's routes: `/healthz`,
+    // `/readyz` and `/metrics` must answer when the API is saturated.
+    let settings = &state.settings;
+    routes.layer(
+        tower::ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(limit_refusal))
+            .layer(LoadShedLayer::new())
+            .layer(GlobalConcurrencyLimitLayer::new(settings.http_requests_concurrent_max))
+            .layer(TimeoutLayer::new(Duration::from_millis(settings.http_request_timeout_ms))),
+    )
+}
+
+/// The answer for a request that the limits in `api_routes` stopped.
+async fn limit_refusal(e: BoxError) -> ApiError {
+    if e.is::<Overloaded>() {
+        ApiError::Unavailable { code: "overloaded", message: "the engine is at its limit of requests in progress; retry later".into() }
+    } else if e.is::<Elapsed>() {
+        ApiError::Unavailable { code: "request_timeout", message: "the request did not finish within its time limit; retry later".into() }
+    } else {
+        ApiError::Unexpected(anyhow::anyhow!("request limit layer failed: {e}"))
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -128,11 +162,34 @@ async fn method_not_allowed() -> ApiError {
 /// Counts and times every request by its route template (not its raw path, which would explode label cardinality).
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let response = next.run(request).await;
     let labels = RequestLabels { method, route, status: response.status().as_u16() };
     state.metrics.http_requests.get_or_create(&labels).inc();
     state.metrics.http_request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The request method as a metrics label. HTTP allows any token as a method
+/// and the server hands it on, so labelling by the raw method would let any
+/// client add label values (and memory, and `/metrics` lines) without limit:
+/// the usual methods keep their name, every other one is `other`.
+fn method_label(method: &Method) -> &'static str {
+    const NAMED: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    NAMED.into_iter().find(|named| *named == method.as_str()).unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_method_outside_the_usual_ones_is_labelled_other() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        for token in ["get", "FOO", "X-7f3a", "CONNECT", "TRACE"] {
+            assert_eq!(method_label(&Method::from_bytes(token.as_bytes()).unwrap()), "other", "{token}");
+        }
+    }
 }

@@ -143,9 +143,11 @@ error_responses! {
                       base64-encoded, plus 64 KiB).";
     /// 415: a body sent without `Content-Type: application/json`.
     UnsupportedMediaType: "`unsupported_media_type`: the body must be sent with `Content-Type: application/json`.";
-    /// 503: a dependency is away (`database_unavailable`, `broker_unavailable`).
-    Unavailable: "`database_unavailable` or `broker_unavailable`: a dependency is away. Retry later; with the same \
-                  transfer id or reference, a retry cannot apply twice.";
+    /// 503: a dependency is away (`database_unavailable`, `broker_unavailable`) or the engine is at a limit
+    /// (`overloaded`, `request_timeout`).
+    Unavailable: "`database_unavailable` or `broker_unavailable`: a dependency is away; `overloaded`: the engine has \
+                  its most requests in progress; `request_timeout`: the request outlived the engine's time limit. \
+                  Retry later; with the same transfer id or reference, a retry cannot apply twice.";
 }
 
 /// 401, with the challenge every 401 carries.

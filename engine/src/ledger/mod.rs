@@ -63,19 +63,30 @@ impl LedgerError {
         }
     }
 
-    /// Errors that mean the database is away for now (connection, pool
-    /// timeout, I/O), as opposed to a statement that will never succeed.
+    /// Errors that mean the database is away or too busy for now (see
+    /// `is_unavailable`), as opposed to a statement that will never succeed.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            Self::Database(
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::WorkerCrashed
-            )
-        ) || matches!(self, Self::Database(sqlx::Error::Database(db)) if db.code().as_deref().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+        matches!(self, Self::Database(e) if is_unavailable(e))
+    }
+}
+
+/// Errors that mean the database is away for now (connection, pool timeout,
+/// I/O, a server shutting down or starting) or too busy for now (a statement
+/// cancelled by the engine's own `statement_timeout`, a lock not granted
+/// within `lock_timeout`), as opposed to a statement that will never succeed.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // 08: connection exception; 57P: operator intervention (shutdown,
+        // crash recovery); 57014: query_canceled; 55P03: lock_not_available.
+        sqlx::Error::Database(db) => {
+            db.code().as_deref().is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "57014" || c == "55P03")
+        }
+        _ => false,
     }
 }
 

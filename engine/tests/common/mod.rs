@@ -122,7 +122,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
         redis_key_prefix: format!("test-{unique}:"),
         kafka_brokers: kafka_brokers(),
         topic: format!("transfers-{unique}"),
-        topic_partitions: 2,
+        topic_partitions: Some(2),
         consumer_group: format!("group-{unique}"),
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
         database_connections_max: 8,
