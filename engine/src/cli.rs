@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 use crate::api::transfers::{SubmitTransfer, validate};
 use crate::hooks;
 use crate::ledger::Verdict;
-use crate::plugins::set::FailureMode;
 use crate::plugins::{LoadedPlugin, PluginKind, PluginMeta, PluginSet, Sandbox, SandboxLimits};
 
 #[derive(Subcommand)]
@@ -171,7 +170,7 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
     let plugin = Arc::new(LoadedPlugin::new(sandbox.clone(), meta, &component)?);
     plugin.check()?;
     let description_chars_max = crate::config::Settings::default().description_chars_max;
-    let mut set = PluginSet::empty(description_chars_max, FailureMode::Closed);
+    let mut set = PluginSet::empty(description_chars_max);
     match kind {
         PluginKind::Validator => set.validators.push(plugin),
         PluginKind::Converter => set.converter = Some(plugin),

@@ -11,7 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::plugins::SandboxLimits;
-use crate::plugins::set::FailureMode;
+use crate::plugins::settings::RemovedFailureMode;
 
 /// A value that must never reach a log line: prints as `***`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,19 +78,29 @@ pub struct Settings {
     pub status_cache_ttl_s: u64,
     /// `text` for people, `json` for log pipelines.
     pub log_format: LogFormat,
-    /// CPU time one plugin call may take before it is interrupted.
-    pub plugin_call_ms_max: u64,
-    /// CPU time a plugin's instantiation and `configure` may take.
-    pub plugin_configure_ms_max: u64,
+    /// Fuel one plugin hook call may burn before it fails with `fuel_exhausted`:
+    /// about one unit per WebAssembly instruction executed, so the limit is
+    /// the same on a busy machine as on an idle one (it is not a time).
+    pub plugin_call_fuel_max: u64,
+    /// Fuel a plugin's instantiation and `configure` may burn (both run
+    /// before every call: each call gets a fresh instance).
+    pub plugin_configure_fuel_max: u64,
     /// Linear memory one plugin instance may grow to.
     pub plugin_memory_bytes_max: usize,
     /// Plugin instances live at once (pooling allocator slots).
     pub plugin_instances_max: u32,
     /// Largest component an upload may carry (the body limit of the upload route).
     pub plugin_upload_bytes_max: usize,
-    /// `closed` (a faulting plugin fails the transfer) or `open` (a faulting
-    /// validator or describer is skipped; its fault is still recorded).
-    pub plugin_failure_mode: FailureMode,
+    /// Removed (policy always fails closed): `closed` is accepted with a
+    /// warning, `open` is refused at start-up (see `plugins::settings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_failure_mode: Option<RemovedFailureMode>,
+    /// Removed (the limit is fuel, `plugin_call_fuel_max`): accepted and ignored with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_call_ms_max: Option<u64>,
+    /// Removed (the limit is fuel, `plugin_configure_fuel_max`): accepted and ignored with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_configure_ms_max: Option<u64>,
     /// How often engines poll for plugin changes if a NOTIFY is missed.
     pub plugin_poll_ms: u64,
 }
@@ -126,12 +136,14 @@ impl Default for Settings {
             balance_cache_ttl_s: 60,
             status_cache_ttl_s: 24 * 60 * 60,
             log_format: LogFormat::Text,
-            plugin_call_ms_max: SandboxLimits::default().call_ms_max,
-            plugin_configure_ms_max: SandboxLimits::default().configure_ms_max,
+            plugin_call_fuel_max: SandboxLimits::default().call_fuel_max,
+            plugin_configure_fuel_max: SandboxLimits::default().configure_fuel_max,
             plugin_memory_bytes_max: SandboxLimits::default().memory_bytes_max,
             plugin_instances_max: SandboxLimits::default().instances_max,
             plugin_upload_bytes_max: 32 << 20,
-            plugin_failure_mode: FailureMode::Closed,
+            plugin_failure_mode: None,
+            plugin_call_ms_max: None,
+            plugin_configure_ms_max: None,
             plugin_poll_ms: 1_000,
         }
     }
@@ -152,8 +164,8 @@ impl Settings {
 
     pub fn sandbox_limits(&self) -> SandboxLimits {
         SandboxLimits {
-            call_ms_max: self.plugin_call_ms_max,
-            configure_ms_max: self.plugin_configure_ms_max,
+            call_fuel_max: self.plugin_call_fuel_max,
+            configure_fuel_max: self.plugin_configure_fuel_max,
             memory_bytes_max: self.plugin_memory_bytes_max,
             instances_max: self.plugin_instances_max,
         }
