@@ -1,13 +1,22 @@
-//! Plugin costs: per-hook call on a live instance. `cargo bench --bench plugins`
-//! (needs `plugins/build.sh`). What the plugins cost the processor as a whole
-//! is scenarios 2 and 3 of `scripts/bench` (BENCHMARKS.md).
+//! Plugin costs per hook call. `cargo bench --bench plugins` (needs
+//! `plugins/build.sh`). What the plugins cost the processor as a whole is
+//! scenarios 2 and 3 of `scripts/bench` (BENCHMARKS.md).
+//!
+//! The engine runs every call on a fresh instance (instantiate from the pool,
+//! `configure`, call); the first table is that cost. The second is the same
+//! call on one live, reused instance, the design before issue 12 item 11,
+//! kept to show what isolation between transfers costs.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use transfer_engine::domain::TransferId;
 use transfer_engine::plugins::bindings::types;
+use transfer_engine::plugins::guard::LogBudget;
+use transfer_engine::plugins::loaded::Prepared;
+use transfer_engine::plugins::sandbox::HostState;
 use transfer_engine::plugins::{LoadedPlugin, PluginKind, PluginMeta, Sandbox, SandboxLimits};
+use wasmtime::Store;
 
 const CALLS: u32 = 100_000;
 
@@ -40,29 +49,66 @@ fn per_call_us(mut call: impl FnMut()) -> f64 {
     started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS)
 }
 
-fn hook_costs() {
-    let sandbox = Sandbox::new(SandboxLimits { instances_max: 8, ..SandboxLimits::default() }).unwrap();
-    let eur = types::Currency { code: "EUR".into(), exponent: 2 };
-    let transfer = types::Transfer {
+fn transfer() -> types::Transfer {
+    types::Transfer {
         id: TransferId::generate().to_string(),
         sender_id: 1,
         receiver_id: 2,
-        currency: eur.clone(),
+        currency: types::Currency { code: "EUR".into(), exponent: 2 },
         amount_minor: Some(12_345),
         original: None,
         description: Some("rent for March, card 4111 1111 1111 1234".into()),
-    };
-    let limits = load(&sandbox, "limits", PluginKind::Validator);
-    let fx = load(&sandbox, "fx", PluginKind::Converter);
-    let description = load(&sandbox, "description", PluginKind::Describer);
+    }
+}
+
+fn fresh_per_call(sandbox: &Arc<Sandbox>) {
+    let transfer = transfer();
+    let eur = transfer.currency.clone();
+    let limits = load(sandbox, "limits", PluginKind::Validator);
+    let fx = load(sandbox, "fx", PluginKind::Converter);
+    let description = load(sandbox, "description", PluginKind::Describer);
     let usd = types::Money { amount_minor: 1_000, currency: types::Currency { code: "USD".into(), exponent: 2 } };
     let text = transfer.description.clone().unwrap();
-    println!("Per-hook cost on a live instance ({CALLS} calls each, one thread):");
+    println!("Per hook call as the engine runs it: fresh instance + configure + call ({CALLS} calls each, one thread):");
     println!("  limits.validate     {:>6.2} us", per_call_us(|| drop(limits.validate(&transfer).unwrap())));
     println!("  fx.convert          {:>6.2} us", per_call_us(|| drop(fx.convert(&usd, &eur).unwrap())));
     println!("  description.rewrite {:>6.2} us", per_call_us(|| drop(description.rewrite(&text, &transfer).unwrap())));
+    for plugin in [&limits, &fx, &description] {
+        let (call, configure) = plugin.fuel_used_max();
+        println!("  {:<19} fuel: {call} a call, {configure} for instantiate + configure", plugin.meta.name);
+    }
+}
+
+/// The validator on one live instance, configured once (the previous design).
+fn live_instance(sandbox: &Arc<Sandbox>) {
+    let component = sandbox.compile(&plugin("limits")).unwrap();
+    let Prepared::Validator(pre) = Prepared::new(sandbox, &component, PluginKind::Validator).unwrap() else { unreachable!() };
+    let state = HostState::new("limits@1".into(), sandbox.limits.memory_bytes_max, Arc::new(LogBudget::default()));
+    let mut store = Store::new(&sandbox.engine, state);
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(u64::MAX / 2);
+    store.set_fuel(u64::MAX / 2).unwrap();
+    let live = pre.instantiate(&mut store).unwrap();
+    live.call_configure(&mut store, &config("limits")).unwrap().unwrap();
+    let transfer = transfer();
+    println!("The same validator on one live instance (state shared by every transfer: the design this replaced):");
+    println!("  limits.validate     {:>6.2} us", per_call_us(|| drop(live.call_validate(&mut store, &transfer).unwrap())));
+    let limits_config = config("limits");
+    println!("  limits.configure    {:>6.2} us", per_call_us(|| live.call_configure(&mut store, &limits_config).unwrap().unwrap()));
+    // Instantiation without configure: what a configure snapshot could save at most.
+    let bare = per_call_us(|| {
+        let state = HostState::new("limits@1".into(), sandbox.limits.memory_bytes_max, Arc::new(LogBudget::default()));
+        let mut store = Store::new(&sandbox.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(u64::MAX / 2);
+        store.set_fuel(u64::MAX / 2).unwrap();
+        std::hint::black_box(pre.instantiate(&mut store).unwrap());
+    });
+    println!("  new store + instantiate only {bare:>6.2} us");
 }
 
 fn main() {
-    hook_costs();
+    let sandbox = Sandbox::new(SandboxLimits { instances_max: 8, ..SandboxLimits::default() }).unwrap();
+    fresh_per_call(&sandbox);
+    live_instance(&sandbox);
 }

@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 use crate::api::transfers::{SubmitTransfer, validate};
 use crate::hooks;
 use crate::ledger::Verdict;
-use crate::plugins::set::FailureMode;
 use crate::plugins::{LoadedPlugin, PluginKind, PluginMeta, PluginSet, Sandbox, SandboxLimits};
 
 #[derive(Subcommand)]
@@ -34,6 +33,9 @@ pub enum PluginCommand {
         /// Activate the new version at once.
         #[arg(long)]
         activate: bool,
+        /// A validator whose rejections and faults are recorded, never enforced (validators only).
+        #[arg(long)]
+        advisory: bool,
     },
     /// List every version of every plugin.
     List,
@@ -139,10 +141,10 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let url = |path: &str| remote.url(path);
     let request = match command {
-        PluginCommand::Push { file, name, kind: k, config, activate } => {
+        PluginCommand::Push { file, name, kind: k, config, activate, advisory } => {
             kind(k.as_deref())?;
             let bytes = std::fs::read(&file).with_context(|| format!("could not read {}", file.display()))?;
-            let body = json!({"name": name, "kind": k, "config": read_config(&config)?, "activate": activate,
+            let body = json!({"name": name, "kind": k, "config": read_config(&config)?, "activate": activate, "advisory": advisory,
                               "component": base64::engine::general_purpose::STANDARD.encode(bytes)});
             client.post(url("/v1/admin/plugins")).json(&body)
         }
@@ -171,7 +173,7 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
     let plugin = Arc::new(LoadedPlugin::new(sandbox.clone(), meta, &component)?);
     plugin.check()?;
     let description_chars_max = crate::config::Settings::default().description_chars_max;
-    let mut set = PluginSet::empty(description_chars_max, FailureMode::Closed);
+    let mut set = PluginSet::empty(description_chars_max);
     match kind {
         PluginKind::Validator => set.validators.push(plugin),
         PluginKind::Converter => set.converter = Some(plugin),

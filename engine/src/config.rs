@@ -11,7 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::plugins::SandboxLimits;
-use crate::plugins::set::FailureMode;
+use crate::plugins::settings::RemovedFailureMode;
 
 /// A value that must never reach a log line: prints as `***`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,19 +103,29 @@ pub struct Settings {
     pub status_cache_ttl_s: u64,
     /// `text` for people, `json` for log pipelines.
     pub log_format: LogFormat,
-    /// CPU time one plugin call may take before it is interrupted.
-    pub plugin_call_ms_max: u64,
-    /// CPU time a plugin's instantiation and `configure` may take.
-    pub plugin_configure_ms_max: u64,
+    /// Fuel one plugin hook call may burn before it fails with `fuel_exhausted`:
+    /// about one unit per WebAssembly instruction executed, so the limit is
+    /// the same on a busy machine as on an idle one (it is not a time).
+    pub plugin_call_fuel_max: u64,
+    /// Fuel a plugin's instantiation and `configure` may burn (both run
+    /// before every call: each call gets a fresh instance).
+    pub plugin_configure_fuel_max: u64,
     /// Linear memory one plugin instance may grow to.
     pub plugin_memory_bytes_max: usize,
     /// Plugin instances live at once (pooling allocator slots).
     pub plugin_instances_max: u32,
     /// Largest component an upload may carry (the body limit of the upload route).
     pub plugin_upload_bytes_max: usize,
-    /// `closed` (a faulting plugin fails the transfer) or `open` (a faulting
-    /// validator or describer is skipped; its fault is still recorded).
-    pub plugin_failure_mode: FailureMode,
+    /// Removed (policy always fails closed): `closed` is accepted with a
+    /// warning, `open` is refused at start-up (see `plugins::settings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_failure_mode: Option<RemovedFailureMode>,
+    /// Removed (the limit is fuel, `plugin_call_fuel_max`): accepted and ignored with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_call_ms_max: Option<u64>,
+    /// Removed (the limit is fuel, `plugin_configure_fuel_max`): accepted and ignored with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_configure_ms_max: Option<u64>,
     /// How often engines poll for plugin changes if a NOTIFY is missed.
     pub plugin_poll_ms: u64,
 }
@@ -170,12 +180,14 @@ impl Default for Settings {
             balance_cache_ttl_s: 60,
             status_cache_ttl_s: 24 * 60 * 60,
             log_format: LogFormat::Text,
-            plugin_call_ms_max: SandboxLimits::default().call_ms_max,
-            plugin_configure_ms_max: SandboxLimits::default().configure_ms_max,
+            plugin_call_fuel_max: SandboxLimits::default().call_fuel_max,
+            plugin_configure_fuel_max: SandboxLimits::default().configure_fuel_max,
             plugin_memory_bytes_max: SandboxLimits::default().memory_bytes_max,
             plugin_instances_max: SandboxLimits::default().instances_max,
             plugin_upload_bytes_max: 32 << 20,
-            plugin_failure_mode: FailureMode::Closed,
+            plugin_failure_mode: None,
+            plugin_call_ms_max: None,
+            plugin_configure_ms_max: None,
             plugin_poll_ms: 1_000,
         }
     }
@@ -276,8 +288,8 @@ impl Settings {
             "must be at least 1 (0 turns idempotency off: a claim would expire at once)",
         )?;
         // Plugin limits: a zero here fails every transfer that meets a plugin.
-        require(self.plugin_call_ms_max >= 1, "plugin_call_ms_max", "must be at least 1")?;
-        require(self.plugin_configure_ms_max >= 1, "plugin_configure_ms_max", "must be at least 1")?;
+        require(self.plugin_call_fuel_max >= 1, "plugin_call_fuel_max", "must be at least 1")?;
+        require(self.plugin_configure_fuel_max >= 1, "plugin_configure_fuel_max", "must be at least 1")?;
         require(self.plugin_memory_bytes_max >= 1, "plugin_memory_bytes_max", "must be at least 1")?;
         // The sandbox's pool counts four core instances per slot in a u32.
         require((1..=u32::MAX / 4).contains(&self.plugin_instances_max), "plugin_instances_max", "must be from 1 to 1073741823")?;
@@ -288,8 +300,8 @@ impl Settings {
 
     pub fn sandbox_limits(&self) -> SandboxLimits {
         SandboxLimits {
-            call_ms_max: self.plugin_call_ms_max,
-            configure_ms_max: self.plugin_configure_ms_max,
+            call_fuel_max: self.plugin_call_fuel_max,
+            configure_fuel_max: self.plugin_configure_fuel_max,
             memory_bytes_max: self.plugin_memory_bytes_max,
             instances_max: self.plugin_instances_max,
         }
@@ -385,8 +397,8 @@ mod tests {
             ("request_body_bytes_max", Settings { request_body_bytes_max: 0, ..d() }),
             ("balance_cache_ttl_s", Settings { balance_cache_ttl_s: 0, ..d() }),
             ("status_cache_ttl_s", Settings { status_cache_ttl_s: 0, ..d() }),
-            ("plugin_call_ms_max", Settings { plugin_call_ms_max: 0, ..d() }),
-            ("plugin_configure_ms_max", Settings { plugin_configure_ms_max: 0, ..d() }),
+            ("plugin_call_fuel_max", Settings { plugin_call_fuel_max: 0, ..d() }),
+            ("plugin_configure_fuel_max", Settings { plugin_configure_fuel_max: 0, ..d() }),
             ("plugin_memory_bytes_max", Settings { plugin_memory_bytes_max: 0, ..d() }),
             ("plugin_instances_max", Settings { plugin_instances_max: 0, ..d() }),
             ("plugin_instances_max", Settings { plugin_instances_max: u32::MAX, ..d() }),

@@ -111,7 +111,8 @@ impl Application {
             None => None,
         };
         let sandbox = Sandbox::new(settings.sandbox_limits())?;
-        let plugins = Arc::new(Registry::new(pool.clone(), sandbox, settings.description_chars_max, settings.plugin_failure_mode));
+        crate::plugins::settings::removed_in_use(&settings).iter().for_each(|warning| tracing::warn!("{warning}"));
+        let plugins = Arc::new(Registry::new(pool.clone(), sandbox, settings.description_chars_max));
         // Fail closed at start too: an engine that cannot load its policy does not process.
         let set = plugins.load_set().await.context("could not load the active plugins")?;
         let plugin_generation = set.generation;

@@ -1183,17 +1183,20 @@ fn is_plugin_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-const UPLOAD_FIELDS: &[&str] = &["name", "kind", "config", "component", "activate"];
+const UPLOAD_FIELDS: &[&str] = &["name", "kind", "config", "component", "activate", "advisory"];
 
 /// `POST /v1/admin/plugins`: a real component is only ever the unedited one.
 fn upload_may_succeed(body: &Value, component: &str) -> bool {
     let Some(o) = body.as_object().filter(|o| only_fields(o, UPLOAD_FIELDS)) else { return false };
     let kind_ok = present(o, "kind").is_none_or(|k| matches!(k.as_str(), Some("validator" | "converter" | "describer")));
     let activate_ok = o.get("activate").is_none_or(Value::is_boolean);
+    // The component is the `limits` validator: it may be advisory whatever the body says its kind is not.
+    let advisory_ok = o.get("advisory").is_none_or(|a| a == &Value::Bool(false) || (a == &Value::Bool(true) && kind_ok));
     o.get("name").and_then(Value::as_str).is_some_and(is_plugin_name)
         && o.get("component").and_then(Value::as_str) == Some(component)
         && kind_ok
         && activate_ok
+        && advisory_ok
 }
 
 /// `PUT /v1/admin/validation-order`: distinct, well-formed names.

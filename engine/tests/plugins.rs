@@ -1,10 +1,13 @@
 //! Plugins through the real wasmtime host: the example plugins' rules, the
-//! hostile fixtures, uploads, and hot reload with rollback under traffic.
+//! hostile fixtures (loops, memory bombs, traps, nonsense, state kept between
+//! calls, forged logs), advisory validators, the fuel limit under CPU
+//! contention, uploads, and hot reload with rollback under traffic.
 
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::{TestApp, assert_audit_passes, plugin_bytes};
@@ -12,16 +15,26 @@ use serde_json::{Value, json};
 use transfer_engine::domain::{Amount, Currency, Money, OwnerId, Requested, Submission, TransferId, TransferKind};
 use transfer_engine::hooks::{self, HookOutcome};
 use transfer_engine::ledger::Verdict;
-use transfer_engine::plugins::set::FailureMode;
-use transfer_engine::plugins::{LoadedPlugin, PluginKind, PluginMeta, PluginSet, Sandbox, SandboxLimits};
+use transfer_engine::plugins::guard::{LOG_LINES_BURST_MAX, LOG_LINES_PER_S_MAX};
+use transfer_engine::plugins::{LoadedPlugin, PluginError, PluginKind, PluginMeta, PluginSet, Sandbox, SandboxLimits};
 
-fn load(sandbox: &Arc<Sandbox>, file_stem: &str, kind: PluginKind, version: i32, config: Value) -> Arc<LoadedPlugin> {
+fn unchecked(sandbox: &Arc<Sandbox>, file_stem: &str, kind: PluginKind, version: i32, config: Value) -> LoadedPlugin {
     let bytes = plugin_bytes(file_stem);
     let component = sandbox.compile(&bytes).unwrap();
     let meta = PluginMeta { name: file_stem.replace('_', "-"), version, kind, sha256: [7; 32], config: config.to_string() };
-    let plugin = LoadedPlugin::new(sandbox.clone(), meta, &component).unwrap();
+    LoadedPlugin::new(sandbox.clone(), meta, &component).unwrap()
+}
+
+fn load(sandbox: &Arc<Sandbox>, file_stem: &str, kind: PluginKind, version: i32, config: Value) -> Arc<LoadedPlugin> {
+    let plugin = unchecked(sandbox, file_stem, kind, version, config);
     plugin.check().unwrap();
     Arc::new(plugin)
+}
+
+fn validators(plugins: impl IntoIterator<Item = Arc<LoadedPlugin>>) -> PluginSet {
+    let mut set = PluginSet::empty(140);
+    set.validators.extend(plugins);
+    set
 }
 
 fn submission(sender: i64, requested: Requested, description: Option<&str>) -> Submission {
@@ -56,7 +69,7 @@ fn sandbox() -> Arc<Sandbox> {
 #[test]
 fn the_example_plugins_apply_their_rules_through_the_real_host() {
     let sandbox = sandbox();
-    let mut set = PluginSet::empty(140, FailureMode::Closed);
+    let mut set = PluginSet::empty(140);
     set.describer =
         Some(load(&sandbox, "description", PluginKind::Describer, 1, json!({"max_length_chars": 60, "blocked_words": ["casino"]})));
     set.converter = Some(load(&sandbox, "fx", PluginKind::Converter, 1, json!({"rates": {"USD/EUR": "0.9215"}})));
@@ -97,32 +110,37 @@ fn the_example_plugins_apply_their_rules_through_the_real_host() {
 }
 
 #[test]
-fn hostile_plugins_fail_their_transfer_with_a_clear_reason_and_the_host_carries_on() {
+fn hostile_plugins_fail_their_transfer_with_the_cause_recorded_and_the_host_carries_on() {
     let sandbox = sandbox();
     let limits = load(&sandbox, "limits", PluginKind::Validator, 1, json!({}));
-    // The memory bomb gets a generous CPU budget, so that what stops it is the memory limit.
-    let roomy = Sandbox::new(SandboxLimits { instances_max: 4, call_ms_max: 2_000, ..SandboxLimits::default() }).unwrap();
-    for (fixture, sandbox, cause) in
-        [("hostile_loop", &sandbox, "CPU time limit"), ("hostile_memory", &roomy, "memory"), ("hostile_trap", &sandbox, "trapped")]
-    {
-        let mut set = PluginSet::empty(140, FailureMode::Closed);
-        set.validators = vec![load(sandbox, fixture, PluginKind::Validator, 3, json!({})), limits.clone()];
+    // The memory bomb gets a generous fuel budget, so that what stops it is the memory limit.
+    let roomy = Sandbox::new(SandboxLimits { instances_max: 4, call_fuel_max: 1 << 40, ..SandboxLimits::default() }).unwrap();
+    for (fixture, sandbox, cause, fault) in [
+        ("hostile_loop", &sandbox, "ran out of fuel", "fuel_exhausted"),
+        ("hostile_memory", &roomy, "memory limit", "memory_exceeded"),
+        ("hostile_trap", &sandbox, "trapped", "trap"),
+    ] {
+        let set = validators([load(sandbox, fixture, PluginKind::Validator, 3, json!({})), limits.clone()]);
         for _ in 0..2 {
-            // Twice: the second call runs on a fresh instance, since a trapped one cannot be entered again.
+            // Twice: a fault in one call leaves nothing behind for the next.
             let outcome = hooks::run(&set, &submission(1, eur(100), None));
             let Verdict::Fail(reason) = &outcome.verdict else { panic!("{fixture}: {outcome:?}") };
             assert_eq!(reason.code, "plugin_failed");
             let name = fixture.replace('_', "-");
             assert!(reason.message.contains(&format!("{name} v3")) && reason.message.contains(cause), "{fixture}: {}", reason.message);
-            assert_eq!(outcome.decisions.last().unwrap().outcome, "failed");
+            assert!(reason.message.contains(&format!("({fault})")), "{fixture}: {}", reason.message);
+            let decision = outcome.decisions.last().unwrap();
+            assert_eq!((decision.outcome.as_str(), decision.fault.as_deref(), decision.advisory), ("failed", Some(fault), false));
         }
-        // Fail-open skips the faulting validator but still records its fault.
-        set.failure_mode = FailureMode::Open;
-        let outcome = hooks::run(&set, &submission(1, eur(100), None));
+        // Uploaded as advisory, the same validator is recorded as failed and the transfer goes on.
+        let advisory = unchecked(sandbox, fixture, PluginKind::Validator, 4, json!({})).with_advisory(true).unwrap();
+        let outcome = hooks::run(&validators([Arc::new(advisory), limits.clone()]), &submission(1, eur(100), None));
         assert_eq!(outcome.verdict, Verdict::Apply(Amount::from_minor(100).unwrap()), "{fixture}");
-        assert_eq!(outcome.decisions[0].outcome, "failed");
+        assert_eq!((outcome.decisions[0].outcome.as_str(), outcome.decisions[0].advisory), ("failed", true));
+        assert_eq!(outcome.decisions[0].fault.as_deref(), Some(fault));
+        assert_eq!(outcome.decisions[1].outcome, "allowed");
     }
-    let mut set = PluginSet::empty(140, FailureMode::Closed);
+    let mut set = PluginSet::empty(140);
     set.converter = Some(load(&sandbox, "hostile_nonsense", PluginKind::Converter, 1, json!({})));
     let usd = Currency::parse("USD").unwrap();
     let outcome =
@@ -130,9 +148,210 @@ fn hostile_plugins_fail_their_transfer_with_a_clear_reason_and_the_host_carries_
     let Verdict::Fail(reason) = &outcome.verdict else { panic!("{outcome:?}") };
     assert!(reason.message.contains("nonsense") && reason.message.contains("-12345"), "{}", reason.message);
     // The good plugin next to them still answers.
-    let mut good = PluginSet::empty(140, FailureMode::Closed);
-    good.validators.push(limits);
-    assert_eq!(hooks::run(&good, &submission(1, eur(100), None)).verdict, Verdict::Apply(Amount::from_minor(100).unwrap()));
+    assert_eq!(hooks::run(&validators([limits]), &submission(1, eur(100), None)).verdict, Verdict::Apply(Amount::from_minor(100).unwrap()));
+}
+
+#[test]
+fn a_loop_with_fuel_to_spare_is_still_stopped_by_the_wall_clock_backstop() {
+    let bottomless = Sandbox::new(SandboxLimits { instances_max: 4, call_fuel_max: u64::MAX / 2, ..SandboxLimits::default() }).unwrap();
+    let set = validators([load(&bottomless, "hostile_loop", PluginKind::Validator, 1, json!({}))]);
+    let started = Instant::now();
+    let outcome = hooks::run(&set, &submission(1, eur(100), None));
+    let elapsed = started.elapsed();
+    let Verdict::Fail(reason) = &outcome.verdict else { panic!("{outcome:?}") };
+    assert!(reason.message.contains("(wall_clock_backstop)"), "{}", reason.message);
+    assert_eq!(outcome.decisions[0].fault.as_deref(), Some("wall_clock_backstop"));
+    let backstop = Duration::from_millis(transfer_engine::plugins::sandbox::WALL_CLOCK_BACKSTOP_MS);
+    assert!(elapsed >= backstop && elapsed < backstop * 5, "stopped after {elapsed:?}");
+}
+
+#[test]
+fn an_advisory_validator_is_recorded_but_not_enforced_and_nothing_else_can_be_advisory() {
+    let sandbox = sandbox();
+    let strict = json!({"max_amount_minor": {"EUR": 100}});
+    let shadow = unchecked(&sandbox, "limits", PluginKind::Validator, 2, strict.clone()).with_advisory(true).unwrap();
+    let outcome = hooks::run(&validators([Arc::new(shadow)]), &submission(1, eur(5_000), None));
+    assert_eq!(outcome.verdict, Verdict::Apply(Amount::from_minor(5_000).unwrap()));
+    let decision = &outcome.decisions[0];
+    assert_eq!((decision.outcome.as_str(), decision.code.as_deref(), decision.advisory), ("rejected", Some("amount_over_limit"), true));
+    // The same version, binding, rejects.
+    let binding = load(&sandbox, "limits", PluginKind::Validator, 2, strict);
+    assert_eq!(code(&hooks::run(&validators([binding]), &submission(1, eur(5_000), None))), Some("amount_over_limit"));
+    // The record says so when stored: `advisory` is absent only for binding plugins.
+    let stored = serde_json::to_value(&outcome.decisions).unwrap();
+    assert_eq!(stored[0]["advisory"], true);
+    for (file, kind) in [("description", PluginKind::Describer), ("fx", PluginKind::Converter)] {
+        let refused = unchecked(&sandbox, file, kind, 1, json!({})).with_advisory(true);
+        assert!(matches!(refused, Err(PluginError::AdvisoryNotValidator(k)) if k == kind), "{file}");
+    }
+}
+
+#[test]
+fn a_describer_fault_fails_the_transfer_and_never_stores_the_unmasked_description() {
+    let sandbox = sandbox();
+    // The hostile loop as a describer is refused for the wrong world, so use a
+    // real describer with a budget too small to finish: the same fault path.
+    let starved = Sandbox::new(SandboxLimits { instances_max: 4, call_fuel_max: 100, ..SandboxLimits::default() }).unwrap();
+    let mut set = PluginSet::empty(140);
+    set.describer = Some(load(&starved, "description", PluginKind::Describer, 1, json!({})));
+    set.validators.push(load(&sandbox, "limits", PluginKind::Validator, 1, json!({})));
+    let outcome = hooks::run(&set, &submission(1, eur(500), Some("card 4111 1111 1111 1234")));
+    let Verdict::Fail(reason) = &outcome.verdict else { panic!("{outcome:?}") };
+    assert!(reason.message.contains("fuel_exhausted"), "{}", reason.message);
+    assert_eq!(outcome.decisions.len(), 1, "no validator ran: {outcome:?}");
+    assert_eq!(outcome.decisions[0].fault.as_deref(), Some("fuel_exhausted"));
+    assert_eq!(outcome.description, None, "the unreviewed text is not stored with the failed transfer");
+}
+
+#[test]
+fn a_plugin_call_costs_a_small_fixed_amount_of_fuel_far_below_the_default_limit() {
+    let sandbox = sandbox();
+    let config = |file: &str| -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/plugin-config/{file}.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    // The longest description the engine accepts (280 characters), full of digits to mask: the describer's worst case.
+    let longest = "rent for March, card 4111 1111 1111 1234, thanks! ".repeat(6).chars().take(280).collect::<String>();
+    let mut set = PluginSet::empty(280);
+    let mut description = config("description");
+    description["max_length_chars"] = json!(280);
+    set.describer = Some(load(&sandbox, "description", PluginKind::Describer, 1, description));
+    set.converter = Some(load(&sandbox, "fx", PluginKind::Converter, 1, config("fx")));
+    set.validators.push(load(&sandbox, "limits", PluginKind::Validator, 1, config("limits")));
+    let usd = Currency::parse("USD").unwrap();
+    for text in ["rent", longest.as_str()] {
+        let original = Requested::Original(Money { amount: Amount::from_minor(1_000).unwrap(), currency: usd });
+        let outcome = hooks::run(&set, &submission(1, original, Some(text)));
+        assert!(matches!(outcome.verdict, Verdict::Apply(_)), "{outcome:?}");
+    }
+    let defaults = SandboxLimits::default();
+    for plugin in [set.describer.as_ref().unwrap(), set.converter.as_ref().unwrap(), &set.validators[0]] {
+        let (call, configure) = plugin.fuel_used_max();
+        println!("{}: at most {call} fuel per call, {configure} per instantiation and configure", plugin.meta.name);
+        assert!(call > 0 && configure > 0, "fuel is metered");
+        // At least 10 times the room the plugin needs, so a valid transfer never meets the limit.
+        assert!(call * 10 <= defaults.call_fuel_max, "{}: {call} of {}", plugin.meta.name, defaults.call_fuel_max);
+        assert!(configure * 10 <= defaults.configure_fuel_max, "{}: {configure} of {}", plugin.meta.name, defaults.configure_fuel_max);
+    }
+    // The hostile loop burns all of its budget and no more: how long that takes is what a hostile plugin costs.
+    let looper = validators([load(&sandbox, "hostile_loop", PluginKind::Validator, 1, json!({}))]);
+    let started = Instant::now();
+    let outcome = hooks::run(&looper, &submission(1, eur(1), None));
+    println!("hostile-loop: stopped after {} fuel in {:?}", defaults.call_fuel_max, started.elapsed());
+    assert_eq!(outcome.decisions[0].fault.as_deref(), Some("fuel_exhausted"));
+}
+
+/// Busy threads on every core while the plugin runs: with a wall-clock limit
+/// (the previous design) a preempted call failed `plugin_failed`; fuel counts
+/// instructions, so contention cannot change an answer.
+#[test]
+fn limits_answers_100_000_calls_under_cpu_contention_without_a_single_limit_fault() {
+    const CALLS: usize = 100_000;
+    let sandbox = sandbox();
+    let set = validators([load(&sandbox, "limits", PluginKind::Validator, 1, json!({"max_amount_minor": {"EUR": 1_000}}))]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let busy: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut spins = 0_u64;
+                while !stop.load(Ordering::Relaxed) {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut faults = Vec::new();
+    let mut rejected = 0;
+    for i in 0..CALLS {
+        // Every tenth transfer is over the limit: the plugin's answer must depend on the transfer only.
+        let amount = if i % 10 == 0 { 5_000 } else { 500 };
+        let outcome = hooks::run(&set, &submission(1, eur(amount), None));
+        match &outcome.verdict {
+            Verdict::Apply(_) => assert_ne!(amount, 5_000),
+            Verdict::Reject(r) => {
+                assert_eq!((r.code.as_str(), amount), ("amount_over_limit", 5_000));
+                rejected += 1;
+            }
+            Verdict::Fail(r) => faults.push(r.message.clone()),
+        }
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    busy.into_iter().for_each(|t| t.join().unwrap());
+    println!("{CALLS} calls beside {cores} busy threads in {elapsed:?} ({:.1} us a call)", elapsed.as_secs_f64() * 1e6 / CALLS as f64);
+    assert!(faults.is_empty(), "{} faults, first: {:?}", faults.len(), faults.first());
+    assert_eq!(rejected, CALLS / 10);
+}
+
+#[test]
+fn a_plugin_cannot_carry_state_from_one_transfer_to_the_next_nor_forge_log_lines() {
+    let sandbox = sandbox();
+    let set = validators([load(&sandbox, "hostile_state", PluginKind::Validator, 1, json!({}))]);
+    let (logs, writer) = Capture::new();
+    let subscriber = tracing_subscriber::fmt().with_writer(writer).with_ansi(false).with_max_level(tracing::Level::DEBUG).finish();
+    let started = Instant::now();
+    let messages: Vec<String> = tracing::subscriber::with_default(subscriber, || {
+        (0..20)
+            .map(|i| {
+                let secret = format!("customer {i} secret");
+                let outcome = hooks::run(&set, &submission(1, eur(100), Some(&secret)));
+                let Verdict::Reject(reason) = outcome.verdict else { panic!("{outcome:?}") };
+                reason.message
+            })
+            .collect()
+    });
+    let elapsed_s = started.elapsed().as_secs_f64();
+    for message in &messages {
+        // A fresh instance every call: the plugin never sees an earlier call or an earlier transfer.
+        assert_eq!(message, "call 1 of this instance; previous transfer: none");
+    }
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(!logs.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")), "a forged record reached the log:\n{logs}");
+    assert!(!logs.contains('\u{1b}') && !logs.contains('\r'), "control characters reached the log");
+    assert!(logs.contains("forged line\\u{1b}[31m\\u{d}"), "the forged text is kept, escaped:\n{logs}");
+    // Each call tries 41 lines; 16 get past the per-call cap, and the plugin's
+    // bucket (a burst of 200, then 50 a second) holds 20 calls' 320 to about 200.
+    let written = logs.lines().filter(|l| l.contains("hostile-state flood") || l.contains("forged line")).count();
+    let bucket_max = LOG_LINES_BURST_MAX as f64 + LOG_LINES_PER_S_MAX as f64 * (elapsed_s + 1.0);
+    assert!(written >= LOG_LINES_BURST_MAX as usize && (written as f64) <= bucket_max && written < 20 * 16, "{written} lines");
+
+    // A configure error is cut and cleaned too.
+    let refused = unchecked(&sandbox, "hostile_state", PluginKind::Validator, 1, json!("refuse")).check();
+    let Err(PluginError::ConfigRefused(text)) = refused else { panic!("{refused:?}") };
+    assert!(!text.contains('\n') && !text.contains('\u{1b}') && text.chars().count() < 400, "{text}");
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn new() -> (Arc<std::sync::Mutex<Vec<u8>>>, Self) {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        (buffer.clone(), Self(buffer))
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self {
+        self.clone()
+    }
 }
 
 async fn submit(app: &TestApp, body: Value) -> String {
@@ -170,6 +389,8 @@ async fn a_plugin_that_faults_fails_only_its_transfer_and_the_next_ones_complete
     assert_eq!(failed["reason"]["code"], "plugin_failed");
     assert!(failed["reason"]["message"].as_str().unwrap().contains("looper v1"), "{failed}");
     assert_eq!(failed["decisions"][0]["outcome"], "failed");
+    assert_eq!(failed["decisions"][0]["fault"], "fuel_exhausted", "{failed}");
+    assert!(failed["reason"]["message"].as_str().unwrap().contains("fuel_exhausted"), "{failed}");
     let r = app.client.post(app.url("/v1/admin/plugins/looper/deactivate")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 204);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -211,6 +432,12 @@ async fn garbage_wrong_world_bad_config_and_unauthenticated_uploads_are_refused(
         ),
         (json!({"name": "Bad Name!", "component": b64(&plugin_bytes("limits"))}), 422, "plugin_name_invalid"),
         (json!({"name": "limits", "component": "%%% not base64"}), 422, "plugin_invalid"),
+        (json!({"name": "masker", "advisory": true, "component": b64(&plugin_bytes("description"))}), 422, "plugin_advisory_not_validator"),
+        (
+            json!({"name": "fx", "kind": "converter", "advisory": true, "component": b64(&plugin_bytes("fx"))}),
+            422,
+            "plugin_advisory_not_validator",
+        ),
     ];
     for (body, status, code) in cases {
         let r = app.admin_post("/v1/admin/plugins", &body).await;
@@ -233,6 +460,39 @@ async fn garbage_wrong_world_bad_config_and_unauthenticated_uploads_are_refused(
     // Detected kind, then a clean upload works.
     let uploaded = app.upload_plugin("limits", "limits", "validator", json!({}), false).await;
     assert_eq!((uploaded["version"].as_i64(), uploaded["kind"].as_str()), (Some(1), Some("validator")));
+    assert_eq!(uploaded["advisory"], false, "binding unless asked");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_advisory_validator_that_faults_is_recorded_as_advisory_and_the_transfer_completes() {
+    use base64::Engine as _;
+    let app = TestApp::spawn().await;
+    app.open_account(1, "EUR", "100.00").await;
+    app.open_account(2, "EUR", "0").await;
+    let component = base64::engine::general_purpose::STANDARD.encode(plugin_bytes("hostile_loop"));
+    let r =
+        app.admin_post("/v1/admin/plugins", &json!({"name": "looper", "component": component, "advisory": true, "activate": true})).await;
+    assert_eq!(r.status(), 201);
+    let uploaded: Value = r.json().await.unwrap();
+    assert_eq!((uploaded["advisory"].as_bool(), uploaded["active"].as_bool()), (Some(true), Some(true)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let id = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR"})).await;
+        let done = app.wait_final(&id).await;
+        if !done["decisions"].as_array().is_none_or(Vec::is_empty) {
+            break done;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the advisory plugin was never picked up");
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    let decision = &done["decisions"][0];
+    assert_eq!((decision["outcome"].as_str(), decision["advisory"].as_bool()), (Some("failed"), Some(true)), "{done}");
+    assert_eq!(decision["fault"], "fuel_exhausted", "{done}");
+    let list: Value =
+        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["plugins"][0]["advisory"], true);
+    assert_audit_passes(&app.ledger()).await;
     app.stop().await;
 }
 

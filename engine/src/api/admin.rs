@@ -26,6 +26,7 @@ impl From<PluginError> for ApiError {
     fn from(e: PluginError) -> Self {
         let message = e.to_string();
         match e {
+            PluginError::AdvisoryNotValidator(_) => ApiError::invalid("plugin_advisory_not_validator", message),
             PluginError::Invalid(_) => ApiError::invalid("plugin_invalid", message),
             PluginError::ConfigRefused(_) => ApiError::invalid("plugin_config_refused", message),
             PluginError::BadName => ApiError::invalid("plugin_name_invalid", message),
@@ -52,6 +53,12 @@ pub struct UploadPlugin {
     /// Activate the new version at once.
     #[serde(default)]
     pub activate: bool,
+    /// Validators only, never the default: shadow mode. The validator's
+    /// rejections and faults are recorded in each transfer's decisions (with
+    /// `advisory: true`) but do not stop it. A describer or converter always
+    /// binds: asking is `422 plugin_advisory_not_validator`.
+    #[serde(default)]
+    pub advisory: bool,
 }
 
 #[utoipa::path(post, path = "/v1/admin/plugins", operation_id = "upload_plugin", tag = "plugins", request_body = UploadPlugin,
@@ -70,7 +77,8 @@ pub struct UploadPlugin {
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, body = ErrorBody, description = "`invalid_body`, `plugin_name_invalid`, `plugin_invalid` (not base64, \
-            not a component, the wrong world, or not the given `kind`) or `plugin_config_refused` (its `configure` said no)"),
+            not a component, the wrong world, or not the given `kind`), `plugin_config_refused` (its `configure` said no) or \
+            `plugin_advisory_not_validator` (`advisory` asked for a describer or converter)"),
         (status = 503, response = Unavailable),
     ))]
 pub async fn upload(
@@ -82,7 +90,7 @@ pub async fn upload(
         .decode(req.component.as_bytes())
         .map_err(|e| ApiError::invalid("plugin_invalid", format!("`component` is not base64: {e}")))?;
     let config = if req.config.is_null() { "{}".to_owned() } else { req.config.to_string() };
-    let mut info = state.plugins.upload(&req.name, req.kind, config, bytes).await?;
+    let mut info = state.plugins.upload(&req.name, req.kind, config, bytes, req.advisory).await?;
     if req.activate {
         state.plugins.activate(&info.name, info.version).await?;
         info.active = true;

@@ -17,7 +17,7 @@ pub type HookSet = std::sync::Arc<dyn Hooks>;
 pub enum HookError {
     /// The policy refused the transfer: it becomes `rejected`.
     Reject(Reason),
-    /// The hook itself failed (trap, timeout, nonsense): it becomes `failed`.
+    /// The hook itself failed (trap, fuel or memory exhausted, nonsense): it becomes `failed`.
     Fail(Reason),
 }
 
@@ -58,6 +58,16 @@ pub struct Decision {
     pub code: Option<String>,
     pub message: Option<String>,
     pub duration_us: i32,
+    /// The plugin was uploaded as advisory (a validator in shadow mode): its
+    /// `rejected` or `failed` did not stop the transfer. Absent (false) for
+    /// every binding plugin, and in records written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub advisory: bool,
+    /// With `failed`: what stopped the plugin, one of `fuel_exhausted`,
+    /// `wall_clock_backstop`, `memory_exceeded`, `trap`, `nonsense`,
+    /// `config_refused`, `instantiate_failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
 }
 
 /// The policy hooks. Implementations must be cheap to call and must never
@@ -112,7 +122,8 @@ pub fn run(hooks: &dyn Hooks, submission: &Submission) -> HookOutcome {
 }
 
 /// The hook sequence; records the rewritten description and the converted
-/// amount as soon as each is known, so a later refusal still stores them.
+/// amount as soon as each is known, so a later refusal still stores them (a
+/// description the describer did not accept is not stored at all).
 fn decide(
     hooks: &dyn Hooks,
     s: &Submission,
@@ -121,6 +132,10 @@ fn decide(
     decisions: &mut Vec<Decision>,
 ) -> Result<Amount, HookError> {
     if let Some(original) = &s.description {
+        // Nothing of the client's text is kept until the describer has
+        // answered: if it refuses or faults, the transfer is stored without a
+        // description rather than with text no policy reviewed (or masked).
+        *description = None;
         *description = Some(hooks.describe(original, s, decisions)?);
     }
     let converted = match s.requested {

@@ -1,18 +1,26 @@
-//! One plugin version, compiled and pre-linked, with its live instance.
+//! One plugin version, compiled and pre-linked (`InstancePre`).
 //!
-//! The instance is reused across calls (a call on a live instance costs about
-//! a microsecond; instantiating costs tens). After any trap or limit hit it
-//! is discarded, because a trapped instance cannot be entered again; the next
-//! call instantiates and configures a fresh one.
+//! Every call runs on a fresh instance in a fresh store: instantiate from the
+//! pooling allocator (the memory starts from the module's copy-on-write
+//! image), `configure` with the operator's JSON, make the one hook call, drop
+//! it all. Nothing a plugin keeps in its globals or heap survives into the
+//! next transfer, so a decision depends only on (transfer, config), and one
+//! customer's data cannot reach another's rejection. The price, measured
+//! with `cargo bench --bench plugins`, is in BENCHMARKS.md.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::Store;
 use wasmtime::component::Component;
 
 use super::bindings::{converter, describer, types, validator};
-use super::sandbox::{HostState, Sandbox};
+use super::guard::{self, LogBudget};
+use super::sandbox::{HostState, Sandbox, WALL_CLOCK_BACKSTOP_MS};
 use super::{PluginError, PluginKind};
+
+/// Longest fault text (a trap's message, a `configure` error) kept from a plugin.
+pub const FAULT_TEXT_CHARS_MAX: usize = 300;
 
 /// Who a plugin is: enough to name it in a decision record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +29,7 @@ pub struct PluginMeta {
     pub version: i32,
     pub kind: PluginKind,
     pub sha256: [u8; 32],
-    /// The operator's JSON, passed to `configure` once per instance.
+    /// The operator's JSON, passed to `configure` before every call.
     pub config: String,
 }
 
@@ -42,9 +50,14 @@ pub enum Prepared {
 impl Prepared {
     pub fn new(sandbox: &Sandbox, component: &Component, kind: PluginKind) -> Result<Self, PluginError> {
         let pre = sandbox.linker.instantiate_pre(component).map_err(|e| {
-            PluginError::Invalid(format!("imports something the sandbox does not offer (only transfer:plugin/host): {e:#}"))
+            PluginError::Invalid(format!(
+                "imports something the sandbox does not offer (only transfer:plugin/host): {}",
+                guard::clean(&format!("{e:#}"), 1_000)
+            ))
         })?;
-        let wrong_world = |e: wasmtime::Error| PluginError::Invalid(format!("does not export the {kind} world: {e:#}"));
+        let wrong_world = |e: wasmtime::Error| {
+            PluginError::Invalid(format!("does not export the {kind} world: {}", guard::clean(&format!("{e:#}"), 1_000)))
+        };
         Ok(match kind {
             PluginKind::Validator => Self::Validator(validator::ValidatorPre::new(pre).map_err(wrong_world)?),
             PluginKind::Converter => Self::Converter(converter::ConverterPre::new(pre).map_err(wrong_world)?),
@@ -59,107 +72,183 @@ enum Bindings {
     Describer(describer::Describer),
 }
 
-struct Live {
-    store: Store<HostState>,
-    bindings: Bindings,
-}
-
-/// Why a call produced no answer. Each makes the transfer `failed`.
+/// Why a call produced no answer. Each has a stable snake_case code, recorded
+/// in the decision (`fault`) and named in the `plugin_failed` message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Fault {
-    #[error("could not be instantiated: {0}")]
+    #[error("could not be instantiated (instantiate_failed): {0}")]
     Instantiate(String),
-    #[error("refused its configuration: {0}")]
+    #[error("refused its configuration (config_refused): {0}")]
     ConfigRefused(String),
-    #[error("exceeded its CPU time limit of {0} ms")]
-    TimeLimit(u64),
-    #[error("trapped: {0}")]
+    /// The deterministic limit: the same call fails the same way on any machine, busy or idle.
+    #[error("ran out of fuel (fuel_exhausted) in {stage}: it may burn {fuel_max} units, about one per WebAssembly instruction")]
+    FuelExhausted { stage: Stage, fuel_max: u64 },
+    /// Only a stalled host gets here: fuel stops any plugin long before.
+    #[error("was stopped by the wall-clock backstop (wall_clock_backstop) after {ms} ms in {stage}")]
+    WallClockBackstop { stage: Stage, ms: u64 },
+    #[error("exceeded its memory limit (memory_exceeded) of {bytes_max} bytes")]
+    MemoryExceeded { bytes_max: usize },
+    #[error("trapped (trap): {0}")]
     Trap(String),
-    #[error("answered nonsense: {0}")]
+    #[error("answered nonsense (nonsense): {0}")]
     Nonsense(String),
+}
+
+impl Fault {
+    /// The stable code of this kind of fault, as stored in a decision's `fault`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Instantiate(_) => "instantiate_failed",
+            Self::ConfigRefused(_) => "config_refused",
+            Self::FuelExhausted { .. } => "fuel_exhausted",
+            Self::WallClockBackstop { .. } => "wall_clock_backstop",
+            Self::MemoryExceeded { .. } => "memory_exceeded",
+            Self::Trap(_) => "trap",
+            Self::Nonsense(_) => "nonsense",
+        }
+    }
+}
+
+/// Which part of a call a fault happened in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Instantiation and `configure`, under `configure_fuel_max`.
+    Configure,
+    /// The hook itself, under `call_fuel_max`.
+    Call,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Configure => "configure",
+            Self::Call => "its call",
+        })
+    }
 }
 
 pub struct LoadedPlugin {
     pub meta: PluginMeta,
+    /// Shadow mode, chosen by the operator at upload and only for validators:
+    /// the plugin's rejections and faults are recorded but do not stop the transfer.
+    pub advisory: bool,
     sandbox: Arc<Sandbox>,
     prepared: Prepared,
     label: Arc<str>,
-    /// The live instance, or `None` before the first call and after a fault.
-    live: Mutex<Option<Live>>,
+    /// This version's log rate, shared by all its calls.
+    log_budget: Arc<LogBudget>,
+    /// The most fuel one hook call has burned (successful calls only): how
+    /// close the plugin runs to `call_fuel_max`.
+    call_fuel_used_max: AtomicU64,
+    /// The most fuel instantiation plus `configure` has burned.
+    configure_fuel_used_max: AtomicU64,
 }
 
 impl LoadedPlugin {
     pub fn new(sandbox: Arc<Sandbox>, meta: PluginMeta, component: &Component) -> Result<Self, PluginError> {
         let prepared = Prepared::new(&sandbox, component, meta.kind)?;
         let label: Arc<str> = format!("{}@{}", meta.name, meta.version).into();
-        Ok(Self { meta, sandbox, prepared, label, live: Mutex::new(None) })
+        Ok(Self {
+            meta,
+            advisory: false,
+            sandbox,
+            prepared,
+            label,
+            log_budget: Arc::default(),
+            call_fuel_used_max: AtomicU64::new(0),
+            configure_fuel_used_max: AtomicU64::new(0),
+        })
     }
 
-    /// Instantiates and configures once, so a bad config is refused at upload;
-    /// the instance is kept for the first call.
+    /// Makes the plugin advisory; refused for anything but a validator, where
+    /// there is no verdict to ignore (a transfer needs its amount and description).
+    pub fn with_advisory(mut self, advisory: bool) -> Result<Self, PluginError> {
+        if advisory && self.meta.kind != PluginKind::Validator {
+            return Err(PluginError::AdvisoryNotValidator(self.meta.kind));
+        }
+        self.advisory = advisory;
+        Ok(self)
+    }
+
+    /// Instantiates and configures once, so a bad config is refused at upload.
     pub fn check(&self) -> Result<(), PluginError> {
-        match self.instantiate() {
-            Ok(live) => {
-                *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(live);
-                Ok(())
-            }
+        match self.instantiate(true) {
+            Ok(_) => Ok(()),
             Err(Fault::ConfigRefused(message)) => Err(PluginError::ConfigRefused(message)),
             Err(fault) => Err(PluginError::Invalid(fault.to_string())),
         }
     }
 
-    fn instantiate(&self) -> Result<Live, Fault> {
-        let limits = self.sandbox.limits;
-        let mut store = Store::new(&self.sandbox.engine, HostState::new(self.label.clone(), limits.memory_bytes_max));
-        store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(Sandbox::ticks(limits.configure_ms_max));
-        let fault = |e: wasmtime::Error| classify(e, limits.configure_ms_max);
-        let config = self.meta.config.as_str();
-        let (bindings, configured) = match &self.prepared {
-            Prepared::Validator(pre) => {
-                let b = pre.instantiate(&mut store).map_err(|e| Fault::Instantiate(format!("{e:#}")))?;
-                let configured = b.call_configure(&mut store, config).map_err(fault)?;
-                (Bindings::Validator(b), configured)
-            }
-            Prepared::Converter(pre) => {
-                let b = pre.instantiate(&mut store).map_err(|e| Fault::Instantiate(format!("{e:#}")))?;
-                let configured = b.call_configure(&mut store, config).map_err(fault)?;
-                (Bindings::Converter(b), configured)
-            }
-            Prepared::Describer(pre) => {
-                let b = pre.instantiate(&mut store).map_err(|e| Fault::Instantiate(format!("{e:#}")))?;
-                let configured = b.call_configure(&mut store, config).map_err(fault)?;
-                (Bindings::Describer(b), configured)
-            }
-        };
-        configured.map_err(Fault::ConfigRefused)?;
-        Ok(Live { store, bindings })
+    /// The most fuel one successful hook call and one `configure` have burned so far.
+    pub fn fuel_used_max(&self) -> (u64, u64) {
+        (self.call_fuel_used_max.load(Ordering::Relaxed), self.configure_fuel_used_max.load(Ordering::Relaxed))
     }
 
-    /// Runs `call` on the live instance (instantiating one if needed) under the
-    /// per-call CPU limit. Any error discards the instance.
-    fn with_live<R>(&self, call: impl FnOnce(&mut Store<HostState>, &Bindings) -> wasmtime::Result<R>) -> Result<R, Fault> {
-        // A poisoned lock only means an earlier call panicked on the host side;
-        // the slot is still a valid Option, and a fault below resets it anyway.
-        let mut slot = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(self.instantiate()?);
+    /// A fresh store and instance, configured with the operator's JSON.
+    /// `configure` may log only when `log_configure` (at load, not before every call).
+    fn instantiate(&self, log_configure: bool) -> Result<(Store<HostState>, Bindings), Fault> {
+        let limits = self.sandbox.limits;
+        let mut state = HostState::new(self.label.clone(), limits.memory_bytes_max, self.log_budget.clone());
+        state.quiet = !log_configure;
+        let mut store = Store::new(&self.sandbox.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_fuel(limits.configure_fuel_max).expect("the sandbox's engine meters fuel");
+        store.set_epoch_deadline(Sandbox::backstop_ticks());
+        let config = self.meta.config.as_str();
+        let instantiated = match &self.prepared {
+            Prepared::Validator(pre) => pre.instantiate(&mut store).and_then(|b| {
+                let configured = b.call_configure(&mut store, config)?;
+                Ok((Bindings::Validator(b), configured))
+            }),
+            Prepared::Converter(pre) => pre.instantiate(&mut store).and_then(|b| {
+                let configured = b.call_configure(&mut store, config)?;
+                Ok((Bindings::Converter(b), configured))
+            }),
+            Prepared::Describer(pre) => pre.instantiate(&mut store).and_then(|b| {
+                let configured = b.call_configure(&mut store, config)?;
+                Ok((Bindings::Describer(b), configured))
+            }),
+        };
+        let (bindings, configured) = instantiated.map_err(|e| self.classify(e, &store, Stage::Configure))?;
+        configured.map_err(|message| Fault::ConfigRefused(guard::clean(&message, FAULT_TEXT_CHARS_MAX)))?;
+        let used = limits.configure_fuel_max.saturating_sub(store.get_fuel().unwrap_or(0));
+        self.configure_fuel_used_max.fetch_max(used, Ordering::Relaxed);
+        store.data_mut().quiet = false;
+        Ok((store, bindings))
+    }
+
+    /// Runs `call` on a fresh, configured instance under the per-call fuel
+    /// budget; the instance and its store are dropped afterwards, fault or not.
+    fn fresh<R>(&self, call: impl FnOnce(&mut Store<HostState>, &Bindings) -> wasmtime::Result<R>) -> Result<R, Fault> {
+        let (mut store, bindings) = self.instantiate(false)?;
+        let call_fuel_max = self.sandbox.limits.call_fuel_max;
+        store.set_fuel(call_fuel_max).expect("the sandbox's engine meters fuel");
+        store.set_epoch_deadline(Sandbox::backstop_ticks());
+        let answer = call(&mut store, &bindings).map_err(|e| self.classify(e, &store, Stage::Call))?;
+        let used = call_fuel_max.saturating_sub(store.get_fuel().unwrap_or(0));
+        self.call_fuel_used_max.fetch_max(used, Ordering::Relaxed);
+        Ok(answer)
+    }
+
+    fn classify(&self, e: wasmtime::Error, store: &Store<HostState>, stage: Stage) -> Fault {
+        let limits = self.sandbox.limits;
+        if store.data().limiter.memory_refused {
+            return Fault::MemoryExceeded { bytes_max: limits.memory_bytes_max };
         }
-        let live = slot.as_mut().expect("filled above");
-        let call_ms_max = self.sandbox.limits.call_ms_max;
-        live.store.data_mut().reset_for_call();
-        live.store.set_epoch_deadline(Sandbox::ticks(call_ms_max));
-        match call(&mut live.store, &live.bindings) {
-            Ok(answer) => Ok(answer),
-            Err(e) => {
-                *slot = None;
-                Err(classify(e, call_ms_max))
-            }
+        let fuel_max = match stage {
+            Stage::Configure => limits.configure_fuel_max,
+            Stage::Call => limits.call_fuel_max,
+        };
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::OutOfFuel) => Fault::FuelExhausted { stage, fuel_max },
+            Some(wasmtime::Trap::Interrupt) => Fault::WallClockBackstop { stage, ms: WALL_CLOCK_BACKSTOP_MS },
+            Some(trap) => Fault::Trap(guard::clean(&trap.to_string(), FAULT_TEXT_CHARS_MAX)),
+            None => Fault::Trap(guard::clean(&format!("{e:#}"), FAULT_TEXT_CHARS_MAX)),
         }
     }
 
     pub fn validate(&self, transfer: &types::Transfer) -> Result<validator::Verdict, Fault> {
-        self.with_live(|store, bindings| match bindings {
+        self.fresh(|store, bindings| match bindings {
             Bindings::Validator(b) => b.call_validate(store, transfer),
             _ => unreachable!("a validator plugin holds validator bindings"),
         })
@@ -170,24 +259,16 @@ impl LoadedPlugin {
         source: &types::Money,
         target: &types::Currency,
     ) -> Result<Result<converter::Conversion, types::Rejection>, Fault> {
-        self.with_live(|store, bindings| match bindings {
+        self.fresh(|store, bindings| match bindings {
             Bindings::Converter(b) => b.call_convert(store, source, target),
             _ => unreachable!("a converter plugin holds converter bindings"),
         })
     }
 
     pub fn rewrite(&self, description: &str, transfer: &types::Transfer) -> Result<Result<String, types::Rejection>, Fault> {
-        self.with_live(|store, bindings| match bindings {
+        self.fresh(|store, bindings| match bindings {
             Bindings::Describer(b) => b.call_rewrite(store, description, transfer),
             _ => unreachable!("a describer plugin holds describer bindings"),
         })
-    }
-}
-
-fn classify(e: wasmtime::Error, limit_ms: u64) -> Fault {
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => Fault::TimeLimit(limit_ms),
-        Some(trap) => Fault::Trap(trap.to_string()),
-        None => Fault::Trap(format!("{e:#}").chars().take(300).collect()),
     }
 }

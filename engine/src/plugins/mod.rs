@@ -1,16 +1,21 @@
 //! WebAssembly policy plugins.
 //!
 //! - `bindings`: the one `bindgen!` site for `wit/plugin.wit`.
-//! - `sandbox`: the wasmtime engine, linker and limits every plugin runs under.
-//! - `loaded`: one plugin version with its reusable instance.
+//! - `sandbox`: the wasmtime engine, linker and limits (fuel, memory) every plugin runs under.
+//! - `guard`: bounds and cleans what a plugin hands back (texts, log lines, log rate).
+//! - `loaded`: one plugin version, instantiated fresh for every call.
 //! - `set`: the active plugins as a `Hooks` implementation, recording decisions.
-//! - `registry`: plugins in PostgreSQL: upload, activate, order, hot reload.
+//! - `registry`: plugins in PostgreSQL: upload, activate, order, hot reload,
+//!   and a bounded cache of compiled components.
 
 pub mod bindings;
+pub mod compiled;
+pub mod guard;
 pub mod loaded;
 pub mod registry;
 pub mod sandbox;
 pub mod set;
+pub mod settings;
 
 use std::fmt;
 
@@ -60,6 +65,8 @@ pub enum PluginError {
     BadName,
     #[error("no plugin {0}")]
     NotFound(String),
+    #[error("only a validator can be advisory; a {0} always binds (a transfer needs its amount and its description)")]
+    AdvisoryNotValidator(PluginKind),
     #[error("another {kind} plugin ({name}) is active; deactivate it first")]
     KindAlreadyActive { kind: PluginKind, name: String },
     #[error("the plugin sandbox could not be set up: {0}")]

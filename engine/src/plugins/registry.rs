@@ -3,7 +3,7 @@
 //! validation order, and the watcher that rebuilds the active set on every
 //! change (LISTEN/NOTIFY, with a poll as fallback) and publishes it whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use wasmtime::component::Component;
 
-use super::set::{FailureMode, PluginSet};
+use super::compiled::{CompiledCache, INACTIVE_COMPONENTS_MAX};
+use super::set::PluginSet;
 use super::{LoadedPlugin, PluginError, PluginKind, PluginMeta, Sandbox, valid_name};
 use crate::hooks::HookSet;
 
@@ -33,6 +34,8 @@ pub struct PluginInfo {
     pub size_bytes: i64,
     /// The operator's JSON for this version.
     pub config: String,
+    /// A validator in shadow mode: its rejections and faults are recorded, not enforced.
+    pub advisory: bool,
     pub active: bool,
     /// Position among active validators (first runs first), if one.
     pub position: Option<i32>,
@@ -43,23 +46,33 @@ pub struct Registry {
     pool: PgPool,
     sandbox: Arc<Sandbox>,
     description_chars_max: usize,
-    failure_mode: FailureMode,
-    /// Compiled components by sha256: compiling is the slow part (milliseconds
-    /// to seconds), and a rollback or config change reuses the same bytes.
-    compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// Compiled components by sha256, bounded: the active set's plus a few
+    /// recently used others (see `compiled`).
+    compiled: Mutex<CompiledCache<Component>>,
     /// Loaded versions by (name, version): kept across reloads so a plugin
-    /// that did not change keeps its warm instance.
+    /// that did not change is not linked again.
     loaded: Mutex<HashMap<(String, i32), Arc<LoadedPlugin>>>,
 }
 
-/// (name, version, kind, sha256, component or empty when already loaded, config)
-type ActiveRow = (String, i32, String, Vec<u8>, Vec<u8>, String);
-/// (name, version, kind, sha256, size_bytes, config, active, position, uploaded_at)
-type ListRow = (String, i32, String, Vec<u8>, i64, String, bool, Option<i32>, DateTime<Utc>);
+/// (name, version, kind, sha256, component or empty when already loaded, config, advisory)
+type ActiveRow = (String, i32, String, Vec<u8>, Vec<u8>, String, bool);
+/// (name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at)
+type ListRow = (String, i32, String, Vec<u8>, i64, String, bool, bool, Option<i32>, DateTime<Utc>);
 
 impl Registry {
-    pub fn new(pool: PgPool, sandbox: Arc<Sandbox>, description_chars_max: usize, failure_mode: FailureMode) -> Self {
-        Self { pool, sandbox, description_chars_max, failure_mode, compiled: Mutex::default(), loaded: Mutex::default() }
+    pub fn new(pool: PgPool, sandbox: Arc<Sandbox>, description_chars_max: usize) -> Self {
+        let compiled = Mutex::new(CompiledCache::new(INACTIVE_COMPONENTS_MAX));
+        Self { pool, sandbox, description_chars_max, compiled, loaded: Mutex::default() }
+    }
+
+    /// The sha256 of every component in the active set.
+    fn active_components(&self) -> HashSet<[u8; 32]> {
+        self.loaded.lock().expect("not poisoned").values().map(|p| p.meta.sha256).collect()
+    }
+
+    /// How many compiled components are cached (bounded by the active set plus `INACTIVE_COMPONENTS_MAX`).
+    pub fn compiled_components(&self) -> usize {
+        self.compiled.lock().expect("not poisoned").len()
     }
 
     pub fn sandbox(&self) -> &Arc<Sandbox> {
@@ -68,21 +81,24 @@ impl Registry {
 
     fn compile(&self, sha256: [u8; 32], bytes: &[u8]) -> Result<Component, PluginError> {
         if let Some(c) = self.compiled.lock().expect("not poisoned").get(&sha256) {
-            return Ok(c.clone());
+            return Ok(c);
         }
         let component = self.sandbox.compile(bytes)?;
-        self.compiled.lock().expect("not poisoned").insert(sha256, component.clone());
+        let active = self.active_components();
+        self.compiled.lock().expect("not poisoned").insert(sha256, component.clone(), &active);
         Ok(component)
     }
 
     /// Checks, compiles and stores a new version of `name` (inactive). `kind`
-    /// is detected from the component's exports when not given.
+    /// is detected from the component's exports when not given. `advisory`
+    /// (validators only) stores it in shadow mode.
     pub async fn upload(
         self: &Arc<Self>,
         name: &str,
         kind: Option<PluginKind>,
         config: String,
         bytes: Vec<u8>,
+        advisory: bool,
     ) -> Result<PluginInfo, PluginError> {
         if !valid_name(name) {
             return Err(PluginError::BadName);
@@ -101,7 +117,7 @@ impl Registry {
             };
             // Version 0: the upload check, before a version is assigned.
             let meta = PluginMeta { name: checked_name, version: 0, kind, sha256, config: config.clone() };
-            LoadedPlugin::new(this.sandbox.clone(), meta, &component)?.check()?;
+            LoadedPlugin::new(this.sandbox.clone(), meta, &component)?.with_advisory(advisory)?.check()?;
             Ok((kind, bytes, config))
         })
         .await
@@ -112,7 +128,8 @@ impl Registry {
         let (version,): (i32,) =
             sqlx::query_as("SELECT coalesce(max(version), 0) + 1 FROM plugins WHERE name = $1").bind(name).fetch_one(&mut *tx).await?;
         let (uploaded_at,): (DateTime<Utc>,) = sqlx::query_as(
-            "INSERT INTO plugins (name, version, kind, sha256, component, config) VALUES ($1, $2, $3, $4, $5, $6) RETURNING uploaded_at",
+            "INSERT INTO plugins (name, version, kind, sha256, component, config, advisory) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             RETURNING uploaded_at",
         )
         .bind(name)
         .bind(version)
@@ -120,10 +137,11 @@ impl Registry {
         .bind(&sha256[..])
         .bind(&bytes)
         .bind(&config)
+        .bind(advisory)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        info!(plugin = name, version, kind = %kind, "Plugin uploaded.");
+        info!(plugin = name, version, kind = %kind, advisory, "Plugin uploaded.");
         Ok(PluginInfo {
             name: name.to_owned(),
             version,
@@ -131,6 +149,7 @@ impl Registry {
             sha256: hex::encode(sha256),
             size_bytes: bytes.len() as i64,
             config,
+            advisory,
             active: false,
             position: None,
             uploaded_at,
@@ -139,7 +158,7 @@ impl Registry {
 
     pub async fn list(&self) -> Result<Vec<PluginInfo>, PluginError> {
         let rows: Vec<ListRow> = sqlx::query_as(
-            "SELECT p.name, p.version, p.kind, p.sha256, length(p.component)::bigint, p.config, p.active,
+            "SELECT p.name, p.version, p.kind, p.sha256, length(p.component)::bigint, p.config, p.advisory, p.active,
                     CASE WHEN p.active THEN o.position END, p.uploaded_at
                FROM plugins p LEFT JOIN validation_order o USING (name)
               ORDER BY p.name, p.version",
@@ -148,7 +167,7 @@ impl Registry {
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(name, version, kind, sha256, size_bytes, config, active, position, uploaded_at)| {
+            .filter_map(|(name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at)| {
                 Some(PluginInfo {
                     name,
                     version,
@@ -156,6 +175,7 @@ impl Registry {
                     sha256: hex::encode(sha256),
                     size_bytes,
                     config,
+                    advisory,
                     active,
                     position,
                     uploaded_at,
@@ -268,7 +288,7 @@ impl Registry {
         let known: Vec<String> = self.loaded.lock().expect("not poisoned").keys().map(|(n, v)| format!("{n}@{v}")).collect();
         let rows: Vec<ActiveRow> = sqlx::query_as(
             "SELECT p.name, p.version, p.kind, p.sha256,
-                    CASE WHEN (p.name || '@' || p.version) = ANY($1) THEN ''::bytea ELSE p.component END, p.config
+                    CASE WHEN (p.name || '@' || p.version) = ANY($1) THEN ''::bytea ELSE p.component END, p.config, p.advisory
                FROM plugins p LEFT JOIN validation_order o USING (name)
               WHERE p.active
               ORDER BY o.position NULLS LAST, p.name",
@@ -282,10 +302,10 @@ impl Registry {
     }
 
     fn build_set(&self, generation: i64, rows: Vec<ActiveRow>) -> Result<PluginSet, PluginError> {
-        let mut set = PluginSet::empty(self.description_chars_max, self.failure_mode);
+        let mut set = PluginSet::empty(self.description_chars_max);
         set.generation = generation;
         let mut keep = HashMap::new();
-        for (name, version, kind, sha256, bytes, config) in rows {
+        for (name, version, kind, sha256, bytes, config, advisory) in rows {
             let kind = PluginKind::parse(&kind).ok_or_else(|| PluginError::Invalid(format!("stored kind {kind:?}")))?;
             let sha256: [u8; 32] = sha256.try_into().map_err(|_| PluginError::Invalid("stored sha256 is not 32 bytes".into()))?;
             let key = (name.clone(), version);
@@ -294,7 +314,10 @@ impl Registry {
                 Some(p) => p,
                 None => {
                     let component = self.compile(sha256, &bytes)?;
-                    Arc::new(LoadedPlugin::new(self.sandbox.clone(), PluginMeta { name, version, kind, sha256, config }, &component)?)
+                    let meta = PluginMeta { name, version, kind, sha256, config };
+                    // A row that says advisory for a non-validator cannot come from an upload;
+                    // with_advisory refuses it rather than let a describer or converter be skipped.
+                    Arc::new(LoadedPlugin::new(self.sandbox.clone(), meta, &component)?.with_advisory(advisory)?)
                 }
             };
             keep.insert(key, plugin.clone());
@@ -304,8 +327,10 @@ impl Registry {
                 PluginKind::Describer => set.describer = Some(plugin),
             }
         }
-        // Forget versions no longer active, so their pool slots are released.
+        // Forget versions no longer active, and compiled components beyond the bound.
+        let active: HashSet<[u8; 32]> = keep.values().map(|p| p.meta.sha256).collect();
         *self.loaded.lock().expect("not poisoned") = keep;
+        self.compiled.lock().expect("not poisoned").evict(&active);
         Ok(set)
     }
 

@@ -1,12 +1,17 @@
 //! The active plugins as one `Hooks` implementation. A set is immutable: the
 //! registry builds a new one on every change and the processor swaps it in
 //! between batches, so a batch runs on exactly one set.
+//!
+//! Policy fails closed: a fault in the describer, the converter or a
+//! validator fails the transfer (`plugin_failed`). The one exception is a
+//! validator its operator uploaded as `advisory`: its rejections and faults
+//! are recorded (the decision says `advisory: true`) and the transfer goes on.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::bindings::{types, validator};
-use super::{Fault, LoadedPlugin};
+use super::{Fault, LoadedPlugin, guard};
 use crate::domain::{Amount, Currency, Money, Reason, Submission};
 use crate::hooks::{self, Decision, HookError, HookPoint, Hooks};
 
@@ -15,32 +20,19 @@ const PLUGIN_MESSAGE_CHARS_MAX: usize = 512;
 /// Longest rejection code accepted from a plugin.
 const PLUGIN_CODE_CHARS_MAX: usize = 64;
 
-/// What to do with a transfer when a plugin faults.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureMode {
-    /// The transfer fails (`plugin_failed`). The default: a broken policy stops money.
-    #[default]
-    Closed,
-    /// A faulting validator or describer is skipped (its fault still recorded).
-    /// A converter fault always fails the transfer: there is no amount without it.
-    Open,
-}
-
 pub struct PluginSet {
     pub describer: Option<Arc<LoadedPlugin>>,
     pub converter: Option<Arc<LoadedPlugin>>,
     /// In the operator's order; the first rejection wins.
     pub validators: Vec<Arc<LoadedPlugin>>,
     pub description_chars_max: usize,
-    pub failure_mode: FailureMode,
     /// Bumped by the registry on every change; which set this is.
     pub generation: i64,
 }
 
 impl PluginSet {
-    pub fn empty(description_chars_max: usize, failure_mode: FailureMode) -> Self {
-        Self { describer: None, converter: None, validators: Vec::new(), description_chars_max, failure_mode, generation: 0 }
+    pub fn empty(description_chars_max: usize) -> Self {
+        Self { describer: None, converter: None, validators: Vec::new(), description_chars_max, generation: 0 }
     }
 }
 
@@ -81,6 +73,16 @@ fn decision(
         code: code.map(str::to_owned),
         message,
         duration_us: i32::try_from(started.elapsed().as_micros()).unwrap_or(i32::MAX),
+        advisory: plugin.advisory,
+        fault: None,
+    }
+}
+
+/// The decision for a fault: `failed`, with the fault's code.
+fn failed(plugin: &LoadedPlugin, hook: HookPoint, started: Instant, fault: &Fault, reason: &Reason) -> Decision {
+    Decision {
+        fault: Some(fault.code().to_owned()),
+        ..decision(plugin, hook, started, "failed", Some(&reason.code), Some(reason.message.clone()))
     }
 }
 
@@ -92,16 +94,10 @@ fn rejection(r: types::Rejection) -> Result<Reason, Fault> {
     if !well_formed {
         return Err(Fault::Nonsense(format!(
             "rejection code {:?} is not snake_case of at most {PLUGIN_CODE_CHARS_MAX} characters",
-            truncate(&r.code, 80)
+            guard::clean(&r.code, 80)
         )));
     }
-    Ok(Reason { code: r.code, message: truncate(&r.message, PLUGIN_MESSAGE_CHARS_MAX) })
-}
-
-/// At most `chars_max` characters, NUL replaced: the text is stored in
-/// PostgreSQL (text and JSONB), which cannot hold NUL.
-fn truncate(text: &str, chars_max: usize) -> String {
-    text.chars().take(chars_max).map(|c| if c == '\0' { char::REPLACEMENT_CHARACTER } else { c }).collect()
+    Ok(Reason { code: r.code, message: guard::clean(&r.message, PLUGIN_MESSAGE_CHARS_MAX) })
 }
 
 /// The `plugin_failed` reason for a fault: names the plugin, version and cause.
@@ -110,8 +106,8 @@ fn failure(plugin: &LoadedPlugin, fault: &Fault) -> Reason {
 }
 
 impl PluginSet {
-    /// Records a describer's or validator's fault and decides, by the failure
-    /// mode, whether to go on without the plugin.
+    /// Records a plugin's fault. It fails the transfer, unless the plugin is
+    /// an advisory validator: then the transfer goes on without it.
     fn fault(
         &self,
         plugin: &LoadedPlugin,
@@ -121,11 +117,8 @@ impl PluginSet {
         decisions: &mut Vec<Decision>,
     ) -> Result<(), HookError> {
         let reason = failure(plugin, &fault);
-        decisions.push(decision(plugin, hook, started, "failed", Some(&reason.code), Some(reason.message.clone())));
-        match self.failure_mode {
-            FailureMode::Open => Ok(()),
-            FailureMode::Closed => Err(HookError::Fail(reason)),
-        }
+        decisions.push(failed(plugin, hook, started, &fault, &reason));
+        if plugin.advisory && hook == HookPoint::Validate { Ok(()) } else { Err(HookError::Fail(reason)) }
     }
 }
 
@@ -158,6 +151,7 @@ impl Hooks for PluginSet {
                 ));
                 Err(HookError::Reject(reason))
             }
+            // Never the unreviewed text: a describer is never advisory, so this fails the transfer.
             Err(fault) => self.fault(plugin, HookPoint::Describe, started, fault, decisions).map(|()| description.to_owned()),
         }
     }
@@ -184,10 +178,10 @@ impl Hooks for PluginSet {
                 decisions.push(decision(plugin, HookPoint::Convert, started, "rejected", Some(&reason.code), Some(reason.message.clone())));
                 Err(HookError::Reject(reason))
             }
+            // Without a converted amount there is nothing to move (and a converter is never advisory).
             Err(fault) => {
-                // Whatever the failure mode: without a converted amount there is nothing to move.
                 let reason = failure(plugin, &fault);
-                decisions.push(decision(plugin, HookPoint::Convert, started, "failed", Some(&reason.code), Some(reason.message.clone())));
+                decisions.push(failed(plugin, HookPoint::Convert, started, &fault, &reason));
                 Err(HookError::Fail(reason))
             }
         }
@@ -211,7 +205,10 @@ impl Hooks for PluginSet {
                         Some(&reason.code),
                         Some(reason.message.clone()),
                     ));
-                    return Err(HookError::Reject(reason));
+                    // An advisory validator's rejection is recorded, not enforced.
+                    if !plugin.advisory {
+                        return Err(HookError::Reject(reason));
+                    }
                 }
                 Err(fault) => self.fault(plugin, HookPoint::Validate, started, fault, decisions)?,
             }
@@ -225,10 +222,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_plugin_rejection_message_is_cut_and_loses_its_nul_characters() {
+    fn a_plugin_rejection_message_is_cut_and_its_control_characters_escaped() {
         let reason = rejection(types::Rejection { code: "too_big".into(), message: format!("a\0b{}", "x".repeat(1_000)) }).unwrap();
-        assert_eq!(reason.message.chars().count(), PLUGIN_MESSAGE_CHARS_MAX);
-        assert!(reason.message.starts_with("a\u{fffd}b") && !reason.message.contains('\0'));
+        // 512 characters kept; the NUL became the 5 characters `\u{0}`, and "…" marks the cut.
+        assert_eq!(reason.message.chars().count(), PLUGIN_MESSAGE_CHARS_MAX + 4 + 1);
+        assert!(reason.message.ends_with("x…"));
+        assert!(reason.message.starts_with("a\\u{0}b") && !reason.message.contains('\0'));
         assert!(matches!(rejection(types::Rejection { code: "Bad Code".into(), message: String::new() }), Err(Fault::Nonsense(_))));
     }
 }
