@@ -107,6 +107,7 @@ fn api_routes(state: &AppState) -> Router<AppState> {
             get(clients::list).post(clients::create).layer(DefaultBodyLimit::max(clients::create_body_bytes_max(&state.settings))),
         )
         .route("/v1/admin/clients/{client_id}", delete(clients::revoke))
+        .route("/v1/admin/transfer-conflicts", get(transfers::conflicts))
 }
 
 async fn not_found() -> ApiError {
