@@ -48,13 +48,26 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 0";
 
-/// Releases a claim that was never published (the broker refused it), unless
-/// the processor has moved the transfer on meanwhile. KEYS[1] key.
+/// Releases a claim that was never published because the API refused the
+/// submission before publishing, unless the processor has moved the transfer
+/// on meanwhile. KEYS[1] key.
 const RELEASE_UNPUBLISHED: &str = r"
 if redis.call('HGET', KEYS[1], 'version') == '1' and redis.call('HGET', KEYS[1], 'published') == '0' then
   return redis.call('DEL', KEYS[1])
 end
 return 0";
+
+/// Replaces a claim with the view PostgreSQL holds, unless a newer version is
+/// stored, and marks it published (the ledger has the transfer, so Redis may
+/// answer replays from it). Unlike `SET_IF_NEWER` an equal version overwrites:
+/// the claim this request just made is version 1 and may carry another body.
+/// KEYS[1] key; ARGV[1] version, ARGV[2] body, ARGV[3] ttl seconds. Returns 1 if written.
+const REPLACE_CLAIM: &str = r"
+local current = redis.call('HGET', KEYS[1], 'version')
+if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'body', ARGV[2], 'published', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1";
 
 #[derive(Debug, thiserror::Error)]
 #[error("Redis is unavailable: {0}")]
@@ -239,9 +252,25 @@ impl Cache {
         Ok(())
     }
 
+    /// Releases a claim that nothing was published under (see `RELEASE_UNPUBLISHED`).
     pub async fn release_unpublished(&self, id: TransferId) -> Result<(), CacheError> {
         let mut c = self.connection().await?;
         redis::cmd("EVAL").arg(RELEASE_UNPUBLISHED).arg(1).arg(self.transfer_key(id)).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Overwrites the claim on `id` with the view PostgreSQL holds (see `REPLACE_CLAIM`).
+    pub async fn replace_claim(&self, id: TransferId, version: i64, body: &str) -> Result<(), CacheError> {
+        let mut c = self.connection().await?;
+        redis::cmd("EVAL")
+            .arg(REPLACE_CLAIM)
+            .arg(1)
+            .arg(self.transfer_key(id))
+            .arg(version)
+            .arg(body)
+            .arg(self.inner.status_ttl_s)
+            .query_async::<()>(&mut c)
+            .await?;
         Ok(())
     }
 }

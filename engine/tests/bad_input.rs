@@ -283,6 +283,7 @@ static ROUTES: &[Route] = &[
     route("GET", "/v1/admin/clients", Need::Admin),
     route("POST", "/v1/admin/clients", Need::Admin),
     route("DELETE", "/v1/admin/clients/{client_id}", Need::Admin),
+    route("GET", "/v1/admin/transfer-conflicts", Need::Admin),
     route("GET", "/healthz", Need::Nothing),
     route("GET", "/readyz", Need::Nothing),
     route("GET", "/metrics", Need::Nothing),
@@ -1833,6 +1834,7 @@ fn every_route_refuses_unfit_credentials_with_exact_codes_and_no_change_then_ser
             Some(("/v1/admin/validation-order", not_json, 400, "malformed_json")),
         ),
         by_hand("GET /v1/admin/clients", "/v1/admin/clients", None, Credentials::Admin, 200, None),
+        by_hand("GET /v1/admin/transfer-conflicts", "/v1/admin/transfer-conflicts", None, Credentials::Admin, 200, None),
         by_hand(
             "POST /v1/admin/clients",
             "/v1/admin/clients",

@@ -171,7 +171,9 @@ pub async fn transfers(
 }
 
 /// A deposit or withdrawal. `reference` makes it idempotent: the same
-/// reference again returns the first result; with another amount, 409.
+/// reference again returns the first result; with another amount, 409. A
+/// refusal for the balance (`insufficient_funds`, `balance_overflow`) does
+/// not use the reference up: calling again with it tries again.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"owner_id": 1, "currency": "EUR", "amount": "100.00", "reference": "payout-2024-001"}))]
@@ -208,7 +210,7 @@ pub(super) const REFERENCE_CHARS_MAX: usize = 128;
         (status = 415, response = UnsupportedMediaType),
         (status = 422, body = ErrorBody, description = "`invalid_body`, `owner_id_invalid`, `currency_not_supported`, \
             `amount_invalid`, `amount_must_be_positive`, `amount_precision_exceeded`, `amount_out_of_range`, \
-            `reference_invalid`, `account_not_found`, or `balance_overflow` (recorded under the reference)"),
+            `reference_invalid`, `account_not_found`, or `balance_overflow` (recorded; the reference stays usable for a retry)"),
         (status = 503, response = Unavailable),
     ))]
 pub async fn deposit(
@@ -237,7 +239,7 @@ pub async fn deposit(
         (status = 415, response = UnsupportedMediaType),
         (status = 422, body = ErrorBody, description = "`invalid_body`, `owner_id_invalid`, `currency_not_supported`, \
             `amount_invalid`, `amount_must_be_positive`, `amount_precision_exceeded`, `amount_out_of_range`, \
-            `reference_invalid`, `account_not_found`, or `insufficient_funds` (recorded under the reference)"),
+            `reference_invalid`, `account_not_found`, or `insufficient_funds` (recorded; the reference stays usable for a retry)"),
         (status = 503, response = Unavailable),
     ))]
 pub async fn withdraw(

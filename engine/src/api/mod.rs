@@ -115,7 +115,8 @@ fn api_routes(state: &AppState) -> Router<AppState> {
             "/v1/admin/clients",
             get(clients::list).post(clients::create).layer(DefaultBodyLimit::max(clients::create_body_bytes_max(&state.settings))),
         )
-        .route("/v1/admin/clients/{client_id}", delete(clients::revoke));
+        .route("/v1/admin/clients/{client_id}", delete(clients::revoke))
+        .route("/v1/admin/transfer-conflicts", get(transfers::conflicts));
     // A time limit on each API request and a limit on requests in progress at
     // once (one semaphore shared by all these routes). A request past the
     // concurrency limit is refused at once (`503 overloaded`) rather than

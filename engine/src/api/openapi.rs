@@ -25,6 +25,7 @@ use crate::config::Settings;
     paths(
         super::transfers::submit,
         super::transfers::get,
+        super::transfers::conflicts,
         super::accounts::create,
         super::accounts::get,
         super::accounts::transfers,
@@ -199,7 +200,7 @@ mod tests {
     fn every_operation_declares_the_bearer_scheme_and_the_answers_of_its_extractors() {
         let doc = served();
         let operations = operations(&doc);
-        assert_eq!(operations.len(), 15);
+        assert_eq!(operations.len(), 16);
         for (method, path, operation) in operations {
             let name = format!("{method} {path}");
             assert_eq!(operation["security"], serde_json::json!([{"bearer": []}]), "{name}");

@@ -1,13 +1,17 @@
 //! `POST /v1/transfers` and `GET /v1/transfers/{id}`.
 //!
 //! Submitting does only cheap work: validate, claim the id in Redis (so a
-//! retry publishes nothing), an advisory balance pre-check, then publish to
+//! retry publishes nothing), a primary-key read of PostgreSQL when Redis
+//! cannot vouch for the id, an advisory balance pre-check, then publish to
 //! Kafka and answer 202 once the broker has acknowledged. The processor's
 //! check under lock in PostgreSQL is the truth.
+//!
+//! `GET /v1/admin/transfer-conflicts` lists the ids reused with another
+//! meaning that got past the API (two engines racing) and that the ledger refused.
 
 use anyhow::Context;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -19,7 +23,7 @@ use super::auth::{Authorized, TransfersRead, TransfersWrite, require_owner};
 use super::error::{ErrorBody, JsonBody, PathParams};
 use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType};
 use super::schema::{self, CurrencyCode, DecimalAmount, OwnerIdSchema};
-use super::{ApiError, AppState, whole};
+use super::{Admin, ApiError, AppState, whole};
 use crate::cache::{self, CachedBalance};
 use crate::domain::{Amount, Currency, Money, OwnerId, Rejection, Requested, Submission, TransferId, TransferKind};
 use crate::kafka::{self, TransferRecord};
@@ -33,7 +37,7 @@ use crate::views::TransferStatusView;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"sender_id": 1, "receiver_id": 2, "amount": "12.34", "currency": "EUR", "description": "rent"}))]
 pub struct SubmitTransfer {
-    /// Optional client-chosen id (UUID); else the `Idempotency-Key` header; else generated.
+    /// Optional client-chosen id (UUID, not version 5: 422 `transfer_id_reserved`); else the `Idempotency-Key` header; else generated.
     #[schema(value_type = Option<String>, format = Uuid)]
     pub transfer_id: Option<uuid::Uuid>,
     /// The owner of the debit account.
@@ -92,11 +96,31 @@ fn transfer_id(body: Option<uuid::Uuid>, headers: &HeaderMap) -> Result<Transfer
             )
         }
     };
-    match (body, header) {
-        (Some(b), Some(h)) if b != h => Err(ApiError::invalid("idempotency_key_mismatch", "transfer_id and Idempotency-Key differ")),
-        (Some(id), _) | (None, Some(id)) => Ok(TransferId(id)),
-        (None, None) => Ok(TransferId::generate()),
+    let id = match (body, header) {
+        (Some(b), Some(h)) if b != h => {
+            return Err(ApiError::invalid("idempotency_key_mismatch", "transfer_id and Idempotency-Key differ"));
+        }
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => return Ok(TransferId::generate()),
+    };
+    if is_reserved(id) {
+        return Err(ApiError::invalid(
+            "transfer_id_reserved",
+            "version 5 UUIDs are reserved for deposits and withdrawals; use a random (v4) or time-ordered (v7) UUID",
+        ));
     }
+    Ok(TransferId(id))
+}
+
+/// Deposits and withdrawals take UUIDv5 ids derived from their reference
+/// (`TransferId::for_reference`). A hash cannot say which namespace made an id,
+/// so every v5 id is kept from clients: otherwise whoever guesses a wire
+/// reference could take its id first, and the real deposit would be refused
+/// as a conflict. Stored ids keep working (a deposit retried with its
+/// reference derives the same id); a v5 id a client submitted before this
+/// rule can still be read, not submitted again.
+fn is_reserved(id: uuid::Uuid) -> bool {
+    id.get_version_num() == 5
 }
 
 /// Validates a request into a submission: every rule that needs no I/O.
@@ -169,7 +193,8 @@ pub fn validate(req: SubmitTransfer, headers: &HeaderMap, description_chars_max:
         (status = 422, body = ErrorBody, description = "The body does not fit the schema (`invalid_body`), or a rule refused it: \
             `owner_id_invalid`, `currency_not_supported`, `accounts_must_be_different`, `amount_missing`, `amount_ambiguous`, \
             `amount_invalid`, `amount_must_be_positive`, `amount_precision_exceeded`, `amount_out_of_range`, \
-            `description_too_long`, `description_invalid`, `idempotency_key_invalid`, `idempotency_key_mismatch`; \
+            `description_too_long`, `description_invalid`, `idempotency_key_invalid`, `idempotency_key_mismatch`, \
+            `transfer_id_reserved` (a version 5 UUID: those are deposits' and withdrawals' ids); \
             or the advisory check before publishing: `account_not_found`, `insufficient_funds`"),
         (status = 503, response = Unavailable),
     ))]
@@ -185,8 +210,10 @@ pub async fn submit(
     let initiated = TransferStatusView::initiated(&submission);
     let fingerprint = initiated.fingerprint.clone();
 
-    // 1. Idempotency: claim the id, or find what it already is.
-    let claimed = match state.cache.claim(submission.id, &serde_json::to_string(&initiated).map_err(anyhow::Error::from)?).await {
+    // 1. Idempotency: claim the id, or find what it already is. Redis answers
+    //    alone only for what it knows reached the broker or the ledger.
+    let claim = state.cache.claim(submission.id, &serde_json::to_string(&initiated).map_err(anyhow::Error::from)?).await;
+    let fresh = match &claim {
         Ok(None) => true,
         Ok(Some(existing)) => {
             let view: TransferStatusView = serde_json::from_str(&existing.body).context("unreadable status view in Redis")?;
@@ -196,45 +223,80 @@ pub async fn submit(
             if existing.published || existing.version > 1 {
                 return Ok(replayed(&view));
             }
-            // Claimed but not (yet) acknowledged by the broker: publishing again is
-            // harmless (the ledger applies an id once) and covers a claimant that died.
+            // Claimed but not acknowledged by the broker (in flight, a claimant
+            // that died, or a publish that failed): publishing again is harmless,
+            // the ledger applies an id once. PostgreSQL is asked first, below.
             false
         }
         Err(e) => {
-            cache::warn_unavailable(&e, "transfer claim");
-            if let Some(existing) = state.ledger.transfer(submission.id).await? {
-                let view = TransferStatusView::from_ledger(&existing);
-                return if view.fingerprint == fingerprint { Ok(replayed(&view)) } else { Err(conflict()) };
-            }
+            cache::warn_unavailable(e, "transfer claim");
             false
         }
     };
 
-    // 2. Advisory pre-check, then publish. Release the claim if either refuses.
-    let published = async {
-        precheck(&state, &submission).await?;
-        let record = serde_json::to_vec(&TransferRecord::from_submission(&submission)).map_err(anyhow::Error::from)?;
-        let key = kafka::record_key(submission.sender, submission.currency);
-        state.publisher.publish(&state.settings.topic, &key, &record, kafka::record_headers(&submission)).await.map_err(|e| {
-            warn!(transfer_id = %submission.id, error = %e, "The broker did not acknowledge a transfer.");
-            ApiError::Unavailable {
-                code: "broker_unavailable",
-                message: "the broker did not acknowledge the transfer; retry with the same id".into(),
+    // 2. The truth. A fresh claim proves nothing: the claim may have expired
+    //    (`status_cache_ttl_s`), or Redis was flushed or failed over, long after
+    //    the ledger recorded the id. One primary-key read, before the balance
+    //    pre-check (which could refuse a payment that already completed).
+    //    PostgreSQL away: fail closed with 503. Publishing unchecked could
+    //    answer 202 for an id the ledger holds with another meaning (a conflict
+    //    recorded silently); the client retries with the same id instead.
+    let stored = match state.ledger.transfer(submission.id).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            if fresh {
+                release_claim(&state, submission.id).await;
             }
-        })
+            return Err(e.into());
+        }
+    };
+    if let Some(stored) = stored {
+        let view = TransferStatusView::from_ledger(&stored);
+        if claim.is_ok() {
+            // Replace our claim (which may hold the other body) with the truth,
+            // so that Redis answers the next retry or conflict by itself.
+            let body = serde_json::to_string(&view).map_err(anyhow::Error::from)?;
+            if let Err(e) = state.cache.replace_claim(submission.id, i64::from(view.version), &body).await {
+                cache::warn_unavailable(&e, "claim refresh");
+            }
+        }
+        return if view.fingerprint == fingerprint { Ok(replayed(&view)) } else { Err(conflict()) };
     }
-    .await;
-    if let Err(e) = published {
-        if claimed && let Err(e) = state.cache.release_unpublished(submission.id).await {
-            cache::warn_unavailable(&e, "claim release");
+
+    // 3. Advisory pre-check: a refusal publishes nothing, so a fresh claim is released.
+    if let Err(e) = precheck(&state, &submission).await {
+        if fresh {
+            release_claim(&state, submission.id).await;
         }
         return Err(e);
+    }
+
+    // 4. Publish. On failure the claim is kept, whatever it was: a publish
+    //    that timed out may still be delivered by librdkafka, so the id is
+    //    taken (another body gets 409) and `GET` answers `initiated` from the
+    //    claim until the ledger has it. A retry with the same body publishes
+    //    again and answers 202.
+    let record = serde_json::to_vec(&TransferRecord::from_submission(&submission)).map_err(anyhow::Error::from)?;
+    let key = kafka::record_key(submission.sender, submission.currency);
+    if let Err(e) = state.publisher.publish(&state.settings.topic, &key, &record, kafka::record_headers(&submission)).await {
+        warn!(transfer_id = %submission.id, error = %e, "The broker did not acknowledge a transfer.");
+        return Err(ApiError::Unavailable {
+            code: "broker_unavailable",
+            message: "the broker did not acknowledge the transfer; retry with the same id".into(),
+        });
     }
     if let Err(e) = state.cache.mark_published(submission.id).await {
         cache::warn_unavailable(&e, "claim publish mark");
     }
     let accepted = SubmitAccepted { transfer_id: submission.id.0, status: crate::domain::Status::Initiated, version: 1 };
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// Gives up a claim under which nothing was published, so that the id stays free.
+async fn release_claim(state: &AppState, id: TransferId) {
+    if let Err(e) = state.cache.release_unpublished(id).await {
+        cache::warn_unavailable(&e, "claim release");
+    }
 }
 
 fn conflict() -> ApiError {
@@ -293,7 +355,9 @@ pub async fn balances<const N: usize>(state: &AppState, keys: [(OwnerId, Currenc
 #[utoipa::path(get, path = "/v1/transfers/{id}", operation_id = "get_transfer", tag = "transfers", security(("bearer" = [])),
     params(("id" = String, Path, format = Uuid, description = "The transfer id")),
     responses(
-        (status = 200, body = TransferStatusView),
+        (status = 200, body = TransferStatusView, description = "The transfer. `initiated` until the processor decides it; \
+            also after a submit answered 503 `broker_unavailable`, whose record may still be delivered (resubmit the same \
+            body under the same id, never a new id)"),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, body = ErrorBody, description = "`scope_missing` (needs transfers:read)"),
@@ -331,4 +395,76 @@ pub async fn get(
     let view =
         view.filter(visible).ok_or_else(|| ApiError::NotFound { code: "transfer_not_found", message: format!("no transfer {id}") })?;
     Ok(Json(view.for_caller(caller.is_admin())))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConflictPageQuery {
+    /// How many conflicts: 1 to 200, default 50 (a value outside 1..200 is clamped to it).
+    #[param(required = false, value_type = i64)]
+    pub limit: Option<i64>,
+    /// The `next_before` cursor of the previous page.
+    #[param(required = false, value_type = i64)]
+    pub before: Option<i64>,
+}
+
+/// A transfer id that arrived again with another meaning and was refused.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConflictBody {
+    /// Rises with every conflict recorded; the pagination cursor.
+    pub conflict_id: i64,
+    #[schema(value_type = String, format = Uuid)]
+    pub transfer_id: uuid::Uuid,
+    /// When the ledger refused it.
+    pub at: chrono::DateTime<Utc>,
+    /// sha256 (hex) of what the refused submission meant; the transfer's own is another.
+    pub fingerprint: String,
+    /// The transfer the id stands for, which the refused submission did not change (no `history`).
+    pub transfer: TransferStatusView,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConflictPageBody {
+    /// Newest first.
+    pub conflicts: Vec<ConflictBody>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
+const CONFLICT_PAGE_SIZE_DEFAULT: i64 = 50;
+
+/// Conflicts reach the ledger only when the API could not see them: two
+/// engines claiming one id at once, or PostgreSQL behind the record. Each one
+/// is also counted as outcome `conflict` in `transfer_engine_transfers_total`.
+#[utoipa::path(get, path = "/v1/admin/transfer-conflicts", operation_id = "list_transfer_conflicts", tag = "transfers",
+    security(("bearer" = [])),
+    params(ConflictPageQuery),
+    responses(
+        (status = 200, body = ConflictPageBody),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 422, body = ErrorBody, description = "`invalid_query`: `limit` or `before` is not a 64-bit integer, \
+            or another parameter was given"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn conflicts(
+    State(state): State<AppState>,
+    _: Admin,
+    query: Result<Query<ConflictPageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ConflictPageBody>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
+    let page = state.ledger.transfer_conflicts(query.before, query.limit.unwrap_or(CONFLICT_PAGE_SIZE_DEFAULT)).await?;
+    let conflicts = page
+        .conflicts
+        .iter()
+        .map(|c| ConflictBody {
+            conflict_id: c.conflict_id,
+            transfer_id: c.transfer.transfer_id.0,
+            at: c.at,
+            fingerprint: hex::encode(&c.fingerprint),
+            transfer: TransferStatusView::from_ledger(&c.transfer).for_caller(true),
+        })
+        .collect();
+    Ok(Json(ConflictPageBody { conflicts, next_before: page.next_before }))
 }

@@ -1,9 +1,11 @@
 //! Accounts, and the synchronous deposit/withdrawal path the API calls.
 
+use std::collections::HashSet;
+
 use chrono::Utc;
 
 use super::{CommitItem, Committed, Disposition, Ledger, LedgerError};
-use crate::domain::{Amount, Currency, OwnerId, Requested, SYSTEM_OWNER_ID, Submission, TransferId, TransferKind};
+use crate::domain::{Amount, Currency, OwnerId, Rejection, Requested, SYSTEM_OWNER_ID, Submission, TransferId, TransferKind};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AccountView {
@@ -135,13 +137,52 @@ impl Ledger {
         reference: &str,
     ) -> Result<(Committed, Vec<AccountView>), MoveError> {
         self.ensure_system_account(currency).await?;
-        let item = CommitItem::system_move(kind, owner_id, currency, amount, reference);
+        let id = self.next_attempt(kind, reference).await?;
+        let item = CommitItem::system_move_with_id(id, kind, owner_id, currency, amount, reference);
         let mut result = self.commit_batch(std::slice::from_ref(&item)).await?;
         let committed = result.outcomes.pop().expect("one outcome per item");
         if committed.disposition == Disposition::Conflict {
             return Err(MoveError::ReferenceConflict(kind.as_str()));
         }
         Ok((committed, result.balances))
+    }
+
+    /// The id this call with `reference` goes under: the first attempt's id
+    /// that the ledger does not hold as refused for the balance. A refusal for
+    /// the balance (insufficient funds, an overflow) says only that the money
+    /// was not there at that moment, so it does not use the reference up; the
+    /// refusal stays recorded under its own attempt's id. Concurrent calls pick
+    /// the same id, which the ledger applies once.
+    async fn next_attempt(&self, kind: TransferKind, reference: &str) -> Result<TransferId, LedgerError> {
+        let ids: Vec<TransferId> = (1..=BALANCE_REFUSALS_PER_REFERENCE_MAX).map(|n| attempt_id(kind, reference, n)).collect();
+        let raw: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+        let codes = [Rejection::InsufficientFunds.code(), Rejection::BalanceOverflow.code()];
+        let refused: Vec<(uuid::Uuid,)> = sqlx::query_as(
+            "SELECT transfer_id FROM transfers WHERE transfer_id = ANY($1) AND status = 'rejected' AND reason_code = ANY($2)",
+        )
+        .bind(&raw)
+        .bind(&codes[..])
+        .fetch_all(&self.pool)
+        .await?;
+        let refused: HashSet<uuid::Uuid> = refused.into_iter().map(|(id,)| id).collect();
+        // Every attempt refused: the reference is used up, and the last refusal is its answer.
+        Ok(ids.iter().copied().find(|id| !refused.contains(&id.0)).unwrap_or(ids[ids.len() - 1]))
+    }
+}
+
+/// How many refusals for the balance one deposit or withdrawal reference can
+/// take; after that, the reference answers its last refusal.
+const BALANCE_REFUSALS_PER_REFERENCE_MAX: u32 = 32;
+
+/// The id of attempt `n` (from 1) of a system move with `reference`. The first
+/// is the id every earlier release gave the reference, so references recorded
+/// before attempts existed stay idempotent. Later ones add `#n` to the kind,
+/// before the `:` that ends it, so no reference's name can equal another's.
+fn attempt_id(kind: TransferKind, reference: &str, n: u32) -> TransferId {
+    if n == 1 {
+        TransferId::for_reference(kind.as_str(), reference)
+    } else {
+        TransferId::for_reference(&format!("{}#{n}", kind.as_str()), reference)
     }
 }
 
@@ -150,12 +191,23 @@ impl CommitItem {
     /// way), its id derived from `reference` so that a retry is recognised.
     /// Needs the currency's system account (`ensure_system_account`, `open_accounts`).
     pub fn system_move(kind: TransferKind, owner_id: OwnerId, currency: Currency, amount: Amount, reference: &str) -> Self {
+        Self::system_move_with_id(attempt_id(kind, reference, 1), kind, owner_id, currency, amount, reference)
+    }
+
+    fn system_move_with_id(
+        id: TransferId,
+        kind: TransferKind,
+        owner_id: OwnerId,
+        currency: Currency,
+        amount: Amount,
+        reference: &str,
+    ) -> Self {
         let (sender, receiver) = match kind {
             TransferKind::Withdrawal => (owner_id, SYSTEM_OWNER_ID),
             _ => (SYSTEM_OWNER_ID, owner_id),
         };
         let submission = Submission {
-            id: TransferId::for_reference(kind.as_str(), reference),
+            id,
             kind,
             sender,
             receiver,
@@ -166,5 +218,28 @@ impl CommitItem {
             client_id: None,
         };
         Self::apply_as_submitted(submission).expect("a system move names its amount")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_ids_are_version_5_and_distinct_across_references_and_attempts() {
+        let kind = TransferKind::Withdrawal;
+        assert_eq!(attempt_id(kind, "wire-1", 1), TransferId::for_reference("withdrawal", "wire-1"));
+        let ids = [
+            attempt_id(kind, "wire-1", 1),
+            attempt_id(kind, "wire-1", 2),
+            attempt_id(kind, "wire-1#2", 1),
+            attempt_id(kind, "#2:wire-1", 1),
+        ];
+        for (i, a) in ids.iter().enumerate() {
+            assert_eq!(a.0.get_version_num(), 5, "the transfers endpoint refuses v5 ids, so none is claimable there");
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Reads: a transfer with its status history, an account's transfers.
+//! Reads: a transfer with its status history, an account's transfers, the recorded id conflicts.
 
 use chrono::{DateTime, Utc};
 
@@ -51,8 +51,29 @@ pub struct TransferPage {
     pub next_before: Option<i64>,
 }
 
-/// Most transfers one page may return.
+/// Most transfers (or conflicts) one page may return.
 pub const PAGE_SIZE_MAX: i64 = 200;
+
+/// A transfer id that arrived again with another meaning, and the transfer
+/// the ledger holds under it. The refused submission was never applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictView {
+    /// Insertion order; the pagination cursor.
+    pub conflict_id: i64,
+    /// sha256 of what the refused submission meant (see `Submission::fingerprint`).
+    pub fingerprint: Vec<u8>,
+    pub at: DateTime<Utc>,
+    /// What the id stands for. Its history is not loaded.
+    pub transfer: TransferView,
+}
+
+#[derive(Clone, Debug)]
+pub struct ConflictPage {
+    /// Newest first.
+    pub conflicts: Vec<ConflictView>,
+    /// Pass as `before` to get the next (older) page; `None` on the last page.
+    pub next_before: Option<i64>,
+}
 
 /// (version, status, reason_code, reason_message, at)
 type HistoryRow = (i32, String, Option<String>, Option<String>, DateTime<Utc>);
@@ -78,6 +99,15 @@ struct TransferRow {
     fingerprint: Vec<u8>,
     decisions: Option<String>,
     client_id: Option<uuid::Uuid>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ConflictRow {
+    conflict_id: i64,
+    refused_fingerprint: Vec<u8>,
+    refused_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    transfer: TransferRow,
 }
 
 const TRANSFER_COLUMNS: &str = "transfer_id, seq, kind, sender_id, receiver_id, currency, amount_minor,
@@ -161,5 +191,40 @@ impl Ledger {
             None
         };
         Ok(TransferPage { transfers, next_before })
+    }
+
+    /// The recorded id conflicts, newest first, `limit` at a time (at most
+    /// `PAGE_SIZE_MAX`), older than the cursor `before`.
+    pub async fn transfer_conflicts(&self, before: Option<i64>, limit: i64) -> Result<ConflictPage, LedgerError> {
+        let limit = limit.clamp(1, PAGE_SIZE_MAX);
+        let before = before.unwrap_or(i64::MAX);
+        // The transfer's columns through a lateral subquery: both tables have a `fingerprint`.
+        let sql = format!(
+            "SELECT c.conflict_id, c.fingerprint AS refused_fingerprint, c.at AS refused_at, t.*
+               FROM transfer_conflicts c
+               CROSS JOIN LATERAL (SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = c.transfer_id) t
+              WHERE c.conflict_id < $1
+              ORDER BY c.conflict_id DESC
+              LIMIT $2"
+        );
+        let rows: Vec<ConflictRow> = sqlx::query_as(&sql).bind(before).bind(limit + 1).fetch_all(&self.pool).await?;
+        let mut conflicts = rows
+            .into_iter()
+            .map(|row| {
+                Ok(ConflictView {
+                    conflict_id: row.conflict_id,
+                    fingerprint: row.refused_fingerprint,
+                    at: row.refused_at,
+                    transfer: transfer_from_row(row.transfer)?,
+                })
+            })
+            .collect::<Result<Vec<_>, LedgerError>>()?;
+        let next_before = if conflicts.len() as i64 > limit {
+            conflicts.truncate(limit as usize);
+            conflicts.last().map(|c| c.conflict_id)
+        } else {
+            None
+        };
+        Ok(ConflictPage { conflicts, next_before })
     }
 }
