@@ -56,6 +56,12 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// `ensure_topics` for the topics the settings name (the transfers topic and its dead-letter topic).
+pub async fn ensure_engine_topics(settings: &crate::config::Settings) -> Result<(), KafkaError> {
+    let (partitions, replication) = (settings.topic_partitions, settings.topic_replication_factor);
+    ensure_topics(&settings.kafka_brokers, &settings.topic, &settings.dlq_topic(), partitions, replication).await
+}
+
 /// How long start-up waits for a topic's metadata to list its partitions (a
 /// topic created a moment ago may not be listed yet).
 const TOPIC_METADATA_WAIT_MS: u64 = 5_000;

@@ -421,15 +421,7 @@ async fn submit_http(args: &LoadArgs, key: &str, plan: Vec<Planned>) -> anyhow::
 }
 
 async fn submit_topic(settings: &Settings, args: &LoadArgs, plan: Vec<Planned>) -> anyhow::Result<Vec<Submitted>> {
-    kafka::ensure_topics(
-        &settings.kafka_brokers,
-        &settings.topic,
-        &settings.dlq_topic(),
-        settings.topic_partitions,
-        settings.topic_replication_factor,
-    )
-    .await
-    .context("could not reach the broker to create the topics")?;
+    kafka::ensure_engine_topics(settings).await.context("could not reach the broker to create the topics")?;
     let producer = kafka::producer(&settings.kafka_brokers, settings.publish_timeout_ms)?;
     let bar = progress(args.quiet, plan.len() as u64, "producing");
     let started = tokio::time::Instant::now();

@@ -92,15 +92,9 @@ impl Application {
         maintenance.close().await;
         let pool = connect_database(&settings).await?;
         let cache = Cache::from_settings(&settings).context("invalid TRANSFER_ENGINE_REDIS_URL")?;
-        kafka::ensure_topics(
-            &settings.kafka_brokers,
-            &settings.topic,
-            &settings.dlq_topic(),
-            settings.topic_partitions,
-            settings.topic_replication_factor,
-        )
-        .await
-        .context("could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)")?;
+        kafka::ensure_engine_topics(&settings)
+            .await
+            .context("could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)")?;
         kafka::warn_on_single_replicas(&settings.kafka_brokers, &[&settings.topic, &settings.dlq_topic()]).await;
         let publisher =
             kafka::Publisher::new(&settings.kafka_brokers, settings.publish_timeout_ms).context("could not create the Kafka producer")?;
