@@ -54,6 +54,10 @@ const CONSUMER_ERROR_PAUSE_MS: u64 = 50;
 /// How often consumer lag is measured (more often when the stall limit is short).
 const LAG_INTERVAL_MS: u64 = 5_000;
 const LAG_INTERVAL_MS_MIN: u64 = 100;
+/// Blocking threads one batch's hooks are spread over, at most, and the
+/// fewest transfers worth a thread of their own.
+const HOOK_THREADS_MAX: usize = 4;
+const HOOK_ITEMS_PER_THREAD_MIN: usize = 16;
 /// PostgreSQL reads at once when a replayed batch refreshes Redis.
 const REFRESH_READS_CONCURRENT_MAX: usize = 4;
 
@@ -206,11 +210,9 @@ impl Processor {
                 Err(e) => dead.push(DeadLetter { reason: format!("{}: {e}", e.code()), message: message.clone() }),
             }
         }
-        // Hooks may run plugins for milliseconds each: keep them off the async workers.
+        // The set as it is now; the guard must not live across the await.
         let hooks = self.hooks.borrow().clone();
-        let items = tokio::task::spawn_blocking(move || submissions.into_iter().map(|s| commit_item(&*hooks, s)).collect::<Vec<_>>())
-            .await
-            .expect("commit_item contains panics");
+        let items = run_hooks(hooks, submissions).await;
         PreparedBatch { batch, items, sources, dead }
     }
 
@@ -320,6 +322,28 @@ impl Processor {
         }
         debug!(transfers = result.outcomes.len(), "Batch committed.");
     }
+}
+
+/// Runs the hooks over a batch, in order, spread over a few blocking threads:
+/// each plugin call is CPU work on a fresh instance (tens of microseconds),
+/// independent of every other transfer's, and must stay off the async workers.
+async fn run_hooks(hooks: crate::hooks::HookSet, submissions: Vec<Submission>) -> Vec<CommitItem> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(HOOK_THREADS_MAX);
+    let threads = threads.min(submissions.len().div_ceil(HOOK_ITEMS_PER_THREAD_MIN)).max(1);
+    let per_thread = submissions.len().div_ceil(threads).max(1);
+    let mut rest = submissions;
+    let mut parts = Vec::with_capacity(threads);
+    while !rest.is_empty() {
+        let tail = rest.split_off(per_thread.min(rest.len()));
+        let part = std::mem::replace(&mut rest, tail);
+        let hooks = hooks.clone();
+        parts.push(tokio::task::spawn_blocking(move || part.into_iter().map(|s| commit_item(&*hooks, s)).collect::<Vec<_>>()));
+    }
+    let mut items = Vec::new();
+    for part in parts {
+        items.extend(part.await.expect("commit_item contains panics"));
+    }
+    items
 }
 
 /// Runs the hooks for one submission and turns the answer into a ledger item.
@@ -443,6 +467,20 @@ mod tests {
     use crate::domain::{Amount, Currency, Money, OwnerId, Requested, TransferId, TransferKind};
     use crate::hooks::{Decision, HookError, Hooks};
 
+    fn submission(description: Option<String>) -> Submission {
+        Submission {
+            id: TransferId::generate(),
+            kind: TransferKind::Transfer,
+            sender: OwnerId::new(1).unwrap(),
+            receiver: OwnerId::new(2).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+            requested: Requested::Amount(Amount::from_minor(5).unwrap()),
+            description,
+            submitted_at: chrono::Utc::now(),
+            client_id: None,
+        }
+    }
+
     struct Buggy;
 
     impl Hooks for Buggy {
@@ -457,20 +495,32 @@ mod tests {
         }
     }
 
+    struct DescribeById;
+
+    impl Hooks for DescribeById {
+        fn describe(&self, _: &str, s: &Submission, _: &mut Vec<Decision>) -> Result<String, HookError> {
+            Ok(s.id.to_string())
+        }
+        fn convert(&self, _: Money, _: Currency, _: &Submission, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
+            unreachable!("no conversion asked")
+        }
+        fn validate(&self, _: &Submission, _: Amount, _: Option<&str>, _: &mut Vec<Decision>) -> Result<(), HookError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn hooks_spread_over_threads_keep_the_batch_in_order() {
+        let submissions: Vec<Submission> = (0..101).map(|_| submission(Some("rent".into()))).collect();
+        let ids: Vec<TransferId> = submissions.iter().map(|s| s.id).collect();
+        let items = run_hooks(std::sync::Arc::new(DescribeById), submissions).await;
+        assert_eq!(items.iter().map(|i| i.submission.id).collect::<Vec<_>>(), ids);
+        assert!(items.iter().all(|i| i.description == Some(i.submission.id.to_string())), "each item got its own hook answer");
+    }
+
     #[test]
     fn a_panic_while_running_hooks_fails_only_that_transfer_and_stores_no_unreviewed_description() {
-        let submission = Submission {
-            id: TransferId::generate(),
-            kind: TransferKind::Transfer,
-            sender: OwnerId::new(1).unwrap(),
-            receiver: OwnerId::new(2).unwrap(),
-            currency: Currency::parse("EUR").unwrap(),
-            requested: Requested::Amount(Amount::from_minor(5).unwrap()),
-            description: Some("card 4111 1111 1111 1111".into()),
-            submitted_at: chrono::Utc::now(),
-            client_id: None,
-        };
-        let item = commit_item(&Buggy, submission);
+        let item = commit_item(&Buggy, submission(Some("card 4111 1111 1111 1111".into())));
         let crate::ledger::Verdict::Fail(reason) = item.verdict else { panic!("expected a failure, got {:?}", item.verdict) };
         assert_eq!(reason.code, "hook_failed");
         assert_eq!(item.description, None, "an unreviewed description is never stored");
