@@ -107,18 +107,13 @@ const CURRENCY_CHECK: (&str, &str) = (
 const TRANSFER_CHUNK_END: &str = "SELECT transfer_id FROM transfers WHERE transfer_id > $1 ORDER BY transfer_id OFFSET $2 LIMIT 1";
 const ACCOUNT_CHUNK_END: &str = "SELECT account_id FROM accounts WHERE account_id > $1 ORDER BY account_id OFFSET $2 LIMIT 1";
 
-/// The violations found so far, per check, capped at `VIOLATIONS_SHOWN_MAX`.
+/// The violations found so far, one entry per check (listed also when it
+/// finds nothing), capped at `VIOLATIONS_SHOWN_MAX` each.
 struct Findings(Vec<Check>);
 
 impl Findings {
     fn add(&mut self, name: &'static str, rows: Vec<(Option<String>,)>) {
-        let check = match self.0.iter_mut().find(|c| c.name == name) {
-            Some(check) => check,
-            None => {
-                self.0.push(Check { name, violations: Vec::new() });
-                self.0.last_mut().expect("just pushed")
-            }
-        };
+        let check = self.0.iter_mut().find(|c| c.name == name).expect("every check is listed up front");
         for (v,) in rows {
             if check.violations.len() < VIOLATIONS_SHOWN_MAX as usize {
                 check.violations.push(v.unwrap_or_default());
@@ -140,45 +135,52 @@ impl Ledger {
     /// `audit` with another chunk size (tests use tiny ones to cross many chunk boundaries).
     pub async fn audit_in_chunks(&self, rows_per_chunk: i64) -> Result<AuditReport, LedgerError> {
         assert!(rows_per_chunk >= 1, "a chunk holds at least one row");
-        let mut findings = Findings(Vec::new());
+        let every = TRANSFER_CHECKS.iter().chain(ACCOUNT_CHECKS).chain([&CURRENCY_CHECK]);
+        let mut findings = Findings(every.map(|(name, _)| Check { name, violations: Vec::new() }).collect());
         let (transfers,): (i64,) = sqlx::query_as("SELECT count(*) FROM transfers").fetch_one(&self.pool).await?;
         let (accounts,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(&self.pool).await?;
 
-        let mut after = uuid::Uuid::nil();
-        loop {
-            let end: Option<(uuid::Uuid,)> =
-                sqlx::query_as(TRANSFER_CHUNK_END).bind(after).bind(rows_per_chunk - 1).fetch_optional(&self.pool).await?;
-            let until = end.map_or(uuid::Uuid::max(), |(id,)| id);
-            self.check_chunk(TRANSFER_CHECKS, after, until, &mut findings).await?;
-            if end.is_none() || until == uuid::Uuid::max() {
-                break;
-            }
-            after = until;
-        }
-
-        let mut after = i64::MIN;
-        loop {
-            let end: Option<(i64,)> =
-                sqlx::query_as(ACCOUNT_CHUNK_END).bind(after).bind(rows_per_chunk - 1).fetch_optional(&self.pool).await?;
-            let until = end.map_or(i64::MAX, |(id,)| id);
-            self.check_chunk(ACCOUNT_CHECKS, after, until, &mut findings).await?;
-            if end.is_none() || until == i64::MAX {
-                break;
-            }
-            after = until;
-        }
+        let (nil, max) = (uuid::Uuid::nil(), uuid::Uuid::max());
+        self.check_in_chunks(TRANSFER_CHUNK_END, TRANSFER_CHECKS, (nil, max), rows_per_chunk, &mut findings).await?;
+        self.check_in_chunks(ACCOUNT_CHUNK_END, ACCOUNT_CHECKS, (i64::MIN, i64::MAX), rows_per_chunk, &mut findings).await?;
 
         let (name, sql) = CURRENCY_CHECK;
         let rows = sqlx::query_as(&format!("{sql} LIMIT {VIOLATIONS_SHOWN_MAX}")).fetch_all(&self.pool).await?;
         findings.add(name, rows);
-        let mut checks = findings.0;
-        // Every check is listed, also one that found nothing in any chunk.
-        for (name, _) in TRANSFER_CHECKS.iter().chain(ACCOUNT_CHECKS) {
-            if !checks.iter().any(|c| c.name == *name) {
-                checks.push(Check { name, violations: Vec::new() });
+        Ok(AuditReport { transfers, accounts, acknowledged: None, checks: findings.0, skipped: Vec::new() })
+    }
+
+    /// Runs `checks` over a table's keys from `keys.0` (exclusive) to `keys.1`
+    /// (inclusive, the highest key there can be), chunk by chunk.
+    async fn check_in_chunks<K>(
+        &self,
+        chunk_end: &str,
+        checks: &[(&'static str, &str)],
+        keys: (K, K),
+        rows_per_chunk: i64,
+        findings: &mut Findings,
+    ) -> Result<(), LedgerError>
+    where
+        K: for<'q> sqlx::Encode<'q, sqlx::Postgres>
+            + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>
+            + Copy
+            + PartialEq
+            + Send
+            + Sync
+            + Unpin,
+    {
+        let (mut after, last) = keys;
+        loop {
+            let end: Option<(K,)> = sqlx::query_as(chunk_end).bind(after).bind(rows_per_chunk - 1).fetch_optional(&self.pool).await?;
+            // No key after this chunk's `rows_per_chunk`: the last chunk runs to the end.
+            let until = end.map_or(last, |(key,)| key);
+            self.check_chunk(checks, after, until, findings).await?;
+            if until == last {
+                return Ok(());
             }
+            after = until;
         }
-        Ok(AuditReport { transfers, accounts, acknowledged: None, checks, skipped: Vec::new() })
     }
 
     /// Runs `checks` over one chunk in one short read-only snapshot.
