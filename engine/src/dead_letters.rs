@@ -14,13 +14,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::Settings;
 use crate::kafka;
 use crate::ledger::{KeptRecord, Ledger};
+use crate::processor::kept_record;
 
 /// How long to wait for the broker's answers while reading the dead-letter topic.
 const BROKER_TIMEOUT_MS: u64 = 10_000;
@@ -137,28 +138,25 @@ fn listed_dead_letter(m: &OwnedMessage) -> Listed {
     Listed { place: "dlq", id: format!("{}:{}", m.partition(), m.offset()), ..listed_record(&record) }
 }
 
+/// The record as it was before it was dead-lettered: the `dlq.*` headers
+/// give back its source position and reason, and are not its own.
 fn kept_from_dead_letter(m: &OwnedMessage) -> KeptRecord {
-    let mut headers = Vec::new();
-    let (mut reason, mut topic, mut partition, mut offset) = (String::new(), String::new(), -1, -1);
-    for h in m.headers().map(|h| h.iter().collect::<Vec<_>>()).unwrap_or_default() {
-        let text = || String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
-        match h.key {
-            "dlq.reason" => reason = text(),
-            "dlq.source.topic" => topic = text(),
-            "dlq.source.partition" => partition = text().parse().unwrap_or(-1),
-            "dlq.source.offset" => offset = text().parse().unwrap_or(-1),
-            _ => headers.push((h.key.to_owned(), h.value.map(<[u8]>::to_vec))),
+    let mut record = kept_record(m, String::new());
+    // Unknown until the headers say (an empty topic replays onto the engine's own).
+    (record.source_topic, record.source_partition, record.source_offset) = (String::new(), -1, -1);
+    let mut own = Vec::with_capacity(record.headers.len());
+    for (key, value) in std::mem::take(&mut record.headers) {
+        let text = || String::from_utf8_lossy(value.as_deref().unwrap_or_default()).into_owned();
+        match key.as_str() {
+            "dlq.reason" => record.reason = text(),
+            "dlq.source.topic" => record.source_topic = text(),
+            "dlq.source.partition" => record.source_partition = text().parse().unwrap_or(-1),
+            "dlq.source.offset" => record.source_offset = text().parse().unwrap_or(-1),
+            _ => own.push((key, value)),
         }
     }
-    KeptRecord {
-        source_topic: topic,
-        source_partition: partition,
-        source_offset: offset,
-        key: m.key().map(<[u8]>::to_vec),
-        headers,
-        payload: m.payload().map(<[u8]>::to_vec),
-        reason,
-    }
+    record.headers = own;
+    record
 }
 
 /// A consumer that reads without a group's committed offsets and commits nothing.
@@ -245,12 +243,8 @@ async fn replay(
     if all_quarantined {
         chosen = ledger.quarantined(false, i64::MAX).await?;
     }
-    if !quarantined.is_empty() {
-        let every = ledger.quarantined(true, i64::MAX).await?;
-        for id in quarantined {
-            let found = every.iter().find(|q| q.quarantine_id == *id).with_context(|| format!("no quarantined record {id}"))?;
-            chosen.push(found.clone());
-        }
+    for id in quarantined {
+        chosen.push(ledger.quarantined_record(*id).await?.with_context(|| format!("no quarantined record {id}"))?);
     }
     for q in chosen {
         publish(&producer, settings, &q.record).await?;

@@ -39,6 +39,10 @@ fn storable(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
 
+const QUARANTINED_SELECT: &str = "SELECT quarantine_id, source_topic, source_partition, source_offset, record_key, headers, payload,
+        reason, quarantined_at, replayed_at
+   FROM quarantined_records";
+
 type QuarantinedRow =
     (i64, String, i32, i64, Option<Vec<u8>>, serde_json::Value, Option<Vec<u8>>, String, DateTime<Utc>, Option<DateTime<Utc>>);
 
@@ -69,20 +73,23 @@ impl Ledger {
         Ok(())
     }
 
+    /// One quarantined record, replayed or not.
+    pub async fn quarantined_record(&self, quarantine_id: i64) -> Result<Option<Quarantined>, LedgerError> {
+        let row: Option<QuarantinedRow> = sqlx::query_as(&format!("{QUARANTINED_SELECT} WHERE quarantine_id = $1"))
+            .bind(quarantine_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(quarantined_from_row).transpose()
+    }
+
     /// Quarantined records, oldest first, at most `limit`; replayed ones only if asked.
     pub async fn quarantined(&self, include_replayed: bool, limit: i64) -> Result<Vec<Quarantined>, LedgerError> {
-        let rows: Vec<QuarantinedRow> = sqlx::query_as(
-            "SELECT quarantine_id, source_topic, source_partition, source_offset, record_key, headers, payload, reason,
-                    quarantined_at, replayed_at
-               FROM quarantined_records
-              WHERE $1 OR replayed_at IS NULL
-              ORDER BY quarantine_id
-              LIMIT $2",
-        )
-        .bind(include_replayed)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<QuarantinedRow> =
+            sqlx::query_as(&format!("{QUARANTINED_SELECT} WHERE $1 OR replayed_at IS NULL ORDER BY quarantine_id LIMIT $2"))
+                .bind(include_replayed)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
         rows.into_iter().map(quarantined_from_row).collect()
     }
 

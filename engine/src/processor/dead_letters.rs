@@ -85,7 +85,7 @@ impl Processor {
                 None => return false,
             }
         }
-        let record = kept_record(letter);
+        let record = kept_record(m, letter.reason.clone());
         let mut failures = 0;
         loop {
             match self.ledger.quarantine(&record).await {
@@ -134,8 +134,7 @@ impl Processor {
 }
 
 /// The record as read: payload, key and headers byte for byte, and its source position.
-fn kept_record(letter: &DeadLetter) -> KeptRecord {
-    let m = &letter.message;
+pub(crate) fn kept_record(m: &OwnedMessage, reason: String) -> KeptRecord {
     let headers = m.headers().map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect()).unwrap_or_default();
     KeptRecord {
         source_topic: m.topic().to_owned(),
@@ -144,6 +143,6 @@ fn kept_record(letter: &DeadLetter) -> KeptRecord {
         key: m.key().map(<[u8]>::to_vec),
         headers,
         payload: m.payload().map(<[u8]>::to_vec),
-        reason: letter.reason.clone(),
+        reason,
     }
 }
