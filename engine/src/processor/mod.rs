@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use consumer::EngineConsumer;
 pub use consumer::build_consumer;
+pub(crate) use dead_letters::kept_record;
 use dead_letters::{DeadLetter, DeadLetterTopicState};
 pub use isolate::UNSTORABLE_CODE;
 use watchdog::ProcessorHealth;
@@ -268,19 +269,16 @@ impl Processor {
     /// batch is all duplicates, and without this a client's retry would be
     /// told `initiated` until the entry expired.
     async fn refresh_duplicates(&self, items: &[CommitItem], result: &BatchResult) {
-        let ids: Vec<TransferId> =
-            result.outcomes.iter().filter(|c| c.disposition == Disposition::Duplicate).map(|c| c.transfer_id).collect();
+        let mut ids = Vec::new();
+        let mut accounts = Vec::new();
+        for (item, c) in items.iter().zip(&result.outcomes).filter(|(_, c)| c.disposition == Disposition::Duplicate) {
+            let s = &item.submission;
+            ids.push(c.transfer_id);
+            accounts.extend([(s.sender, s.currency), (s.receiver, s.currency)]);
+        }
         if ids.is_empty() {
             return;
         }
-        let mut accounts: Vec<_> = items
-            .iter()
-            .zip(&result.outcomes)
-            .filter(|(_, c)| c.disposition == Disposition::Duplicate)
-            .flat_map(|(item, _)| {
-                [(item.submission.sender, item.submission.currency), (item.submission.receiver, item.submission.currency)]
-            })
-            .collect();
         accounts.sort_unstable();
         accounts.dedup();
         let ledger = &self.ledger;
@@ -423,8 +421,8 @@ fn log_commit_failure(e: &LedgerError, failures: u32) {
     }
 }
 
-/// Publishes records-behind-end per assigned partition as a gauge, and
-/// tells the watchdog (with the processor's state as gauges).
+/// Publishes records-behind-end per assigned partition as a gauge, and tells
+/// the watchdog (whose reading `/metrics` and `/readyz` take when asked).
 async fn measure_lag(consumer: Arc<EngineConsumer>, this: Arc<Processor>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
     let metrics = this.metrics.clone();
     loop {
@@ -450,14 +448,12 @@ async fn measure_lag(consumer: Arc<EngineConsumer>, this: Arc<Processor>, interv
         .await;
         // Unknown (the consumer could not say) is not zero; no partitions assigned is.
         let Ok(Some(measured)) = measured else {
-            metrics.record_processor_state(this.health.state());
             continue;
         };
         this.health.lag_measured(measured.iter().map(|(_, lag)| *lag).sum());
         for (partition, lag) in measured {
             metrics.consumer_lag.get_or_create(&PartitionLabels { partition }).set(lag);
         }
-        metrics.record_processor_state(this.health.state());
     }
 }
 
