@@ -213,6 +213,11 @@ pub async fn submit(
     // 1. Idempotency: claim the id, or find what it already is. Redis answers
     //    alone only for what it knows reached the broker or the ledger.
     let claim = state.cache.claim(submission.id, &serde_json::to_string(&initiated).map_err(anyhow::Error::from)?).await;
+    // A claim Redis says was published but is not final yet: the ledger may
+    // be ahead of it (the processor writes Redis after its commit, best
+    // effort), so PostgreSQL is asked below; if it has nothing yet, this
+    // answer stands and nothing is published again.
+    let mut published_claim = None;
     let fresh = match &claim {
         Ok(None) => true,
         Ok(Some(existing)) => {
@@ -220,8 +225,11 @@ pub async fn submit(
             if view.fingerprint != fingerprint {
                 return Err(conflict());
             }
-            if existing.published || existing.version > 1 {
+            if existing.version > 1 {
                 return Ok(replayed(&view));
+            }
+            if existing.published {
+                published_claim = Some(view);
             }
             // Claimed but not acknowledged by the broker (in flight, a claimant
             // that died, or a publish that failed): publishing again is harmless,
@@ -244,6 +252,9 @@ pub async fn submit(
     let stored = match state.ledger.transfer(submission.id).await {
         Ok(stored) => stored,
         Err(e) => {
+            if let Some(view) = &published_claim {
+                return Ok(replayed(view));
+            }
             if fresh {
                 release_claim(&state, submission.id).await;
             }
@@ -261,6 +272,9 @@ pub async fn submit(
             }
         }
         return if view.fingerprint == fingerprint { Ok(replayed(&view)) } else { Err(conflict()) };
+    }
+    if let Some(view) = published_claim {
+        return Ok(replayed(&view));
     }
 
     // 3. Advisory pre-check: a refusal publishes nothing, so a fresh claim is released.
