@@ -8,6 +8,7 @@
 //! - `plugins`: the sandboxed WebAssembly plugins behind the hooks, and their registry.
 //! - `ledger`: PostgreSQL, the source of truth; `commit_batch` moves money.
 //! - `dead_letters`: the operator command for records the processor kept aside.
+//! - `history`: the operator command for the status history's retention.
 //! - `cache`: Redis balance cache and versioned status view (never the truth).
 //! - `kafka`: client settings, topics, the record format.
 //! - `domain`: pure types: currencies, amounts, ids, rejections.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod dead_letters;
 pub mod domain;
+pub mod history;
 pub mod hooks;
 pub mod kafka;
 pub mod ledger;

@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: transfer_engine::dead_letters::DeadLetterCommand,
     },
+    /// Retention of the status history: list, make, detach and drop its months.
+    History {
+        #[command(subcommand)]
+        command: transfer_engine::history::HistoryCommand,
+    },
     /// Create, list and revoke API clients on a running engine.
     Clients {
         #[command(flatten)]
@@ -103,12 +108,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             let pool = connect_database_for_maintenance(&settings).await?;
             ledger::migrate(&pool).await.context("could not apply migrations")?;
-            println!("Migrations applied.");
+            let made = ledger::Ledger::new(pool)
+                .prepare_history_partitions(chrono::Utc::now(), ledger::retention::HISTORY_MONTHS_AHEAD)
+                .await
+                .context("could not make the status history's coming months")?;
+            println!(
+                "Migrations applied; status history months made: {}.",
+                if made.is_empty() { "none needed".into() } else { made.join(", ") }
+            );
             return Ok(());
         }
         Command::Audit { json, acknowledged } => return audit(&settings, json, acknowledged.as_deref()).await,
         Command::Loadgen(args) => return loadgen::run(&settings, *args).await.map(drop),
         Command::DeadLetters { command } => return transfer_engine::dead_letters::run(&settings, command).await,
+        Command::History { command } => return transfer_engine::history::run(&settings, command).await,
         Command::Plugins { .. } | Command::Clients { .. } => unreachable!("handled above"),
     };
     let app = Application::build(settings, role).await?;

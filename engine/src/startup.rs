@@ -89,6 +89,7 @@ impl Application {
         settings.validate()?;
         let maintenance = connect_database_for_maintenance(&settings).await?;
         ledger::migrate(&maintenance).await.context("could not apply migrations")?;
+        prepare_history(&Ledger::new(maintenance.clone())).await;
         maintenance.close().await;
         let pool = connect_database(&settings).await?;
         let cache = Cache::from_settings(&settings).context("invalid TRANSFER_ENGINE_REDIS_URL")?;
@@ -152,6 +153,7 @@ impl Application {
                 dead_letter_topic: Default::default(),
                 health: self.state.processor.clone(),
             };
+            tokio::spawn(keep_history_prepared(self.state.ledger.clone(), stopped.clone()));
             let poll = Duration::from_millis(self.state.settings.plugin_poll_ms);
             tokio::spawn(self.state.plugins.clone().watch(self.hooks.clone(), self.plugin_generation, poll, stopped.clone()));
             Some(tokio::spawn(processor.run(consumer, stopped.clone())))
@@ -184,6 +186,35 @@ impl Application {
         }
         drop(self.hooks);
         Ok(())
+    }
+}
+
+/// How often a processor makes the status history's coming months: hourly
+/// keeps `HISTORY_MONTHS_AHEAD` months made even if one run fails (a lock
+/// not granted), long before the default partition would catch rows.
+const HISTORY_PREPARE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Makes the status history's partitions for this month and the next ones.
+/// A failure is not fatal: rows with no month land in the default partition
+/// and move into their month when it is made.
+async fn prepare_history(ledger: &Ledger) {
+    match ledger.prepare_history_partitions(chrono::Utc::now(), ledger::retention::HISTORY_MONTHS_AHEAD).await {
+        Ok(made) if !made.is_empty() => info!(partitions = ?made, "Made the status history's coming months."),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "Could not make the status history's coming months; retrying within the hour."),
+    }
+}
+
+async fn keep_history_prepared(ledger: Ledger, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(HISTORY_PREPARE_INTERVAL) => false,
+            _ = stopped.wait_for(|s| *s) => true,
+        };
+        if stop {
+            return;
+        }
+        prepare_history(&ledger).await;
     }
 }
 

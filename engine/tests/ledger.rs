@@ -301,3 +301,176 @@ async fn the_audit_in_small_chunks_finds_violations_at_every_chunk_boundary() {
     }
     db.drop_database().await;
 }
+
+// ---- Retention of the status history (migration 20261202000001, ledger/retention.rs) ----
+
+fn transfer_submitted_at(from: i64, to: i64, minor: i64, submitted_at: &str) -> CommitItem {
+    let mut item = new_transfer(from, to, minor);
+    item.submission.submitted_at = submitted_at.parse().unwrap();
+    item
+}
+
+fn at(text: &str) -> chrono::DateTime<Utc> {
+    text.parse().unwrap()
+}
+
+/// (version, status, reason code, at) of a transfer's history as `GET` shows it.
+async fn history_of(ledger: &Ledger, id: TransferId) -> Vec<(i32, Status, Option<String>, chrono::DateTime<Utc>)> {
+    let view = ledger.transfer(id).await.unwrap().unwrap();
+    view.history.iter().map(|h| (h.version, h.status, h.reason.as_ref().map(|r| r.code.clone()), h.at)).collect()
+}
+
+async fn partition_of(db: &TestDb, id: TransferId, version: i32) -> String {
+    sqlx::query_scalar("SELECT tableoid::regclass::text FROM transfer_status_history WHERE transfer_id = $1 AND version = $2")
+        .bind(id.0)
+        .bind(version)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn history_rows_land_in_their_month_and_reads_and_the_audit_outlive_detached_months() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    seed(&ledger, [1, 2], eur(), 1_000).await;
+    let made = ledger.prepare_history_partitions(at("2030-01-10T00:00:00Z"), 2).await.unwrap();
+    assert_eq!(made, ["transfer_status_history_2030_01", "transfer_status_history_2030_02", "transfer_status_history_2030_03"]);
+    assert!(ledger.prepare_history_partitions(at("2030-01-31T23:00:00Z"), 2).await.unwrap().is_empty(), "made once");
+
+    let today = new_transfer(1, 2, 10);
+    let january = transfer_submitted_at(1, 2, 20, "2030-01-15T12:00:00Z");
+    let february = transfer_submitted_at(2, 1, 5_000, "2030-02-20T12:00:00Z"); // rejected: insufficient funds
+    ledger.commit_batch(&[today.clone(), january.clone(), february.clone()]).await.unwrap();
+    assert_eq!(partition_of(&db, january.submission.id, 1).await, "transfer_status_history_2030_01");
+    assert_eq!(partition_of(&db, february.submission.id, 1).await, "transfer_status_history_2030_02");
+    assert_eq!(partition_of(&db, today.submission.id, 2).await, "transfer_status_history_legacy");
+    let ids = [today.submission.id, january.submission.id, february.submission.id];
+    let mut before = Vec::new();
+    for id in ids {
+        before.push(history_of(&ledger, id).await);
+    }
+    assert!(before.iter().all(|h| h.len() == 2), "{before:?}");
+
+    let recent = ledger.detach_history(at("2030-02-01T00:00:00Z"), at("2030-02-15T00:00:00Z")).await;
+    assert!(matches!(recent, Err(transfer_engine::ledger::retention::RetentionError::TooRecent { .. })), "{recent:?}");
+    let detached = ledger.detach_history(at("2030-02-01T00:00:00Z"), at("2030-06-01T00:00:00Z")).await.unwrap();
+    let names: Vec<&str> = detached.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["transfer_status_history_legacy", "transfer_status_history_2030_01"]);
+
+    // Every row of `today` and `january` is gone from the table, one of
+    // `february`'s too; reads rebuild them exactly, and the audit checks
+    // history only where it is whole.
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM transfer_status_history WHERE transfer_id = ANY($1)")
+        .bind(ids.iter().map(|id| id.0).collect::<Vec<_>>())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    for (id, before) in ids.into_iter().zip(&before) {
+        assert_eq!(&history_of(&ledger, id).await, before);
+    }
+    assert_audit_passes(&ledger).await;
+
+    // New commits go on (into the default partition: no month covers today
+    // in this test), and a detached month is dropped only once detached.
+    let after = new_transfer(1, 2, 30);
+    ledger.commit_batch(std::slice::from_ref(&after)).await.unwrap();
+    assert_eq!(history_of(&ledger, after.submission.id).await.len(), 2);
+    assert_eq!(partition_of(&db, after.submission.id, 2).await, "transfer_status_history_default");
+    let attached = ledger.drop_detached_history("transfer_status_history_2030_03").await;
+    assert!(matches!(attached, Err(transfer_engine::ledger::retention::RetentionError::NotDetached(_))), "{attached:?}");
+    ledger.drop_detached_history("transfer_status_history_2030_01").await.unwrap();
+    let listed = ledger.history_partitions().await.unwrap();
+    let dropped = listed.iter().find(|p| p.name == "transfer_status_history_2030_01").unwrap();
+    assert!(dropped.dropped_at.is_some() && dropped.bytes.is_none(), "{dropped:?}");
+    assert_audit_passes(&ledger).await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn rows_no_month_covered_move_into_their_month_when_it_is_made() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    seed(&ledger, [1, 2], eur(), 1_000).await;
+    let future = transfer_submitted_at(1, 2, 20, "2031-05-05T00:00:00Z");
+    ledger.commit_batch(std::slice::from_ref(&future)).await.unwrap();
+    assert_eq!(partition_of(&db, future.submission.id, 1).await, "transfer_status_history_default");
+    let before = history_of(&ledger, future.submission.id).await;
+
+    let made = ledger.prepare_history_partitions(at("2031-05-01T00:00:00Z"), 0).await.unwrap();
+    assert_eq!(made, ["transfer_status_history_2031_05"]);
+    assert_eq!(partition_of(&db, future.submission.id, 1).await, "transfer_status_history_2031_05");
+    assert_eq!(ledger.history_rows_unpartitioned().await.unwrap(), 0);
+    assert_eq!(history_of(&ledger, future.submission.id).await, before);
+    assert_audit_passes(&ledger).await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_partitioned_status_history_still_refuses_updates_and_deletes() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    seed(&ledger, [1, 2], eur(), 1_000).await;
+    ledger.prepare_history_partitions(at("2031-05-01T00:00:00Z"), 0).await.unwrap();
+    let items = [
+        new_transfer(1, 2, 10),
+        transfer_submitted_at(1, 2, 20, "2031-05-05T00:00:00Z"),
+        transfer_submitted_at(1, 2, 30, "2035-01-01T00:00:00Z"),
+    ];
+    ledger.commit_batch(&items).await.unwrap();
+    for statement in [
+        "DELETE FROM transfer_status_history",
+        "UPDATE transfer_status_history SET reason_message = 'x'",
+        "DELETE FROM transfer_status_history_legacy",
+        "DELETE FROM transfer_status_history_2031_05",
+        // The default partition's one sanctioned delete needs the flag that only partition maintenance sets.
+        "DELETE FROM transfer_status_history_default",
+    ] {
+        let refused = sqlx::query(statement).execute(&db.pool).await.expect_err(statement);
+        assert!(refused.to_string().contains("append-only"), "{statement}: {refused}");
+    }
+    db.drop_database().await;
+}
+
+/// The last migration of the release before retention.
+const PREVIOUS_RELEASE_MIGRATION: i64 = 20261201000003;
+
+#[tokio::test]
+async fn a_ledger_migrated_by_the_previous_release_keeps_its_history_through_partitioning() {
+    // A database at the previous release's schema: its migrations only, from a copy of their files.
+    let old = std::env::temp_dir().join(format!("migrations-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&old).unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let version: i64 = name.split('_').next().unwrap().parse().unwrap();
+        if version <= PREVIOUS_RELEASE_MIGRATION {
+            std::fs::copy(&path, old.join(&name)).unwrap();
+        }
+    }
+    let db = TestDb::empty().await;
+    sqlx::migrate::Migrator::new(old.as_path()).await.unwrap().run(&db.pool).await.unwrap();
+    std::fs::remove_dir_all(&old).unwrap();
+    let ledger = db.ledger();
+    seed(&ledger, [1, 2], eur(), 1_000).await;
+    let stored = [new_transfer(1, 2, 10), transfer_submitted_at(1, 2, 20, "2099-01-01T00:00:00Z")];
+    ledger.commit_batch(&stored).await.unwrap();
+    let mut before = Vec::new();
+    for item in &stored {
+        before.push(history_of(&ledger, item.submission.id).await);
+    }
+
+    transfer_engine::ledger::migrate(&db.pool).await.unwrap();
+    for (item, before) in stored.iter().zip(&before) {
+        assert_eq!(&history_of(&ledger, item.submission.id).await, before);
+    }
+    assert_eq!(partition_of(&db, stored[0].submission.id, 1).await, "transfer_status_history_legacy");
+    // A row dated past the legacy range moved aside rather than failing the migration.
+    assert_eq!(partition_of(&db, stored[1].submission.id, 1).await, "transfer_status_history_default");
+    let after = new_transfer(2, 1, 5);
+    ledger.commit_batch(std::slice::from_ref(&after)).await.unwrap();
+    assert_eq!(history_of(&ledger, after.submission.id).await.len(), 2);
+    assert_audit_passes(&ledger).await;
+    db.drop_database().await;
+}

@@ -40,6 +40,18 @@ const VIOLATIONS_SHOWN_MAX: i64 = 20;
 /// duration, and grows with the ledger).
 const AUDIT_ROWS_PER_CHUNK: i64 = 10_000;
 
+/// Transfers `t` whose history rows are all still in the table: both rows'
+/// times (`created_at` for version 1, `committed_at` for the final one) are
+/// at or after the end of the newest month that retention detached.
+/// Detached months are always the oldest ones (`Ledger::detach_history`), so
+/// no retained row lies before that end.
+macro_rules! retained {
+    () => {
+        "least(t.created_at, coalesce(t.committed_at, t.created_at)) >= (SELECT coalesce(max(to_at), '-infinity')
+            FROM transfer_status_history_partitions WHERE detached_at IS NOT NULL)"
+    };
+}
+
 /// Invariants of single transfers, checked per chunk of transfer ids: `$1`
 /// and `$2` bound the chunk (`transfer_id > $1 AND transfer_id <= $2`). A
 /// transfer, its entries and its history are written in one transaction, so
@@ -58,18 +70,25 @@ const TRANSFER_CHECKS: &[(&str, &str)] = &[
     ),
     (
         "status_versions_rise_by_one_from_initiated",
-        "SELECT t.transfer_id::text FROM transfers t
+        concat!(
+            "SELECT t.transfer_id::text FROM transfers t
            JOIN (SELECT transfer_id, count(*) AS n, max(version) AS top, min(version) AS bottom FROM transfer_status_history
                   WHERE transfer_id > $1 AND transfer_id <= $2 GROUP BY transfer_id) h
              USING (transfer_id)
-          WHERE h.n <> h.top OR h.bottom <> 1 OR h.top <> t.status_version
+          WHERE ",
+            retained!(),
+            " AND (h.n <> h.top OR h.bottom <> 1 OR h.top <> t.status_version
              OR NOT EXISTS (SELECT 1 FROM transfer_status_history x WHERE x.transfer_id = t.transfer_id AND x.version = 1 AND x.status = 'initiated')
-             OR NOT EXISTS (SELECT 1 FROM transfer_status_history x WHERE x.transfer_id = t.transfer_id AND x.version = t.status_version AND x.status = t.status)",
+             OR NOT EXISTS (SELECT 1 FROM transfer_status_history x WHERE x.transfer_id = t.transfer_id AND x.version = t.status_version AND x.status = t.status))"
+        ),
     ),
     (
         "every_transfer_has_a_status_history",
-        "SELECT t.transfer_id::text FROM transfers t WHERE t.transfer_id > $1 AND t.transfer_id <= $2
-            AND NOT EXISTS (SELECT 1 FROM transfer_status_history h WHERE h.transfer_id = t.transfer_id)",
+        concat!(
+            "SELECT t.transfer_id::text FROM transfers t WHERE t.transfer_id > $1 AND t.transfer_id <= $2 AND ",
+            retained!(),
+            " AND NOT EXISTS (SELECT 1 FROM transfer_status_history h WHERE h.transfer_id = t.transfer_id)"
+        ),
     ),
     (
         "every_recorded_transfer_is_final",
@@ -222,14 +241,16 @@ impl Ledger {
         let mut violations = Vec::new();
         for chunk in ids.chunks(IDS_PER_QUERY) {
             let chunk: Vec<uuid::Uuid> = chunk.iter().map(|id| id.0).collect();
-            let rows: Vec<(Option<String>,)> = sqlx::query_as(
+            let rows: Vec<(Option<String>,)> = sqlx::query_as(concat!(
                 "SELECT a.id::text || ' ' || coalesce(t.status, 'missing') || ' finals ' || coalesce(h.finals, 0)
                    FROM UNNEST($1::uuid[]) AS a(id)
                    LEFT JOIN transfers t ON t.transfer_id = a.id
                    LEFT JOIN (SELECT transfer_id, count(*) AS finals FROM transfer_status_history
                                WHERE transfer_id = ANY($1) AND status <> 'initiated' GROUP BY transfer_id) h ON h.transfer_id = a.id
-                  WHERE t.transfer_id IS NULL OR t.status = 'initiated' OR coalesce(h.finals, 0) <> 1",
-            )
+                  WHERE t.transfer_id IS NULL OR t.status = 'initiated' OR (",
+                retained!(),
+                " AND coalesce(h.finals, 0) <> 1)"
+            ))
             .bind(&chunk)
             .fetch_all(&self.pool)
             .await?;

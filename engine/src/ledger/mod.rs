@@ -5,12 +5,14 @@
 //! - `queries`: reads (balances, a transfer with its history, an account's transfers).
 //! - `audit`: the invariants a correct ledger always satisfies, checked by queries.
 //! - `quarantine`: records the processor could neither apply nor dead-letter.
+//! - `retention`: the status history's monthly partitions, made ahead and detached when old.
 
 mod accounts;
 pub mod audit;
 mod commit;
 mod quarantine;
 mod queries;
+pub mod retention;
 
 pub use accounts::{AccountView, CreateAccountError, MoveError};
 pub use commit::{BatchResult, CommitItem, Committed, Disposition, Verdict};

@@ -167,6 +167,7 @@ impl Ledger {
             let reason = code.map(|code| Reason { code, message: message.unwrap_or_default() });
             view.history.push(HistoryEntry { version, status, reason, at });
         }
+        rebuild_retired_history(&mut view);
         Ok(Some(view))
     }
 
@@ -226,5 +227,24 @@ impl Ledger {
             None
         };
         Ok(ConflictPage { conflicts, next_before })
+    }
+}
+
+/// Puts back the history rows that retention detached (`retention.rs`). The
+/// commit writes exactly two versions, both facts of the `transfers` row:
+/// version 1 `initiated` at `created_at`, and the final status with its
+/// reason at `committed_at`. Anything else is left as stored.
+fn rebuild_retired_history(view: &mut TransferView) {
+    let has = |history: &[HistoryEntry], version: i32| history.iter().any(|h| h.version == version);
+    if view.version != 2 {
+        return;
+    }
+    if !has(&view.history, 1) {
+        view.history.insert(0, HistoryEntry { version: 1, status: Status::Initiated, reason: None, at: view.created_at });
+    }
+    if let Some(committed_at) = view.committed_at
+        && !has(&view.history, 2)
+    {
+        view.history.push(HistoryEntry { version: 2, status: view.status, reason: view.reason.clone(), at: committed_at });
     }
 }

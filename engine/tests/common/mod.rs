@@ -43,12 +43,18 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
+        let db = Self::empty().await;
+        ledger::migrate(&db.pool).await.expect("migrations apply");
+        db
+    }
+
+    /// A fresh database without the schema (for tests of migrations).
+    pub async fn empty() -> Self {
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&database_url()).await.expect("PostgreSQL is reachable (scripts/test starts it)");
         admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create test database");
         let url = with_database(&database_url(), &name);
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(&url).await.expect("connect to test database");
-        ledger::migrate(&pool).await.expect("migrations apply");
         Self { name, url, pool }
     }
 
