@@ -1613,6 +1613,13 @@ fn hand_picked_bad_requests_answer_their_exact_codes() {
         (raw_probe("/v1/transfers", br#"{"sender_id": 1, "description": "\ud800"}"#.to_vec()), 400, "malformed_json"),
         (raw_probe("/v1/accounts", br#"{"owner_id": 1, "currency": "EUR", "owner_id": 2}"#.to_vec()), 422, "invalid_body"),
         (raw_probe("/v1/accounts", Vec::new()), 400, "malformed_json"),
+        // A derived struct also reads a JSON array of its fields in order (`[[]]`
+        // as `{"names": []}`); every body here is an object, and nothing else is.
+        (json_probe(Method::PUT, "/v1/admin/validation-order", &json!([[]]), Credentials::Admin), 422, "invalid_body"),
+        (json_probe(Method::POST, "/v1/accounts", &json!([3, "EUR"]), Credentials::Admin), 422, "invalid_body"),
+        (json_probe(Method::POST, "/v1/deposits", &json!([1, "EUR", "1.00", "wire-7"]), Credentials::Admin), 422, "invalid_body"),
+        (json_probe(Method::POST, "/v1/admin/clients", &json!(["shop", ["transfers:write"]]), Credentials::Admin), 422, "invalid_body"),
+        (raw_probe("/v1/transfers", b" [1, 2, \"1.00\", \"EUR\"]".to_vec()), 422, "invalid_body"),
         // The credential is judged before the path, query or body is read...
         (sent_as(Credentials::Missing, raw_probe("/v1/transfers", b"{not json".to_vec())), 401, "unauthorized"),
         (sent_as(Credentials::Revoked, Probe::new(Method::GET, "/v1/transfers/%FF%FE".into())), 401, "unauthorized"),

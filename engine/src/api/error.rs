@@ -7,6 +7,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tracing::error;
 
 use crate::domain::{AmountError, CurrencyError, Rejection};
@@ -137,7 +138,19 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
+        // Every request body of this API is a JSON object, but serde's derived
+        // `Deserialize` for a struct also reads a JSON array of its fields in
+        // order (`[[]]` as `{"names": []}`): a form no schema allows. So the
+        // body is checked to be an object before it is read as `T`.
+        let Json(raw) = Json::<Box<RawValue>>::from_request(req, state).await?;
+        if !raw.get().starts_with('{') {
+            return Err(Self::Rejection::Invalid {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid_body",
+                message: "the body must be a JSON object".into(),
+            });
+        }
+        let Json(value) = Json::<T>::from_bytes(raw.get().as_bytes())?;
         Ok(Self(value))
     }
 }
