@@ -54,7 +54,7 @@ pub async fn run(settings: &Settings, command: HistoryCommand) -> anyhow::Result
                     "{:<36} {:<12} {:<12} {:<9} {:>12} {:>12}",
                     p.name,
                     p.from_at.map_or_else(|| "-".to_owned(), |at| at.date_naive().to_string()),
-                    p.to_at.date_naive(),
+                    p.to_at.date_naive().to_string(),
                     state(p),
                     p.rows_estimate.map_or_else(|| "-".to_owned(), |n| n.max(0).to_string()),
                     p.bytes.map_or_else(|| "-".to_owned(), |n| n.to_string()),
