@@ -9,6 +9,7 @@ by hand around it stays as it is.
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -16,6 +17,10 @@ from pathlib import Path
 
 START = "<!-- results:start (written by scripts/bench; edits here are overwritten) -->"
 END = "<!-- results:end -->"
+# The stages of a submit in `submit_stage_seconds` (engine/src/metrics.rs), in the order they run.
+STAGES = ("redis_claim", "ledger_read", "precheck_fill", "publish", "mark_published")
+SAMPLE = re.compile(r'^(?P<name>\w+)\{(?P<labels>[^}]*)\} (?P<value>\S+)')
+LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def run(*cmd):
@@ -28,6 +33,58 @@ def run(*cmd):
 def load(directory, name):
     path = directory / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def scrape(directory, name):
+    """The sums and counts in a run's /metrics scrape, by (sample name, labels); None without the file."""
+    path = directory / f"{name}.metrics.txt"
+    if not path.exists():
+        return None
+    samples = {}
+    for line in path.read_text().splitlines():
+        m = SAMPLE.match(line)
+        if m and m["name"].endswith(("_sum", "_count")):
+            samples[(m["name"], tuple(sorted(LABEL.findall(m["labels"]))))] = float(m["value"])
+    return samples
+
+
+def stage_means(directory, name, since=None):
+    """Mean ms of each submit stage in run `name` (sum / count), less what the scrape
+    `since` (its warm-up, in the same engine) had counted; the mean of the whole
+    request for 202 answers as "request". None if the engine had no such metric
+    (a baseline built before it) or the scrape is missing."""
+    now = scrape(directory, name)
+    if not now:
+        return None
+    before = (scrape(directory, since) if since else None) or {}
+
+    def mean_ms(metric, labels):
+        key = tuple(sorted(labels.items()))
+        total, count = now.get((f"{metric}_sum", key)), now.get((f"{metric}_count", key))
+        if total is None or count is None:
+            return None
+        total -= before.get((f"{metric}_sum", key), 0.0)
+        count -= before.get((f"{metric}_count", key), 0.0)
+        return total / count * 1000 if count > 0 else None
+
+    means = {stage: mean_ms("transfer_engine_submit_stage_seconds", {"stage": stage}) for stage in STAGES}
+    if all(m is None for m in means.values()):
+        return None
+    means["request"] = mean_ms("transfer_engine_http_request_duration_seconds", {"method": "POST", "route": "/v1/transfers", "status": "202"})
+    return means
+
+
+def stages_text(runs):
+    """The submit stages' means of one or more runs ("0.31 and 0.29" for two), or "" if none has them."""
+    runs = [r for r in runs if r]
+    if not runs:
+        return ""
+
+    def each(key):
+        return " and ".join("-" if r.get(key) is None else f"{r[key]:.2f}" for r in runs)
+
+    stages = " / ".join(f"{stage} {each(stage)}" for stage in STAGES)
+    return f"{stages} ms (whole request, 202: {each('request')} ms)"
 
 
 def memory_gib():
@@ -123,10 +180,12 @@ def main():
         )
     if http:
         s, f = http["submit_latency"] or {}, http["submit_to_final_latency"] or {}
+        stages = stages_text([stage_means(directory, "http", "http_warmup")])
         lines.append(
             f"| 4 | HTTP at {http['args']['rate']:,}/s for {http['submitted'] // max(http['args']['rate'], 1)} s, 3 plugins "
             f"| submit p50 {s.get('p50_ms', 0):.1f} / p90 {s.get('p90_ms', 0):.1f} / p99 {s.get('p99_ms', 0):.1f} / max {s.get('max_ms', 0):.0f} ms; "
-            f"submit→completed p50 {f.get('p50_ms', 0):.1f} / p90 {f.get('p90_ms', 0):.1f} / p99 {f.get('p99_ms', 0):.1f} / max {f.get('max_ms', 0):.0f} ms "
+            f"submit→completed p50 {f.get('p50_ms', 0):.1f} / p90 {f.get('p90_ms', 0):.1f} / p99 {f.get('p99_ms', 0):.1f} / max {f.get('max_ms', 0):.0f} ms"
+            f"{'; submit stages, engine-side mean: ' + stages if stages else ''} "
             f"| {fmt(http['submitted_per_s'])} submitted/s | p99 submit < 10 ms: {goal(s.get('p99_ms', 1e9) < 10)}; "
             f"p99 to completed < 100 ms: {goal(f.get('p99_ms', 1e9) < 100)} |"
         )
@@ -140,13 +199,22 @@ def main():
         # The warm-up of each (400 transfers at 200/s) is the same comparison on a machine that is not saturated.
         warm_before = [r for r in (load(directory, f"http_before{n}_warmup") for n in (1, 2)) if r]
         warm_after = [r for r in (load(directory, n) for n in ("http_warmup", "http2_warmup")) if r]
-        for label, before, after, rate_per_s in (("", http_before, http_after, http_after[0]["args"]["rate"]), (" (warm-up)", warm_before, warm_after, 200)):
+        # The submit stages of each run, where its engine has the metric (the baseline may not).
+        before_names, after_names = [f"http_before{n}" for n in (1, 2)], ["http", "http2"]
+        measured = (
+            ([stage_means(directory, n, f"{n}_warmup") for n in before_names], [stage_means(directory, n, f"{n}_warmup") for n in after_names]),
+            ([stage_means(directory, f"{n}_warmup") for n in before_names], [stage_means(directory, f"{n}_warmup") for n in after_names]),
+        )
+        for (label, before, after, rate_per_s), (stages_before, stages_after) in zip(
+            (("", http_before, http_after, http_after[0]["args"]["rate"]), (" (warm-up)", warm_before, warm_after, 200)), measured
+        ):
             if not (before and after):
                 continue
+            stages = "".join(f"; {side}, submit stages (engine-side mean): {text}" for side, text in (("before", stages_text(stages_before)), ("after", stages_text(stages_after))) if text)
             lines.append(
-                f"| 4′{label} | (4) at {rate_per_s:,}/s before and after, A B B A: engine at `{baseline_ref}` (before), this engine (after, every submit with an API key) "
+                f"| 4′{label} | (4) at {rate_per_s:,}/s before and after, A B B A: engine at `{baseline_ref}` (before), this engine (after) "
                 f"| before: submit p50 {submit(before, 'p50_ms')} / p99 {submit(before, 'p99_ms')} ms; "
-                f"after: submit p50 {submit(after, 'p50_ms')} / p99 {submit(after, 'p99_ms')} ms "
+                f"after: submit p50 {submit(after, 'p50_ms')} / p99 {submit(after, 'p99_ms')} ms{stages} "
                 f"| after − before (means): p50 {delta(before, after, 'p50_ms'):+.1f} ms, p99 {delta(before, after, 'p99_ms'):+.1f} ms "
                 f"| no measurable cost (p50 within 10% or 0.5 ms): {no_cost(before, after)} |"
             )

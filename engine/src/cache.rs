@@ -69,7 +69,7 @@ redis.call('HSET', KEYS[1], 'version', ARGV[1], 'body', ARGV[2], 'published', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("Redis is unavailable: {0}")]
 pub struct CacheError(String);
 
@@ -101,6 +101,20 @@ pub struct ExistingClaim {
     pub published: bool,
     pub version: i64,
 }
+
+/// What `claim_with_balances` read in its one round trip. Each part is what
+/// `claim` and `balances` would have answered on their own, error included.
+#[derive(Debug)]
+pub struct ClaimWithBalances {
+    pub claim: Result<Option<ExistingClaim>, CacheError>,
+    /// One per key asked for, in the same order.
+    pub balances: Result<Vec<Option<CachedBalance>>, CacheError>,
+}
+
+/// The claim script's answer: `nil` for a new claim, else {body, published, version}.
+type ClaimReply = Option<(Option<String>, Option<i64>, Option<i64>)>;
+/// A cached balance's `HMGET version body`.
+type BalanceReply = (Option<i64>, Option<String>);
 
 #[derive(Clone)]
 pub struct Cache {
@@ -179,11 +193,17 @@ impl Cache {
     pub async fn balances(&self, keys: &[(OwnerId, Currency)]) -> Result<Vec<Option<CachedBalance>>, CacheError> {
         let mut c = self.connection().await?;
         let mut pipe = redis::pipe();
-        for (owner, currency) in keys {
-            pipe.cmd("HMGET").arg(self.balance_key(*owner, *currency)).arg("version").arg("body");
+        for &(owner, currency) in keys {
+            pipe.add_command(self.balance_command(owner, currency));
         }
-        let rows: Vec<(Option<i64>, Option<String>)> = pipe.query_async(&mut c).await?;
-        Ok(rows.into_iter().map(|(version, body)| parse_balance(version?, &body?)).collect())
+        let rows: Vec<BalanceReply> = pipe.query_async(&mut c).await?;
+        Ok(rows.into_iter().map(cached_balance).collect())
+    }
+
+    fn balance_command(&self, owner: OwnerId, currency: Currency) -> redis::Cmd {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.balance_key(owner, currency)).arg("version").arg("body");
+        cmd
     }
 
     /// Stores balances, each only if newer than what is cached.
@@ -232,18 +252,51 @@ impl Cache {
     /// Claims `id` for a new submission, or returns the existing claim.
     pub async fn claim(&self, id: TransferId, body: &str) -> Result<Option<ExistingClaim>, CacheError> {
         let mut c = self.connection().await?;
-        let found: Option<(Option<String>, Option<i64>, Option<i64>)> = redis::cmd("EVAL")
-            .arg(CLAIM)
-            .arg(1)
-            .arg(self.transfer_key(id))
-            .arg(body)
-            .arg(self.inner.status_ttl_s)
-            .query_async(&mut c)
-            .await?;
-        // A key without a body is not a claim we made: treat it as absent.
-        Ok(found.and_then(|(body, published, version)| {
-            Some(ExistingClaim { body: body?, published: published.unwrap_or(0) == 1, version: version.unwrap_or(1) })
-        }))
+        let found: ClaimReply = self.claim_command(id, body).query_async(&mut c).await?;
+        Ok(existing_claim(found))
+    }
+
+    /// `claim`, and `balances` of `keys`, in one round trip to Redis: a
+    /// pipeline of the claim script and one HMGET per key (EVAL, not EVALSHA:
+    /// see `set_if_newer`). Redis runs the commands in this order but not as
+    /// one transaction; the balances are advisory, so nothing needs them
+    /// read at the instant of the claim.
+    ///
+    /// Each part of the answer is what its own call would have answered:
+    /// - No connection, an I/O error or no answer within
+    ///   `REDIS_RESPONSE_TIMEOUT_MS`: both parts get that error (as two calls
+    ///   would while Redis is away), after one wait instead of two.
+    /// - Redis answered a command with an error (`OOM` refuses the claim's
+    ///   write but not the reads; `WRONGTYPE`): redis-rs fails the whole
+    ///   pipeline on the first error reply, so both parts are asked again,
+    ///   one call each, and each gets its own answer. Two more round trips,
+    ///   only in that case.
+    /// - An answer of an unexpected shape fails only its own part.
+    pub async fn claim_with_balances(&self, id: TransferId, body: &str, keys: &[(OwnerId, Currency)]) -> ClaimWithBalances {
+        let mut c = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => return ClaimWithBalances { claim: Err(e.clone()), balances: Err(e) },
+        };
+        let mut pipe = redis::pipe();
+        pipe.add_command(self.claim_command(id, body));
+        for &(owner, currency) in keys {
+            pipe.add_command(self.balance_command(owner, currency));
+        }
+        match pipe.query_async::<Vec<redis::Value>>(&mut c).await {
+            Ok(replies) => read_claim_with_balances(&replies, keys.len()),
+            // An error code means Redis itself answered with an error reply.
+            Err(e) if e.code().is_some() => ClaimWithBalances { claim: self.claim(id, body).await, balances: self.balances(keys).await },
+            Err(e) => {
+                let e = CacheError::from(e);
+                ClaimWithBalances { claim: Err(e.clone()), balances: Err(e) }
+            }
+        }
+    }
+
+    fn claim_command(&self, id: TransferId, body: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CLAIM).arg(1).arg(self.transfer_key(id)).arg(body).arg(self.inner.status_ttl_s);
+        cmd
     }
 
     pub async fn mark_published(&self, id: TransferId) -> Result<(), CacheError> {
@@ -333,6 +386,35 @@ fn set_if_newer(pipe: &mut redis::Pipeline, key: &str, version: i64, body: &str,
     pipe.cmd("EVAL").arg(SET_IF_NEWER).arg(1).arg(key).arg(version).arg(body).arg(ttl_s).ignore();
 }
 
+/// Reads the replies of `claim_with_balances`'s pipeline: the claim's first,
+/// then one per balance key.
+fn read_claim_with_balances(replies: &[redis::Value], keys_len: usize) -> ClaimWithBalances {
+    let short = || CacheError(format!("a pipeline of {} commands got {} replies", keys_len + 1, replies.len()));
+    let Some((claim, rows)) = replies.split_first().filter(|(_, rows)| rows.len() == keys_len) else {
+        return ClaimWithBalances { claim: Err(short()), balances: Err(short()) };
+    };
+    let claim = redis::from_redis_value::<ClaimReply>(claim).map(existing_claim).map_err(CacheError::from);
+    // All rows or none, as `balances` reads them.
+    let balances = rows
+        .iter()
+        .map(|row| redis::from_redis_value::<BalanceReply>(row).map(cached_balance))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CacheError::from);
+    ClaimWithBalances { claim, balances }
+}
+
+/// A key without a body is not a claim we made: treat it as absent.
+fn existing_claim(found: ClaimReply) -> Option<ExistingClaim> {
+    found.and_then(|(body, published, version)| {
+        Some(ExistingClaim { body: body?, published: published.unwrap_or(0) == 1, version: version.unwrap_or(1) })
+    })
+}
+
+/// A balance key's HMGET as a cached balance; `None` if absent or unreadable.
+fn cached_balance((version, body): BalanceReply) -> Option<CachedBalance> {
+    parse_balance(version?, &body?)
+}
+
 /// Reads a cached balance body, `balance:floor:account_id`.
 pub fn parse_balance(version: i64, body: &str) -> Option<CachedBalance> {
     let mut parts = body.split(':').map(str::parse::<i64>);
@@ -344,4 +426,54 @@ pub fn parse_balance(version: i64, body: &str) -> Option<CachedBalance> {
 /// Logs a cache failure once per call site and moves on: the cache is optional.
 pub fn warn_unavailable(e: &CacheError, what: &str) {
     warn!(error = %e, what, "Redis is unavailable; carrying on without the cache.");
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn cached(version: &str, body: &str) -> Value {
+        Value::Array(vec![text(version), text(body)])
+    }
+
+    const ABSENT: Value = Value::Nil;
+
+    #[test]
+    fn a_new_claim_is_read_beside_the_balances_in_key_order() {
+        let uncached = Value::Array(vec![ABSENT, ABSENT]);
+        let read = read_claim_with_balances(&[ABSENT, uncached, cached("3", "500:-100:11")], 2);
+        assert_eq!(read.claim.unwrap(), None);
+        let receiver = CachedBalance { account_id: 11, balance_minor: 500, floor_minor: -100, version: 3 };
+        assert_eq!(read.balances.unwrap(), vec![None, Some(receiver)]);
+    }
+
+    #[test]
+    fn an_existing_claim_is_read_as_the_claim_script_returns_it() {
+        let existing = Value::Array(vec![text("{}"), text("1"), text("2")]);
+        let read = read_claim_with_balances(&[existing, cached("1", "0:0:1"), cached("1", "0:0:2")], 2);
+        assert_eq!(read.claim.unwrap(), Some(ExistingClaim { body: "{}".into(), published: true, version: 2 }));
+    }
+
+    #[test]
+    fn an_unreadable_reply_fails_only_its_own_part() {
+        let read = read_claim_with_balances(&[Value::Int(7), cached("1", "0:0:1"), cached("1", "0:0:2")], 2);
+        assert!(read.claim.is_err());
+        assert_eq!(read.balances.unwrap().len(), 2);
+
+        let read = read_claim_with_balances(&[ABSENT, cached("1", "0:0:1"), cached("not a version", "0:0:2")], 2);
+        assert_eq!(read.claim.unwrap(), None);
+        assert!(read.balances.is_err(), "all rows or none, as `balances` reads them");
+    }
+
+    #[test]
+    fn a_reply_missing_for_a_command_fails_both_parts() {
+        let read = read_claim_with_balances(&[ABSENT, cached("1", "0:0:1")], 2);
+        assert!(read.claim.is_err() && read.balances.is_err());
+    }
 }

@@ -118,13 +118,26 @@ pub fn producer(brokers: &str, delivery_timeout_ms: u64) -> Result<FutureProduce
 }
 
 /// The configuration `producer` creates, for a caller that needs to change a setting.
+///
+/// Tuned for the API, where a submit waits for its own record's acknowledgement
+/// (the dead-letter producer, a record now and then, does not mind either way):
+/// - `linger.ms` 0: a record is sent as soon as the producer's thread sees it.
+///   At 2,000 submits/s over 4 partitions a partition gets a record every 2 ms
+///   on average, so any linger mostly delays a record for no company. Batching
+///   under load does not depend on it: with idempotence librdkafka keeps at
+///   most 5 produce requests in flight per connection, and records that
+///   arrive meanwhile go together in the next one.
+/// - `batch.num.messages`, `batch.size` and the local queue's limits: the
+///   defaults, which a batch of this workload never nears.
+/// - `socket.nagle.disable`: librdkafka's default since 2.10, set so that an
+///   older librdkafka cannot hold small produce requests back.
 pub fn producer_config(brokers: &str, delivery_timeout_ms: u64) -> ClientConfig {
     let mut config = client_config(brokers);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // Submit latency matters more than batching efficiency at the API.
-        .set("linger.ms", "1")
+        .set("linger.ms", "0")
+        .set("socket.nagle.disable", "true")
         .set("message.timeout.ms", delivery_timeout_ms.to_string());
     config
 }

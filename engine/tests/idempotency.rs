@@ -231,3 +231,31 @@ async fn a_conflict_that_reaches_the_processor_is_counted_and_listed_for_admins(
     assert_eq!(error_code(r).await, "invalid_query");
     app.stop().await;
 }
+
+/// `submit_stage_seconds_count` of `stage` in a `/metrics` scrape.
+fn stage_count(metrics: &str, stage: &str) -> u64 {
+    let prefix = format!(r#"transfer_engine_submit_stage_seconds_count{{stage="{stage}"}} "#);
+    let line = metrics.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {prefix}in {metrics}"));
+    line.parse().unwrap()
+}
+
+#[tokio::test]
+async fn each_submit_stage_that_ran_is_timed_in_the_metrics() {
+    let app = TestApp::spawn().await;
+    app.open_account(1, "EUR", "1.00").await;
+    app.open_account(2, "EUR", "0").await;
+    let stages = ["redis_claim", "ledger_read", "precheck_fill", "publish", "mark_published"];
+    let scrape = || async { app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    let counts = |metrics: String| stages.map(|stage| stage_count(&metrics, stage));
+    assert_eq!(counts(scrape().await), [0; 5], "every stage is listed before the first submit");
+
+    // Refused by the pre-check: nothing is published.
+    let r = app.post("/v1/transfers", &transfer(uuid::Uuid::now_v7(), "2.00")).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(error_code(r).await, "insufficient_funds");
+    assert_eq!(counts(scrape().await), [1, 1, 1, 0, 0]);
+
+    assert_eq!(app.post("/v1/transfers", &transfer(uuid::Uuid::now_v7(), "1.00")).await.status(), 202);
+    assert_eq!(counts(scrape().await), [2, 2, 2, 1, 1]);
+    app.stop().await;
+}
