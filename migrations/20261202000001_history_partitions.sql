@@ -10,7 +10,7 @@
 --
 -- The rows already stored move as they are: the old table becomes the
 -- partition for everything before the month after this migration runs
--- (checked by one scan here), and is detached like any other month once its
+-- (one scan of it and one index build here, in proportion to its size), and is detached like any other month once its
 -- newest row is past retention. Monthly partitions after it are created
 -- ahead of time by the engine (`transfer-engine history prepare`, also run at
 -- start-up and hourly); a row no partition covers lands in the default one.
@@ -20,10 +20,11 @@ ALTER TABLE transfer_status_history RENAME TO transfer_status_history_legacy;
 ALTER TABLE transfer_status_history_legacy DROP CONSTRAINT transfer_status_history_pkey;
 DROP TRIGGER transfer_status_history_append_only ON transfer_status_history_legacy;
 
--- Uniqueness can only be enforced per partition with `at` in the key.
--- (transfer_id, version) stays unique in practice: the commit writes a
--- transfer's history only in the transaction that inserts its `transfers`
--- row (whose key is the transfer id), and the audit checks the versions.
+-- A partitioned table's key must hold the partition column, so PostgreSQL
+-- no longer enforces (transfer_id, version) alone. The commit keeps it
+-- unique: it writes a transfer's history only in the transaction that
+-- inserts its `transfers` row (keyed by the transfer id), and the audit
+-- checks that versions rise by one.
 CREATE TABLE transfer_status_history (
     transfer_id    UUID        NOT NULL REFERENCES transfers (transfer_id),
     -- Named as the legacy table's, so that attaching it matches them.
