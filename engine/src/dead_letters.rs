@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::kafka;
-use crate::ledger::{KeptRecord, Ledger};
+use crate::ledger::{KeptRecord, Ledger, Quarantined};
 use crate::processor::kept_record;
 
 /// How long to wait for the broker's answers while reading the dead-letter topic.
@@ -29,6 +29,8 @@ const BROKER_TIMEOUT_MS: u64 = 10_000;
 /// a record quarantined because it was too large for the dead-letter topic
 /// must still be replayable; the broker's own limit still applies.
 const REPLAY_RECORD_BYTES_MAX: u32 = 16 << 20;
+/// Quarantined records read per page by `replay --all-quarantined`.
+const REPLAY_PAGE_ROWS: i64 = 100;
 /// The first bytes of a payload shown in a listing.
 const PAYLOAD_PREVIEW_BYTES_MAX: usize = 200;
 
@@ -239,22 +241,41 @@ async fn replay(
         println!("Replayed dead letter {partition}:{offset} onto {}.", target_topic(settings, &record));
         replayed += 1;
     }
-    let mut chosen = Vec::new();
-    if all_quarantined {
-        chosen = ledger.quarantined(false, i64::MAX).await?;
-    }
     for id in quarantined {
-        chosen.push(ledger.quarantined_record(*id).await?.with_context(|| format!("no quarantined record {id}"))?);
-    }
-    for q in chosen {
-        publish(&producer, settings, &q.record).await?;
-        ledger.mark_replayed(q.quarantine_id).await?;
-        println!("Replayed quarantined record {} onto {}.", q.quarantine_id, target_topic(settings, &q.record));
+        let q = ledger.quarantined_record(*id).await?.with_context(|| format!("no quarantined record {id}"))?;
+        replay_quarantined(&producer, settings, ledger, &q).await?;
         replayed += 1;
+    }
+    if all_quarantined {
+        // Page by page (payloads may be megabytes each), up to the last id
+        // quarantined before the walk began.
+        let up_to = ledger.last_quarantine_id().await?;
+        let mut after = 0;
+        loop {
+            let page = ledger.unreplayed_quarantined(after, up_to, REPLAY_PAGE_ROWS).await?;
+            let Some(last) = page.last() else { break };
+            after = last.quarantine_id;
+            for q in &page {
+                replay_quarantined(&producer, settings, ledger, q).await?;
+                replayed += 1;
+            }
+        }
     }
     if replayed == 0 {
         bail!("nothing to replay: give --dlq PARTITION:OFFSET, --quarantined ID or --all-quarantined");
     }
+    Ok(())
+}
+
+async fn replay_quarantined(
+    producer: &rdkafka::producer::FutureProducer,
+    settings: &Settings,
+    ledger: &Ledger,
+    q: &Quarantined,
+) -> anyhow::Result<()> {
+    publish(producer, settings, &q.record).await?;
+    ledger.mark_replayed(q.quarantine_id).await?;
+    println!("Replayed quarantined record {} onto {}.", q.quarantine_id, target_topic(settings, &q.record));
     Ok(())
 }
 

@@ -93,6 +93,29 @@ impl Ledger {
         rows.into_iter().map(quarantined_from_row).collect()
     }
 
+    /// Records not replayed yet with ids in `(after, up_to]`, oldest first, at
+    /// most `limit`: one page of a walk over the quarantine that ends at the
+    /// id it started from. (A replayed record that fails again is
+    /// quarantined again under a new id, past `up_to`: the walk never
+    /// replays it twice.)
+    pub async fn unreplayed_quarantined(&self, after: i64, up_to: i64, limit: i64) -> Result<Vec<Quarantined>, LedgerError> {
+        let rows: Vec<QuarantinedRow> = sqlx::query_as(&format!(
+            "{QUARANTINED_SELECT} WHERE replayed_at IS NULL AND quarantine_id > $1 AND quarantine_id <= $2
+              ORDER BY quarantine_id LIMIT $3"
+        ))
+        .bind(after)
+        .bind(up_to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(quarantined_from_row).collect()
+    }
+
+    /// The highest quarantine id so far (0 when the quarantine is empty).
+    pub async fn last_quarantine_id(&self) -> Result<i64, LedgerError> {
+        Ok(sqlx::query_scalar("SELECT coalesce(max(quarantine_id), 0) FROM quarantined_records").fetch_one(&self.pool).await?)
+    }
+
     /// Marks a quarantined record as replayed; false if there is no such record.
     pub async fn mark_replayed(&self, quarantine_id: i64) -> Result<bool, LedgerError> {
         let done = sqlx::query("UPDATE quarantined_records SET replayed_at = now() WHERE quarantine_id = $1")
