@@ -201,7 +201,7 @@ async fn prepare_history(ledger: &Ledger) {
     match ledger.prepare_history_partitions(chrono::Utc::now(), ledger::retention::HISTORY_MONTHS_AHEAD).await {
         Ok(made) if !made.is_empty() => info!(partitions = ?made, "Made the status history's coming months."),
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "Could not make the status history's coming months; retrying within the hour."),
+        Err(e) => tracing::warn!(error = %e, "Could not make the status history's coming months; a processor retries hourly."),
     }
 }
 
