@@ -322,7 +322,11 @@ async fn a_dead_letter_the_topic_refuses_is_quarantined_and_nothing_stalls() {
     let accepted: Value = r.json().await.unwrap();
     assert_eq!(app.wait_final(accepted["transfer_id"].as_str().unwrap()).await["status"], "completed");
 
-    let kept = app.ledger().quarantined(false, 10).await.unwrap();
+    // A batch commits its transfers before it keeps its dead letters (both
+    // before its offsets are stored), so the transfer can be final first.
+    let ledger = app.ledger();
+    eventually("the refused dead letter is quarantined", || async { !ledger.quarantined(false, 10).await.unwrap().is_empty() }).await;
+    let kept = ledger.quarantined(false, 10).await.unwrap();
     assert_eq!(kept.len(), 1, "{kept:?}");
     let record = &kept[0].record;
     assert_eq!(record.payload.as_deref(), Some(&payload[..]), "the raw bytes are kept");
@@ -335,7 +339,6 @@ async fn a_dead_letter_the_topic_refuses_is_quarantined_and_nothing_stalls() {
     let replay = DeadLetterCommand::Replay { dead_letters: vec![], quarantined: vec![kept[0].quarantine_id], all_quarantined: false };
     dead_letters::run(&app.settings, replay).await.unwrap();
     // Still not a transfer: quarantined again, from its new position; the first is marked replayed.
-    let ledger = app.ledger();
     eventually("the replayed record is quarantined again", || async { ledger.quarantined(true, 10).await.unwrap().len() == 2 }).await;
     let all = ledger.quarantined(true, 10).await.unwrap();
     assert!(all[0].replayed_at.is_some() && all[1].replayed_at.is_none(), "{all:?}");
