@@ -89,7 +89,6 @@ impl Application {
         settings.validate()?;
         let maintenance = connect_database_for_maintenance(&settings).await?;
         ledger::migrate(&maintenance).await.context("could not apply migrations")?;
-        prepare_history(&Ledger::new(maintenance.clone())).await;
         maintenance.close().await;
         let pool = connect_database(&settings).await?;
         let cache = Cache::from_settings(&settings).context("invalid TRANSFER_ENGINE_REDIS_URL")?;
@@ -194,19 +193,17 @@ impl Application {
 /// not granted), long before the default partition would catch rows.
 const HISTORY_PREPARE_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// Makes the status history's partitions for this month and the next ones.
+/// Makes the status history's partitions for this month and the next ones,
+/// at once and then hourly, in the processes that write history (processors).
 /// A failure is not fatal: rows with no month land in the default partition
 /// and move into their month when it is made.
-async fn prepare_history(ledger: &Ledger) {
-    match ledger.prepare_history_partitions(chrono::Utc::now(), ledger::retention::HISTORY_MONTHS_AHEAD).await {
-        Ok(made) if !made.is_empty() => info!(partitions = ?made, "Made the status history's coming months."),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "Could not make the status history's coming months; a processor retries hourly."),
-    }
-}
-
 async fn keep_history_prepared(ledger: Ledger, mut stopped: watch::Receiver<bool>) {
     loop {
+        match ledger.prepare_history_partitions(chrono::Utc::now(), ledger::retention::HISTORY_MONTHS_AHEAD).await {
+            Ok(made) if !made.is_empty() => info!(partitions = ?made, "Made the status history's coming months."),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Could not make the status history's coming months; retrying within the hour."),
+        }
         let stop = tokio::select! {
             _ = tokio::time::sleep(HISTORY_PREPARE_INTERVAL) => false,
             _ = stopped.wait_for(|s| *s) => true,
@@ -214,7 +211,6 @@ async fn keep_history_prepared(ledger: Ledger, mut stopped: watch::Receiver<bool
         if stop {
             return;
         }
-        prepare_history(&ledger).await;
     }
 }
 
