@@ -45,6 +45,7 @@ fn batch(rng: &mut Lcg, size: usize, eur: Currency) -> Vec<CommitItem> {
                 description: None,
                 submitted_at: Utc::now(),
                 client_id: None,
+                metadata: Default::default(),
             };
             CommitItem::apply_as_submitted(submission).unwrap()
         })

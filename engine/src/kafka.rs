@@ -12,7 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Amount, ClientId, Currency, Money, OwnerId, Requested, Submission, TransferId, TransferKind};
+use crate::domain::{Amount, ClientId, Currency, Metadata, Money, OwnerId, Requested, Submission, TransferId, TransferKind};
 
 /// Settings every client of ours shares.
 pub fn client_config(brokers: &str) -> ClientConfig {
@@ -297,7 +297,9 @@ pub fn record_headers(s: &Submission) -> Option<OwnedHeaders> {
 /// previous, its own and the next version, so during a rolling deploy (API
 /// and processors one release apart, in either order) no transfer that the
 /// API acknowledged is dead-lettered. A breaking change needs a new topic.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// Version 2 added `metadata`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The versions this engine reads: its own and its neighbours (there is no version 0).
 pub const SCHEMA_VERSIONS_READ: std::ops::RangeInclusive<u32> =
@@ -330,6 +332,10 @@ pub struct TransferRecord {
     #[serde(default)]
     pub description: Option<String>,
     pub submitted_at: DateTime<Utc>,
+    /// Since version 2; absent when empty, so a record without metadata is
+    /// byte for byte what version 1 wrote.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
 }
 
 /// Why a record cannot become a submission: it goes to the dead-letter topic.
@@ -368,6 +374,7 @@ impl TransferRecord {
             original_currency: s.original().map(|m| m.currency.code().to_owned()),
             description: s.description.clone(),
             submitted_at: s.submitted_at,
+            metadata: s.metadata.clone(),
         }
     }
 
@@ -441,6 +448,7 @@ impl TransferRecord {
             description: self.description,
             submitted_at: self.submitted_at,
             client_id: None,
+            metadata: self.metadata,
         })
     }
 }
@@ -461,6 +469,7 @@ mod tests {
             description: Some("dinner".into()),
             submitted_at: Utc::now(),
             client_id: None,
+            metadata: Metadata::new([("channel".to_owned(), "web".to_owned())].into()).unwrap(),
         };
         let bytes = serde_json::to_vec(&TransferRecord::from_submission(&s)).unwrap();
         assert_eq!(TransferRecord::decode(Some(&bytes), None), Ok(s.clone()));

@@ -448,6 +448,7 @@ async fn submit_topic(settings: &Settings, args: &LoadArgs, plan: Vec<Planned>) 
                     description: None,
                     submitted_at: Utc::now(),
                     client_id: None,
+                    metadata: crate::domain::Metadata::default(),
                 };
                 let payload = serde_json::to_vec(&TransferRecord::from_submission(&submission)).expect("a record serializes");
                 let key = kafka::record_key(submission.sender, submission.currency);

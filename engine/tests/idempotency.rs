@@ -200,6 +200,7 @@ async fn a_conflict_that_reaches_the_processor_is_counted_and_listed_for_admins(
         description: Some("rent".into()),
         submitted_at: chrono::Utc::now(),
         client_id: None,
+        metadata: Default::default(),
     };
     let producer = kafka::producer(&app.settings.kafka_brokers, 5_000).unwrap();
     let record = serde_json::to_vec(&TransferRecord::from_submission(&racing)).unwrap();

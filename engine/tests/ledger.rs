@@ -24,6 +24,7 @@ fn transfer(id: TransferId, from: i64, to: i64, minor: i64, currency: Currency) 
         description: None,
         submitted_at: Utc::now(),
         client_id: None,
+        metadata: Default::default(),
     };
     CommitItem::apply_as_submitted(submission).unwrap()
 }

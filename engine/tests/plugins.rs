@@ -48,6 +48,7 @@ fn submission(sender: i64, requested: Requested, description: Option<&str>) -> S
         description: description.map(str::to_owned),
         submitted_at: Utc::now(),
         client_id: None,
+        metadata: Default::default(),
     }
 }
 

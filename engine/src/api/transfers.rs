@@ -177,6 +177,7 @@ pub fn validate(req: SubmitTransfer, headers: &HeaderMap, description_chars_max:
         description: req.description,
         submitted_at: Utc::now(),
         client_id: None,
+        metadata: crate::domain::Metadata::default(),
     })
 }
 

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::{Amount, ClientId, Currency, OwnerId, TransferId};
+use super::{Amount, ClientId, Currency, Metadata, OwnerId, TransferId};
 
 /// A positive amount in a given currency.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -102,6 +102,8 @@ pub struct Submission {
     /// system movements. Provenance only: not part of the fingerprint, so the
     /// same transfer retried through another credential is still a retry.
     pub client_id: Option<ClientId>,
+    /// What the client attached; part of the fingerprint, passed to every hook.
+    pub metadata: Metadata,
 }
 
 impl Submission {
@@ -120,13 +122,19 @@ impl Submission {
             Some(d) => format!("some\x1f{}\x1f{d}", d.len()),
             None => "none".to_owned(),
         };
-        let canonical = format!(
+        let mut canonical = format!(
             "v1\x1f{}\x1f{}\x1f{}\x1f{}\x1f{requested}\x1f{description}",
             self.kind.as_str(),
             self.sender,
             self.receiver,
             self.currency
         );
+        // Only when present: a transfer without metadata keeps the
+        // fingerprint the previous release stored for it.
+        if !self.metadata.is_empty() {
+            canonical.push('\x1f');
+            canonical.push_str(&self.metadata.canonical());
+        }
         hash.update(canonical.as_bytes());
         hash.finalize().into()
     }
@@ -161,6 +169,7 @@ mod tests {
             description: Some("rent".into()),
             submitted_at: Utc::now(),
             client_id: None,
+            metadata: Metadata::default(),
         }
     }
 
@@ -177,5 +186,15 @@ mod tests {
         let mut d = submission();
         d.description = None;
         assert_ne!(a.fingerprint(), d.fingerprint());
+        let mut e = submission();
+        e.metadata = Metadata::new([("channel".to_owned(), "web".to_owned())].into()).unwrap();
+        assert_ne!(a.fingerprint(), e.fingerprint());
+    }
+
+    #[test]
+    fn a_transfer_without_metadata_keeps_the_fingerprint_the_previous_release_stored() {
+        // sha256 of "v1\x1ftransfer\x1f1\x1f2\x1fEUR\x1famount\x1f100\x1fsome\x1f4\x1frent", as 0.1 computed it.
+        let expected: [u8; 32] = Sha256::digest("v1\x1ftransfer\x1f1\x1f2\x1fEUR\x1famount\x1f100\x1fsome\x1f4\x1frent").into();
+        assert_eq!(submission().fingerprint(), expected);
     }
 }

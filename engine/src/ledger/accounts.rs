@@ -216,6 +216,7 @@ impl CommitItem {
             description: Some(reference.to_owned()),
             submitted_at: Utc::now(),
             client_id: None,
+            metadata: crate::domain::Metadata::default(),
         };
         Self::apply_as_submitted(submission).expect("a system move names its amount")
     }

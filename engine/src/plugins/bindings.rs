@@ -4,12 +4,12 @@
 //! `log` implementation.
 
 pub mod validator {
-    wasmtime::component::bindgen!({ path: "../wit", world: "validator" });
+    wasmtime::component::bindgen!({ path: "../wit/0.1.0", world: "validator" });
 }
 
 pub mod converter {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/0.1.0",
         world: "converter",
         with: {
             "transfer:plugin/types": super::validator::transfer::plugin::types,
@@ -20,7 +20,7 @@ pub mod converter {
 
 pub mod describer {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/0.1.0",
         world: "describer",
         with: {
             "transfer:plugin/types": super::validator::transfer::plugin::types,

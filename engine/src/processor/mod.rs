@@ -474,6 +474,7 @@ mod tests {
             description,
             submitted_at: chrono::Utc::now(),
             client_id: None,
+            metadata: crate::domain::Metadata::default(),
         }
     }
 

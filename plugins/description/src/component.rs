@@ -6,7 +6,7 @@ use crate::rules::Rules;
 
 wit_bindgen::generate!({
     world: "describer",
-    path: "../../wit",
+    path: "../../wit/0.1.0",
 });
 
 use transfer::plugin::host::{Level, log};

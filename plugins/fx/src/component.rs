@@ -6,7 +6,7 @@ use crate::rates::{self, RateTable};
 
 wit_bindgen::generate!({
     world: "converter",
-    path: "../../wit",
+    path: "../../wit/0.1.0",
 });
 
 use transfer::plugin::host::{Level, log};

@@ -2,7 +2,7 @@
 //! Only fuel or epoch interruption can stop it.
 #![cfg(target_arch = "wasm32")]
 
-wit_bindgen::generate!({ world: "validator", path: "../../wit" });
+wit_bindgen::generate!({ world: "validator", path: "../../wit/0.1.0" });
 
 struct Plugin;
 

@@ -5,7 +5,7 @@
 
 use std::hint::black_box;
 
-wit_bindgen::generate!({ world: "validator", path: "../../wit" });
+wit_bindgen::generate!({ world: "validator", path: "../../wit/0.1.0" });
 
 const CHUNK_BYTES: usize = 1 << 20;
 

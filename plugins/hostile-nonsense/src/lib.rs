@@ -2,7 +2,7 @@
 //! world's contract ("must be positive") by answering a negative amount.
 #![cfg(target_arch = "wasm32")]
 
-wit_bindgen::generate!({ world: "converter", path: "../../wit" });
+wit_bindgen::generate!({ world: "converter", path: "../../wit/0.1.0" });
 
 /// The amount every conversion answers, whatever the input.
 const NONSENSE_AMOUNT_MINOR: i64 = -12_345;

@@ -9,7 +9,7 @@
 
 use std::sync::Mutex;
 
-wit_bindgen::generate!({ world: "validator", path: "../../wit" });
+wit_bindgen::generate!({ world: "validator", path: "../../wit/0.1.0" });
 
 use transfer::plugin::host::{Level, log};
 

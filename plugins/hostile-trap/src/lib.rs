@@ -2,7 +2,7 @@
 //! built with `panic = "abort"`, so the panic becomes a wasm `unreachable` trap.
 #![cfg(target_arch = "wasm32")]
 
-wit_bindgen::generate!({ world: "validator", path: "../../wit" });
+wit_bindgen::generate!({ world: "validator", path: "../../wit/0.1.0" });
 
 struct Plugin;
 

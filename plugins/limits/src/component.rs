@@ -6,7 +6,7 @@ use crate::policy::{Limits, TransferFacts};
 
 wit_bindgen::generate!({
     world: "validator",
-    path: "../../wit",
+    path: "../../wit/0.1.0",
 });
 
 use transfer::plugin::host::{Level, log};
