@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use transfer_engine::domain::TransferId;
-use transfer_engine::plugins::bindings::types;
+use transfer_engine::plugins::bindings::{down, types};
 use transfer_engine::plugins::guard::LogBudget;
 use transfer_engine::plugins::loaded::Prepared;
 use transfer_engine::plugins::sandbox::HostState;
@@ -58,6 +58,8 @@ fn transfer() -> types::Transfer {
         amount_minor: Some(12_345),
         original: None,
         description: Some("rent for March, card 4111 1111 1111 1234".into()),
+        submitted_at_ms: 1_800_000_000_000,
+        metadata: Vec::new(),
     }
 }
 
@@ -69,9 +71,10 @@ fn fresh_per_call(sandbox: &Arc<Sandbox>) {
     let description = load(sandbox, "description", PluginKind::Describer);
     let usd = types::Money { amount_minor: 1_000, currency: types::Currency { code: "USD".into(), exponent: 2 } };
     let text = transfer.description.clone().unwrap();
+    let context = types::Context { sender: None, receiver: None, velocity: Vec::new() };
     println!("Per hook call as the engine runs it: fresh instance + configure + call ({CALLS} calls each, one thread):");
-    println!("  limits.validate     {:>6.2} us", per_call_us(|| drop(limits.validate(&transfer).unwrap())));
-    println!("  fx.convert          {:>6.2} us", per_call_us(|| drop(fx.convert(&usd, &eur).unwrap())));
+    println!("  limits.validate     {:>6.2} us", per_call_us(|| drop(limits.validate(&transfer, &context).unwrap())));
+    println!("  fx.convert          {:>6.2} us", per_call_us(|| drop(fx.convert(&usd, &eur, &transfer).unwrap())));
     println!("  description.rewrite {:>6.2} us", per_call_us(|| drop(description.rewrite(&text, &transfer).unwrap())));
     for plugin in [&limits, &fx, &description] {
         let (call, configure) = plugin.fuel_used_max();
@@ -82,7 +85,7 @@ fn fresh_per_call(sandbox: &Arc<Sandbox>) {
 /// The validator on one live instance, configured once (the previous design).
 fn live_instance(sandbox: &Arc<Sandbox>) {
     let component = sandbox.compile(&plugin("limits")).unwrap();
-    let Prepared::Validator(pre) = Prepared::new(sandbox, &component, PluginKind::Validator).unwrap() else { unreachable!() };
+    let Prepared::Validator01(pre) = Prepared::new(sandbox, &component, PluginKind::Validator).unwrap() else { unreachable!() };
     let state = HostState::new("limits@1".into(), sandbox.limits.memory_bytes_max, Arc::new(LogBudget::default()));
     let mut store = Store::new(&sandbox.engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -92,7 +95,7 @@ fn live_instance(sandbox: &Arc<Sandbox>) {
     live.call_configure(&mut store, &config("limits")).unwrap().unwrap();
     let transfer = transfer();
     println!("The same validator on one live instance (state shared by every transfer: the design this replaced):");
-    println!("  limits.validate     {:>6.2} us", per_call_us(|| drop(live.call_validate(&mut store, &transfer).unwrap())));
+    println!("  limits.validate     {:>6.2} us", per_call_us(|| drop(live.call_validate(&mut store, &down::transfer(&transfer)).unwrap())));
     let limits_config = config("limits");
     println!("  limits.configure    {:>6.2} us", per_call_us(|| live.call_configure(&mut store, &limits_config).unwrap().unwrap()));
     // Instantiation without configure: what a configure snapshot could save at most.

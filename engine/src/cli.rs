@@ -179,17 +179,16 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
         PluginKind::Converter => set.converter = Some(plugin),
         PluginKind::Describer => set.describer = Some(plugin),
     }
+    let needs = hooks::Hooks::needs(&set);
     let lines = std::fs::read_to_string(transfers).with_context(|| format!("could not read {}", transfers.display()))?;
     for (number, line) in lines.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let parsed = serde_json::from_str::<SubmitTransfer>(line)
-            .map_err(|e| e.to_string())
-            .and_then(|req| validate(req, &Default::default(), description_chars_max).map_err(|e| e.to_string()));
+        let parsed = offline_line(line, description_chars_max, &needs);
         let report = match parsed {
             Err(error) => json!({"line": number + 1, "error": error}),
-            Ok(submission) => {
-                let outcome = hooks::run(&set, &submission);
+            Ok((submission, context)) => {
+                let outcome = hooks::run_in_context(&set, &submission, &context);
                 let (verdict, reason) = match &outcome.verdict {
-                    Verdict::Apply(_) => ("allow", None),
+                    Verdict::Apply(_) | Verdict::Validate(_) => ("allow", None),
                     Verdict::Reject(r) => ("reject", Some(r)),
                     Verdict::Fail(r) => ("fail", Some(r)),
                 };
@@ -200,4 +199,80 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
         println!("{report}");
     }
     Ok(())
+}
+
+/// The `"context"` of an offline test line: what the processor would read
+/// from the ledger under the batch's locks.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfflineContext {
+    /// The transfer's time reference; now when absent.
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Absent: the account does not exist.
+    sender: Option<OfflineAccount>,
+    receiver: Option<OfflineAccount>,
+    /// The sender's earlier completed debits in this currency.
+    #[serde(default)]
+    debits: Vec<OfflineDebit>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfflineAccount {
+    #[serde(default)]
+    balance_minor: i64,
+    #[serde(default)]
+    floor_minor: i64,
+    /// The transfer's time when absent.
+    opened_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    metadata: crate::domain::Metadata,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfflineDebit {
+    at: chrono::DateTime<chrono::Utc>,
+    amount_minor: i64,
+}
+
+/// One JSONL line: the API's transfer body, plus an optional `"context"`,
+/// from which the declared windows are summed by the processor's own code.
+fn offline_line(
+    line: &str,
+    description_chars_max: usize,
+    needs: &hooks::ContextNeeds,
+) -> Result<(crate::domain::Submission, hooks::Context), String> {
+    let mut body: serde_json::Map<String, Value> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let given = body.remove("context").map(serde_json::from_value::<OfflineContext>).transpose().map_err(|e| format!("context: {e}"))?;
+    let request: SubmitTransfer = serde_json::from_value(Value::Object(body)).map_err(|e| e.to_string())?;
+    let mut submission = validate(request, &Default::default(), description_chars_max).map_err(|e| e.to_string())?;
+    let Some(given) = given else { return Ok((submission, hooks::Context::default())) };
+    if let Some(at) = given.at {
+        submission.submitted_at = at;
+    }
+    let at = submission.submitted_at;
+    let facts = |owner, account: Option<OfflineAccount>| {
+        account.map(|a| hooks::AccountFacts {
+            owner,
+            balance_minor: a.balance_minor,
+            floor_minor: a.floor_minor,
+            opened_at: a.opened_at.unwrap_or(at),
+            metadata: a.metadata,
+        })
+    };
+    let mut debits = hooks::BatchDebits::default();
+    for debit in &given.debits {
+        if debit.amount_minor <= 0 {
+            return Err(format!("context: a debit's amount_minor must be positive, not {}", debit.amount_minor));
+        }
+        debits.push(debit.at, debit.amount_minor);
+    }
+    let velocity = needs.windows.iter().map(|w| (*w, debits.total(hooks::WindowTotal::default(), *w, at))).collect();
+    let context = hooks::Context {
+        sender: facts(submission.sender, given.sender),
+        receiver: facts(submission.receiver, given.receiver),
+        velocity,
+    };
+    Ok((submission, context))
 }

@@ -52,13 +52,18 @@ fn submission(sender: i64, requested: Requested, description: Option<&str>) -> S
     }
 }
 
+/// The hooks as a batch runs them when no validator needs context.
+fn run_now(hooks: &dyn hooks::Hooks, submission: &Submission) -> HookOutcome {
+    hooks::run(hooks, submission, hooks::Validation::Now)
+}
+
 fn eur(minor: i64) -> Requested {
     Requested::Amount(Amount::from_minor(minor).unwrap())
 }
 
 fn code(outcome: &HookOutcome) -> Option<&str> {
     match &outcome.verdict {
-        Verdict::Apply(_) => None,
+        Verdict::Apply(_) | Verdict::Validate(_) => None,
         Verdict::Reject(r) | Verdict::Fail(r) => Some(&r.code),
     }
 }
@@ -82,31 +87,31 @@ fn the_example_plugins_apply_their_rules_through_the_real_host() {
         json!({"max_amount_minor": {"EUR": 10000}, "blocked_owners": [666]}),
     ));
 
-    let fine = hooks::run(&set, &submission(1, eur(500), Some("  rent   for\tMarch  ")));
+    let fine = run_now(&set, &submission(1, eur(500), Some("  rent   for\tMarch  ")));
     assert_eq!(fine.verdict, Verdict::Apply(Amount::from_minor(500).unwrap()));
     assert_eq!(fine.description.as_deref(), Some("rent for March"));
     let hooks_seen: Vec<_> = fine.decisions.iter().map(|d| (d.plugin.as_str(), d.outcome.as_str())).collect();
     assert_eq!(hooks_seen, [("description", "rewritten"), ("limits", "allowed")]);
 
-    let masked = hooks::run(&set, &submission(1, eur(500), Some("card 4111 1111 1111 1234 thanks")));
+    let masked = run_now(&set, &submission(1, eur(500), Some("card 4111 1111 1111 1234 thanks")));
     assert!(
         masked.description.as_deref().unwrap().contains("1234") && !masked.description.as_deref().unwrap().contains("4111"),
         "{masked:?}"
     );
 
-    assert_eq!(code(&hooks::run(&set, &submission(1, eur(10_001), None))), Some("amount_over_limit"));
-    assert_eq!(code(&hooks::run(&set, &submission(666, eur(1), None))), Some("owner_blocked"));
-    assert_eq!(code(&hooks::run(&set, &submission(1, eur(1), Some("Casino night")))), Some("description_blocked_word"));
+    assert_eq!(code(&run_now(&set, &submission(1, eur(10_001), None))), Some("amount_over_limit"));
+    assert_eq!(code(&run_now(&set, &submission(666, eur(1), None))), Some("owner_blocked"));
+    assert_eq!(code(&run_now(&set, &submission(1, eur(1), Some("Casino night")))), Some("description_blocked_word"));
 
     // 10.00 USD at 0.9215 is 9.215 EUR: half-even rounds to 9.22 (9215 -> 922 cents).
     let usd = Currency::parse("USD").unwrap();
     let converted =
-        hooks::run(&set, &submission(1, Requested::Original(Money { amount: Amount::from_minor(1_000).unwrap(), currency: usd }), None));
+        run_now(&set, &submission(1, Requested::Original(Money { amount: Amount::from_minor(1_000).unwrap(), currency: usd }), None));
     assert_eq!(converted.verdict, Verdict::Apply(Amount::from_minor(922).unwrap()), "{converted:?}");
     assert_eq!(converted.decisions[0].outcome, "converted");
     let jpy = Currency::parse("JPY").unwrap();
     let unknown =
-        hooks::run(&set, &submission(1, Requested::Original(Money { amount: Amount::from_minor(1_000).unwrap(), currency: jpy }), None));
+        run_now(&set, &submission(1, Requested::Original(Money { amount: Amount::from_minor(1_000).unwrap(), currency: jpy }), None));
     assert_eq!(code(&unknown), Some("rate_not_found"));
 }
 
@@ -124,7 +129,7 @@ fn hostile_plugins_fail_their_transfer_with_the_cause_recorded_and_the_host_carr
         let set = validators([load(sandbox, fixture, PluginKind::Validator, 3, json!({})), limits.clone()]);
         for _ in 0..2 {
             // Twice: a fault in one call leaves nothing behind for the next.
-            let outcome = hooks::run(&set, &submission(1, eur(100), None));
+            let outcome = run_now(&set, &submission(1, eur(100), None));
             let Verdict::Fail(reason) = &outcome.verdict else { panic!("{fixture}: {outcome:?}") };
             assert_eq!(reason.code, "plugin_failed");
             let name = fixture.replace('_', "-");
@@ -135,7 +140,7 @@ fn hostile_plugins_fail_their_transfer_with_the_cause_recorded_and_the_host_carr
         }
         // Uploaded as advisory, the same validator is recorded as failed and the transfer goes on.
         let advisory = unchecked(sandbox, fixture, PluginKind::Validator, 4, json!({})).with_advisory(true).unwrap();
-        let outcome = hooks::run(&validators([Arc::new(advisory), limits.clone()]), &submission(1, eur(100), None));
+        let outcome = run_now(&validators([Arc::new(advisory), limits.clone()]), &submission(1, eur(100), None));
         assert_eq!(outcome.verdict, Verdict::Apply(Amount::from_minor(100).unwrap()), "{fixture}");
         assert_eq!((outcome.decisions[0].outcome.as_str(), outcome.decisions[0].advisory), ("failed", true));
         assert_eq!(outcome.decisions[0].fault.as_deref(), Some(fault));
@@ -145,11 +150,11 @@ fn hostile_plugins_fail_their_transfer_with_the_cause_recorded_and_the_host_carr
     set.converter = Some(load(&sandbox, "hostile_nonsense", PluginKind::Converter, 1, json!({})));
     let usd = Currency::parse("USD").unwrap();
     let outcome =
-        hooks::run(&set, &submission(1, Requested::Original(Money { amount: Amount::from_minor(100).unwrap(), currency: usd }), None));
+        run_now(&set, &submission(1, Requested::Original(Money { amount: Amount::from_minor(100).unwrap(), currency: usd }), None));
     let Verdict::Fail(reason) = &outcome.verdict else { panic!("{outcome:?}") };
     assert!(reason.message.contains("nonsense") && reason.message.contains("-12345"), "{}", reason.message);
     // The good plugin next to them still answers.
-    assert_eq!(hooks::run(&validators([limits]), &submission(1, eur(100), None)).verdict, Verdict::Apply(Amount::from_minor(100).unwrap()));
+    assert_eq!(run_now(&validators([limits]), &submission(1, eur(100), None)).verdict, Verdict::Apply(Amount::from_minor(100).unwrap()));
 }
 
 #[test]
@@ -157,7 +162,7 @@ fn a_loop_with_fuel_to_spare_is_still_stopped_by_the_wall_clock_backstop() {
     let bottomless = Sandbox::new(SandboxLimits { instances_max: 4, call_fuel_max: u64::MAX / 2, ..SandboxLimits::default() }).unwrap();
     let set = validators([load(&bottomless, "hostile_loop", PluginKind::Validator, 1, json!({}))]);
     let started = Instant::now();
-    let outcome = hooks::run(&set, &submission(1, eur(100), None));
+    let outcome = run_now(&set, &submission(1, eur(100), None));
     let elapsed = started.elapsed();
     let Verdict::Fail(reason) = &outcome.verdict else { panic!("{outcome:?}") };
     assert!(reason.message.contains("(wall_clock_backstop)"), "{}", reason.message);
@@ -171,13 +176,13 @@ fn an_advisory_validator_is_recorded_but_not_enforced_and_nothing_else_can_be_ad
     let sandbox = sandbox();
     let strict = json!({"max_amount_minor": {"EUR": 100}});
     let shadow = unchecked(&sandbox, "limits", PluginKind::Validator, 2, strict.clone()).with_advisory(true).unwrap();
-    let outcome = hooks::run(&validators([Arc::new(shadow)]), &submission(1, eur(5_000), None));
+    let outcome = run_now(&validators([Arc::new(shadow)]), &submission(1, eur(5_000), None));
     assert_eq!(outcome.verdict, Verdict::Apply(Amount::from_minor(5_000).unwrap()));
     let decision = &outcome.decisions[0];
     assert_eq!((decision.outcome.as_str(), decision.code.as_deref(), decision.advisory), ("rejected", Some("amount_over_limit"), true));
     // The same version, binding, rejects.
     let binding = load(&sandbox, "limits", PluginKind::Validator, 2, strict);
-    assert_eq!(code(&hooks::run(&validators([binding]), &submission(1, eur(5_000), None))), Some("amount_over_limit"));
+    assert_eq!(code(&run_now(&validators([binding]), &submission(1, eur(5_000), None))), Some("amount_over_limit"));
     // The record says so when stored: `advisory` is absent only for binding plugins.
     let stored = serde_json::to_value(&outcome.decisions).unwrap();
     assert_eq!(stored[0]["advisory"], true);
@@ -196,7 +201,7 @@ fn a_describer_fault_fails_the_transfer_and_never_stores_the_unmasked_descriptio
     let mut set = PluginSet::empty(140);
     set.describer = Some(load(&starved, "description", PluginKind::Describer, 1, json!({})));
     set.validators.push(load(&sandbox, "limits", PluginKind::Validator, 1, json!({})));
-    let outcome = hooks::run(&set, &submission(1, eur(500), Some("card 4111 1111 1111 1234")));
+    let outcome = run_now(&set, &submission(1, eur(500), Some("card 4111 1111 1111 1234")));
     let Verdict::Fail(reason) = &outcome.verdict else { panic!("{outcome:?}") };
     assert!(reason.message.contains("fuel_exhausted"), "{}", reason.message);
     assert_eq!(outcome.decisions.len(), 1, "no validator ran: {outcome:?}");
@@ -222,7 +227,7 @@ fn a_plugin_call_costs_a_small_fixed_amount_of_fuel_far_below_the_default_limit(
     let usd = Currency::parse("USD").unwrap();
     for text in ["rent", longest.as_str()] {
         let original = Requested::Original(Money { amount: Amount::from_minor(1_000).unwrap(), currency: usd });
-        let outcome = hooks::run(&set, &submission(1, original, Some(text)));
+        let outcome = run_now(&set, &submission(1, original, Some(text)));
         assert!(matches!(outcome.verdict, Verdict::Apply(_)), "{outcome:?}");
     }
     let defaults = SandboxLimits::default();
@@ -237,7 +242,7 @@ fn a_plugin_call_costs_a_small_fixed_amount_of_fuel_far_below_the_default_limit(
     // The hostile loop burns all of its budget and no more: how long that takes is what a hostile plugin costs.
     let looper = validators([load(&sandbox, "hostile_loop", PluginKind::Validator, 1, json!({}))]);
     let started = Instant::now();
-    let outcome = hooks::run(&looper, &submission(1, eur(1), None));
+    let outcome = run_now(&looper, &submission(1, eur(1), None));
     println!("hostile-loop: stopped after {} fuel in {:?}", defaults.call_fuel_max, started.elapsed());
     assert_eq!(outcome.decisions[0].fault.as_deref(), Some("fuel_exhausted"));
 }
@@ -269,9 +274,9 @@ fn limits_answers_100_000_calls_under_cpu_contention_without_a_single_limit_faul
     for i in 0..CALLS {
         // Every tenth transfer is over the limit: the plugin's answer must depend on the transfer only.
         let amount = if i % 10 == 0 { 5_000 } else { 500 };
-        let outcome = hooks::run(&set, &submission(1, eur(amount), None));
+        let outcome = run_now(&set, &submission(1, eur(amount), None));
         match &outcome.verdict {
-            Verdict::Apply(_) => assert_ne!(amount, 5_000),
+            Verdict::Apply(_) | Verdict::Validate(_) => assert_ne!(amount, 5_000),
             Verdict::Reject(r) => {
                 assert_eq!((r.code.as_str(), amount), ("amount_over_limit", 5_000));
                 rejected += 1;
@@ -298,7 +303,7 @@ fn a_plugin_cannot_carry_state_from_one_transfer_to_the_next_nor_forge_log_lines
         (0..20)
             .map(|i| {
                 let secret = format!("customer {i} secret");
-                let outcome = hooks::run(&set, &submission(1, eur(100), Some(&secret)));
+                let outcome = run_now(&set, &submission(1, eur(100), Some(&secret)));
                 let Verdict::Reject(reason) = outcome.verdict else { panic!("{outcome:?}") };
                 reason.message
             })

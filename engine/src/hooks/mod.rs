@@ -5,6 +5,13 @@
 //!
 //! `plugins::PluginSet` implements them over sandboxed WebAssembly
 //! components; an empty set accepts everything as given.
+//!
+//! Validators that declared context (`context`) are not run here but by
+//! the ledger, under the batch's account locks (`Verdict::Validate`).
+
+pub mod context;
+
+pub use context::{AccountFacts, BatchDebits, Context, ContextNeeds, NeedsError, VelocityWindow, WindowTotal};
 
 use crate::domain::{Amount, Currency, Money, Reason, Rejection, Requested, Submission};
 use crate::ledger::Verdict;
@@ -75,17 +82,46 @@ pub struct Decision {
 pub trait Hooks: Send + Sync {
     /// Returns the description to store (rewritten), or refuses it.
     fn describe(&self, description: &str, submission: &Submission, decisions: &mut Vec<Decision>) -> Result<String, HookError>;
-    /// Converts `source` into `target` minor units.
-    fn convert(&self, source: Money, target: Currency, submission: &Submission, decisions: &mut Vec<Decision>)
-    -> Result<Amount, HookError>;
-    /// Decides whether the transfer (with its final amount) may go ahead.
+    /// Converts `source` into `target` minor units. `description` is the
+    /// describer's answer (never the unreviewed text).
+    fn convert(
+        &self,
+        source: Money,
+        target: Currency,
+        submission: &Submission,
+        description: Option<&str>,
+        decisions: &mut Vec<Decision>,
+    ) -> Result<Amount, HookError>;
+    /// Decides whether the transfer (with its final amount) may go ahead,
+    /// given the facts `needs` asked for (empty when it asks for none).
     fn validate(
         &self,
         submission: &Submission,
         amount: Amount,
         description: Option<&str>,
+        context: &Context,
         decisions: &mut Vec<Decision>,
     ) -> Result<(), HookError>;
+    /// What the validators need beside the transfer. Anything at all, and
+    /// validation moves from `run` into the ledger's commit.
+    fn needs(&self) -> ContextNeeds {
+        ContextNeeds::default()
+    }
+}
+
+/// Where `run` leaves validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validation {
+    /// Validate now, with an empty context: the validators need none.
+    Now,
+    /// Leave it to the commit (`Verdict::Validate`), which supplies the context.
+    InCommit,
+}
+
+impl Validation {
+    pub fn for_needs(needs: &ContextNeeds) -> Self {
+        if needs.is_empty() { Self::Now } else { Self::InCommit }
+    }
 }
 
 /// Conversion with no converter: the same currency is 1:1, any other is refused.
@@ -109,11 +145,26 @@ pub struct HookOutcome {
 }
 
 /// Runs the hooks in their fixed order; the first refusal or failure wins.
-pub fn run(hooks: &dyn Hooks, submission: &Submission) -> HookOutcome {
+/// With `Validation::InCommit`, a transfer the first hooks let through comes
+/// out as `Verdict::Validate`; with `Now`, validators see an empty context.
+pub fn run(hooks: &dyn Hooks, submission: &Submission, validation: Validation) -> HookOutcome {
+    match validation {
+        Validation::Now => run_in_context(hooks, submission, &Context::default()),
+        Validation::InCommit => run_hooks(hooks, submission, None),
+    }
+}
+
+/// Runs all the hooks, the validators with `context` (offline testing).
+pub fn run_in_context(hooks: &dyn Hooks, submission: &Submission, context: &Context) -> HookOutcome {
+    run_hooks(hooks, submission, Some(context))
+}
+
+fn run_hooks(hooks: &dyn Hooks, submission: &Submission, context: Option<&Context>) -> HookOutcome {
     let mut description = submission.description.clone();
     let mut amount = submission.amount();
     let mut decisions = Vec::new();
-    let verdict = match decide(hooks, submission, &mut description, &mut amount, &mut decisions) {
+    let verdict = match decide(hooks, submission, context, &mut description, &mut amount, &mut decisions) {
+        Ok(amount) if context.is_none() => Verdict::Validate(amount),
         Ok(amount) => Verdict::Apply(amount),
         Err(HookError::Reject(reason)) => Verdict::Reject(reason),
         Err(HookError::Fail(reason)) => Verdict::Fail(reason),
@@ -127,6 +178,7 @@ pub fn run(hooks: &dyn Hooks, submission: &Submission) -> HookOutcome {
 fn decide(
     hooks: &dyn Hooks,
     s: &Submission,
+    context: Option<&Context>,
     description: &mut Option<String>,
     amount: &mut Option<Amount>,
     decisions: &mut Vec<Decision>,
@@ -142,9 +194,11 @@ fn decide(
         Requested::Amount(a) => a,
         // Only a different currency needs the converter.
         Requested::Original(source) if source.currency == s.currency => source.amount,
-        Requested::Original(source) => hooks.convert(source, s.currency, s, decisions)?,
+        Requested::Original(source) => hooks.convert(source, s.currency, s, description.as_deref(), decisions)?,
     };
     *amount = Some(converted);
-    hooks.validate(s, converted, description.as_deref(), decisions)?;
+    if let Some(context) = context {
+        hooks.validate(s, converted, description.as_deref(), context, decisions)?;
+    }
     Ok(converted)
 }

@@ -6,6 +6,16 @@
 //! checked arithmetic (so two debits of one account in one batch see each
 //! other), then write transfers, entries, history and balances with one
 //! set-based statement each.
+//!
+//! Validators that need context (`Verdict::Validate`) run here, in step 3,
+//! not with the other hooks before the transaction. Only here are the facts
+//! they are given the ones the commit applies: the accounts are locked, so
+//! no other batch, processor, deposit or withdrawal can change a balance or
+//! complete a debit of the sender until this transaction ends; the
+//! sender's committed debits are summed after the lock is taken; and the
+//! earlier transfers of the same batch are added as they are decided, as
+//! balances already are. The price is plugin time inside the transaction,
+//! paid only by sets whose validators declared needs.
 
 use std::collections::{HashMap, hash_map::Entry};
 use std::time::Duration;
@@ -14,8 +24,8 @@ use chrono::{DateTime, Utc};
 use tracing::{instrument, warn};
 
 use super::{AccountView, Ledger, LedgerError};
-use crate::domain::{Amount, Currency, OwnerId, Reason, Rejection, Status, Submission, TransferId};
-use crate::hooks::Decision;
+use crate::domain::{Amount, Currency, Metadata, OwnerId, Reason, Rejection, Status, Submission, TransferId};
+use crate::hooks::{AccountFacts, BatchDebits, Context, ContextNeeds, Decision, HookError, Hooks, VelocityWindow, WindowTotal};
 
 /// How often a batch is retried after losing a race (a concurrent insert of
 /// the same id, a deadlock the lock order should already prevent).
@@ -27,6 +37,9 @@ const COMMIT_RETRY_BACKOFF_MS: u64 = 5;
 pub enum Verdict {
     /// Move this amount (in the submission's currency), if the accounts allow.
     Apply(Amount),
+    /// Move this amount if the validators, given their context under the
+    /// batch's locks, and then the accounts allow.
+    Validate(Amount),
     /// A policy refused it (an engine rule or a plugin's rejection).
     Reject(Reason),
     /// Something failed while deciding (a plugin trapped, timed out...).
@@ -51,7 +64,7 @@ impl CommitItem {
     /// The amount the ledger records: the one applied, else the one known.
     pub fn recorded_amount(&self) -> Option<Amount> {
         match self.verdict {
-            Verdict::Apply(amount) => Some(amount),
+            Verdict::Apply(amount) | Verdict::Validate(amount) => Some(amount),
             _ => self.amount,
         }
     }
@@ -85,6 +98,9 @@ pub struct Committed {
     pub reason: Option<Reason>,
     pub disposition: Disposition,
     pub committed_at: DateTime<Utc>,
+    /// What the validators decided in this commit (`Verdict::Validate`),
+    /// after the item's own decisions; empty for every other item.
+    pub validated: Vec<Decision>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -102,6 +118,37 @@ struct LockedAccount {
     floor_minor: i64,
     version: i64,
     changed: bool,
+    opened_at: DateTime<Utc>,
+    /// Read only when a validator needs account facts. A stored value that
+    /// is not valid metadata (written around the API) fails the transfers
+    /// that would show it to a validator, rather than show them less.
+    metadata: Option<Result<Metadata, String>>,
+}
+
+/// (account_id, owner_id, currency, balance_minor, floor_minor, version, created_at, metadata)
+type LockedRow = (i64, i64, String, i64, i64, i64, DateTime<Utc>, Option<String>);
+
+/// Code of the failure of a transfer whose context could not be built.
+pub const CONTEXT_UNAVAILABLE_CODE: &str = "context_unavailable";
+
+/// The validators that run in this commit, with what they need.
+struct InCommit<'a> {
+    hooks: &'a dyn Hooks,
+    needs: ContextNeeds,
+    /// The ledger's totals before the batch, per (item index, window).
+    committed: HashMap<(usize, VelocityWindow), WindowTotal>,
+    /// Debits this batch has completed so far, per debit account id.
+    debits: HashMap<i64, BatchDebits>,
+}
+
+/// What deciding one new transfer came to.
+struct Decided {
+    status: Status,
+    reason: Option<Reason>,
+    amount_minor: Option<i64>,
+    debit: Option<i64>,
+    credit: Option<i64>,
+    validated: Vec<Decision>,
 }
 
 /// The version a new transfer reaches in one commit: 1 initiated, 2 final.
@@ -157,9 +204,15 @@ impl Ledger {
     // Failures are WARN: the caller retries them and logs what it does about them.
     #[instrument(name = "ledger.commit", skip_all, fields(batch_size = items.len()), err(level = tracing::Level::WARN))]
     pub async fn commit_batch(&self, items: &[CommitItem]) -> Result<BatchResult, LedgerError> {
+        self.commit_batch_validating(items, None).await
+    }
+
+    /// `commit_batch`, running `hooks`' validators for the items that wait
+    /// for them (`Verdict::Validate`). Without hooks such an item fails.
+    pub async fn commit_batch_validating(&self, items: &[CommitItem], hooks: Option<&dyn Hooks>) -> Result<BatchResult, LedgerError> {
         let mut attempt = 1;
         loop {
-            match self.try_commit_batch(items).await {
+            match self.try_commit_batch(items, hooks).await {
                 Err(e) if e.is_retryable_conflict() && attempt < COMMIT_ATTEMPTS_MAX => {
                     warn!(attempt, error = %e, "Batch lost a race; retrying it.");
                     tokio::time::sleep(Duration::from_millis(COMMIT_RETRY_BACKOFF_MS * u64::from(attempt))).await;
@@ -170,10 +223,15 @@ impl Ledger {
         }
     }
 
-    async fn try_commit_batch(&self, items: &[CommitItem]) -> Result<BatchResult, LedgerError> {
+    async fn try_commit_batch(&self, items: &[CommitItem], hooks: Option<&dyn Hooks>) -> Result<BatchResult, LedgerError> {
         if items.is_empty() {
             return Ok(BatchResult::default());
         }
+        let validating = items.iter().any(|i| matches!(i.verdict, Verdict::Validate(_)));
+        let needs = match hooks {
+            Some(hooks) if validating => hooks.needs(),
+            _ => ContextNeeds::default(),
+        };
         let mut tx = self.pool.begin().await?;
 
         // 1. Lock every account the batch names, in ascending id order.
@@ -186,8 +244,9 @@ impl Ledger {
                 currencies.push(s.currency.code());
             }
         }
-        let rows: Vec<(i64, i64, String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT account_id, owner_id, currency, balance_minor, floor_minor, version
+        let rows: Vec<LockedRow> = sqlx::query_as(
+            "SELECT account_id, owner_id, currency, balance_minor, floor_minor, version, created_at,
+                    CASE WHEN $3 THEN metadata::text END
                FROM accounts
               WHERE (owner_id, currency) IN (SELECT * FROM UNNEST($1::bigint[], $2::text[]))
               ORDER BY account_id
@@ -195,12 +254,14 @@ impl Ledger {
         )
         .bind(&owners)
         .bind(&currencies)
+        .bind(needs.accounts)
         .fetch_all(&mut *tx)
         .await?;
         let mut accounts: HashMap<AccountKey, LockedAccount> = HashMap::with_capacity(rows.len());
-        for (account_id, owner_id, currency, balance_minor, floor_minor, version) in rows {
+        for (account_id, owner_id, currency, balance_minor, floor_minor, version, opened_at, metadata) in rows {
             let currency = Currency::parse(&currency).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-            let account = LockedAccount { account_id, balance_minor, floor_minor, version, changed: false };
+            let metadata = metadata.map(|text| serde_json::from_str::<Metadata>(&text).map_err(|e| e.to_string()));
+            let account = LockedAccount { account_id, balance_minor, floor_minor, version, changed: false, opened_at, metadata };
             accounts.insert((owner_id, currency.code()), account);
         }
 
@@ -222,64 +283,24 @@ impl Ledger {
             known.insert(id, Known { fingerprint, status, version, reason, committed_at });
         }
 
-        // 3. Decide each transfer in order.
-        let now = Utc::now();
-        let mut rows = NewRows::default();
-        let mut outcomes = Vec::with_capacity(items.len());
-        for item in items {
-            let s = &item.submission;
-            let fingerprint = s.fingerprint().to_vec();
-            match known.entry(s.id.0) {
-                Entry::Occupied(seen) => {
-                    let seen = seen.get();
-                    let disposition = if seen.fingerprint == fingerprint {
-                        Disposition::Duplicate
-                    } else {
-                        rows.conflict_transfer_id.push(s.id.0);
-                        rows.conflict_fingerprint.push(fingerprint);
-                        Disposition::Conflict
-                    };
-                    outcomes.push(Committed {
-                        transfer_id: s.id,
-                        status: seen.status,
-                        version: seen.version,
-                        reason: seen.reason.clone(),
-                        disposition,
-                        committed_at: seen.committed_at,
-                    });
-                }
-                Entry::Vacant(slot) => {
-                    let (status, reason, amount_minor, debit, credit) = decide(item, &mut accounts, &mut rows);
-                    rows.transfer_id.push(s.id.0);
-                    rows.kind.push(s.kind.as_str());
-                    rows.sender_id.push(s.sender.get());
-                    rows.receiver_id.push(s.receiver.get());
-                    rows.debit_account_id.push(debit);
-                    rows.credit_account_id.push(credit);
-                    rows.currency.push(s.currency.code());
-                    rows.amount_minor.push(amount_minor);
-                    rows.original_amount_minor.push(s.original().map(|m| m.amount.minor()));
-                    rows.original_currency.push(s.original().map(|m| m.currency.code()));
-                    rows.description.push(item.description.clone());
-                    rows.status.push(status.as_str());
-                    rows.reason_code.push(reason.as_ref().map(|r| r.code.clone()));
-                    rows.reason_message.push(reason.as_ref().map(|r| r.message.clone()));
-                    rows.fingerprint.push(fingerprint.clone());
-                    rows.created_at.push(s.submitted_at);
-                    rows.decisions.push(decisions_json(&item.decisions));
-                    rows.client_id.push(s.client_id.map(|c| c.0));
-                    slot.insert(Known { fingerprint, status, version: FINAL_VERSION_NEW, reason: reason.clone(), committed_at: now });
-                    outcomes.push(Committed {
-                        transfer_id: s.id,
-                        status,
-                        version: FINAL_VERSION_NEW,
-                        reason,
-                        disposition: Disposition::New,
-                        committed_at: now,
-                    });
-                }
+        // 2b. The sender's velocity before this batch, for each transfer the
+        //     validators will see: read after the locks, so every debit of
+        //     these accounts that could commit before this batch has.
+        let mut in_commit = match hooks {
+            Some(hooks) if validating => {
+                let committed = committed_totals(&mut tx, items, &known, &accounts, &needs.windows).await?;
+                Some(InCommit { hooks, needs, committed, debits: HashMap::new() })
             }
-        }
+            _ => None,
+        };
+
+        // 3. Decide each transfer in order. Validators are plugin calls (CPU,
+        //    tens of microseconds each): off the async workers when the
+        //    runtime has others to carry on with.
+        let now = Utc::now();
+        let mut decide_batch = || decide_all(items, &mut known, &mut accounts, in_commit.as_mut(), now);
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+        let (rows, outcomes) = if validating && multi_thread { tokio::task::block_in_place(decide_batch) } else { decide_batch() };
 
         // 4. Write, one statement per table.
         write_rows(&mut tx, &rows, now).await?;
@@ -317,42 +338,244 @@ impl Ledger {
     }
 }
 
+/// Step 3 of a commit: each item in order against the locked accounts.
+fn decide_all(
+    items: &[CommitItem],
+    known: &mut HashMap<uuid::Uuid, Known>,
+    accounts: &mut HashMap<AccountKey, LockedAccount>,
+    mut in_commit: Option<&mut InCommit<'_>>,
+    now: DateTime<Utc>,
+) -> (NewRows, Vec<Committed>) {
+    let mut rows = NewRows::default();
+    let mut outcomes = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let s = &item.submission;
+        let fingerprint = s.fingerprint().to_vec();
+        match known.entry(s.id.0) {
+            Entry::Occupied(seen) => {
+                let seen = seen.get();
+                let disposition = if seen.fingerprint == fingerprint {
+                    Disposition::Duplicate
+                } else {
+                    rows.conflict_transfer_id.push(s.id.0);
+                    rows.conflict_fingerprint.push(fingerprint);
+                    Disposition::Conflict
+                };
+                outcomes.push(Committed {
+                    transfer_id: s.id,
+                    status: seen.status,
+                    version: seen.version,
+                    reason: seen.reason.clone(),
+                    disposition,
+                    committed_at: seen.committed_at,
+                    validated: Vec::new(),
+                });
+            }
+            Entry::Vacant(slot) => {
+                let Decided { status, reason, amount_minor, debit, credit, validated } =
+                    decide(index, item, accounts, &mut rows, in_commit.as_deref_mut());
+                rows.transfer_id.push(s.id.0);
+                rows.kind.push(s.kind.as_str());
+                rows.sender_id.push(s.sender.get());
+                rows.receiver_id.push(s.receiver.get());
+                rows.debit_account_id.push(debit);
+                rows.credit_account_id.push(credit);
+                rows.currency.push(s.currency.code());
+                rows.amount_minor.push(amount_minor);
+                rows.original_amount_minor.push(s.original().map(|m| m.amount.minor()));
+                rows.original_currency.push(s.original().map(|m| m.currency.code()));
+                rows.description.push(item.description.clone());
+                rows.status.push(status.as_str());
+                rows.reason_code.push(reason.as_ref().map(|r| r.code.clone()));
+                rows.reason_message.push(reason.as_ref().map(|r| r.message.clone()));
+                rows.fingerprint.push(fingerprint.clone());
+                rows.created_at.push(s.submitted_at);
+                rows.decisions.push(decisions_json(&[item.decisions.as_slice(), validated.as_slice()].concat()));
+                rows.client_id.push(s.client_id.map(|c| c.0));
+                slot.insert(Known { fingerprint, status, version: FINAL_VERSION_NEW, reason: reason.clone(), committed_at: now });
+                outcomes.push(Committed {
+                    transfer_id: s.id,
+                    status,
+                    version: FINAL_VERSION_NEW,
+                    reason,
+                    disposition: Disposition::New,
+                    committed_at: now,
+                    validated,
+                });
+            }
+        }
+    }
+    (rows, outcomes)
+}
+
+/// The ledger's velocity totals before this batch, for every new item that
+/// waits for validation and every window the validators declared: one
+/// index range scan each (`transfers_completed_debits`), in one statement.
+async fn committed_totals(
+    tx: &mut sqlx::PgConnection,
+    items: &[CommitItem],
+    known: &HashMap<uuid::Uuid, Known>,
+    accounts: &HashMap<AccountKey, LockedAccount>,
+    windows: &[VelocityWindow],
+) -> Result<HashMap<(usize, VelocityWindow), WindowTotal>, LedgerError> {
+    let mut keys = Vec::new();
+    let (mut account_ids, mut since) = (Vec::new(), Vec::new());
+    for (index, item) in items.iter().enumerate() {
+        let s = &item.submission;
+        if !matches!(item.verdict, Verdict::Validate(_)) || known.contains_key(&s.id.0) {
+            continue;
+        }
+        let Some(debit) = accounts.get(&(s.sender.get(), s.currency.code())) else { continue };
+        for window in windows {
+            keys.push((index, *window));
+            account_ids.push(debit.account_id);
+            since.push(window.since(s.submitted_at));
+        }
+    }
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // LATERAL keeps it one index probe per row whatever the planner thinks
+    // of the join; the sum is numeric in PostgreSQL and is clamped to i64.
+    let totals: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT u.n, w.count, w.sum_minor
+           FROM UNNEST($1::bigint[], $2::timestamptz[]) WITH ORDINALITY AS u(account_id, since, n)
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS count, LEAST(coalesce(sum(t.amount_minor), 0), 9223372036854775807)::bigint AS sum_minor
+                  FROM transfers t
+                 WHERE t.debit_account_id = u.account_id AND t.status = 'completed' AND t.created_at > u.since) w",
+    )
+    .bind(&account_ids)
+    .bind(&since)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut committed = HashMap::with_capacity(totals.len());
+    for (n, count, sum_minor) in totals {
+        let key = usize::try_from(n - 1).ok().and_then(|i| keys.get(i)).ok_or_else(|| LedgerError::Corrupt(format!("velocity row {n}")))?;
+        let count = u64::try_from(count).map_err(|_| LedgerError::Corrupt(format!("velocity count {count}")))?;
+        committed.insert(*key, WindowTotal { count, sum_minor });
+    }
+    Ok(committed)
+}
+
+/// One account's facts as a validator sees them; None if there is no such account.
+fn facts(owner: OwnerId, key: &AccountKey, accounts: &HashMap<AccountKey, LockedAccount>) -> Result<Option<AccountFacts>, Reason> {
+    let Some(account) = accounts.get(key) else { return Ok(None) };
+    let metadata = match &account.metadata {
+        Some(Ok(metadata)) => metadata.clone(),
+        Some(Err(e)) => {
+            return Err(Reason {
+                code: CONTEXT_UNAVAILABLE_CODE.into(),
+                message: format!("the stored metadata of account {owner} {} is not valid metadata: {e}", key.1),
+            });
+        }
+        None => Metadata::default(),
+    };
+    Ok(Some(AccountFacts {
+        owner,
+        balance_minor: account.balance_minor,
+        floor_minor: account.floor_minor,
+        opened_at: account.opened_at,
+        metadata,
+    }))
+}
+
+impl InCommit<'_> {
+    /// The context of item `index`, from the locked accounts as they stand now.
+    fn context(&self, index: usize, s: &Submission, accounts: &HashMap<AccountKey, LockedAccount>) -> Result<Context, Reason> {
+        let debit_key = (s.sender.get(), s.currency.code());
+        let credit_key = (s.receiver.get(), s.currency.code());
+        let mut context = Context::default();
+        if self.needs.accounts {
+            context.sender = facts(s.sender, &debit_key, accounts)?;
+            context.receiver = facts(s.receiver, &credit_key, accounts)?;
+        }
+        let batch = accounts.get(&debit_key).and_then(|a| self.debits.get(&a.account_id));
+        for window in &self.needs.windows {
+            let committed = self.committed.get(&(index, *window)).copied().unwrap_or_default();
+            let total = batch.map_or(committed, |debits| debits.total(committed, *window, s.submitted_at));
+            context.velocity.push((*window, total));
+        }
+        Ok(context)
+    }
+
+    /// Runs the validators; a panic in host code fails only this transfer.
+    fn validate(&self, s: &Submission, amount: Amount, description: Option<&str>, context: &Context) -> (Result<(), HookError>, Vec<Decision>) {
+        let mut decisions = Vec::new();
+        let run = std::panic::AssertUnwindSafe(|| self.hooks.validate(s, amount, description, context, &mut decisions));
+        let answer = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+            tracing::error!(transfer_id = %s.id, "The validators panicked; failing the transfer.");
+            Err(HookError::Fail(Reason { code: "hook_failed".into(), message: "the engine failed while running the policy hooks".into() }))
+        });
+        (answer, decisions)
+    }
+}
+
 /// Decides one new transfer against the locked balances, applying it to
-/// them (and to the entry rows) when it completes.
+/// them (and to the entry rows) when it completes. Validators waiting for
+/// context run first, as they would have before the transaction.
 fn decide(
+    index: usize,
     item: &CommitItem,
     accounts: &mut HashMap<AccountKey, LockedAccount>,
     rows: &mut NewRows,
-) -> (Status, Option<Reason>, Option<i64>, Option<i64>, Option<i64>) {
+    in_commit: Option<&mut InCommit<'_>>,
+) -> Decided {
     let s = &item.submission;
     let debit_key = (s.sender.get(), s.currency.code());
     let credit_key = (s.receiver.get(), s.currency.code());
     let debit_id = accounts.get(&debit_key).map(|a| a.account_id);
     let credit_id = accounts.get(&credit_key).map(|a| a.account_id);
-    let amount = match &item.verdict {
-        Verdict::Apply(amount) => *amount,
-        Verdict::Reject(reason) => {
-            return (Status::Rejected, Some(reason.clone()), item.recorded_amount().map(Amount::minor), debit_id, credit_id);
+    let ended = |status, reason: &Reason, validated| Decided {
+        status,
+        reason: Some(reason.clone()),
+        amount_minor: item.recorded_amount().map(Amount::minor),
+        debit: debit_id,
+        credit: credit_id,
+        validated,
+    };
+    let (amount, validated, in_commit) = match (&item.verdict, in_commit) {
+        (Verdict::Apply(amount), in_commit) => (*amount, Vec::new(), in_commit),
+        (Verdict::Reject(reason), _) => return ended(Status::Rejected, reason, Vec::new()),
+        (Verdict::Fail(reason), _) => return ended(Status::Failed, reason, Vec::new()),
+        (Verdict::Validate(_), None) => {
+            let reason = Reason { code: "hook_failed".into(), message: "the transfer was committed without its validators".into() };
+            return ended(Status::Failed, &reason, Vec::new());
         }
-        Verdict::Fail(reason) => {
-            return (Status::Failed, Some(reason.clone()), item.recorded_amount().map(Amount::minor), debit_id, credit_id);
+        (Verdict::Validate(amount), Some(in_commit)) => {
+            let context = match in_commit.context(index, s, accounts) {
+                Ok(context) => context,
+                Err(reason) => return ended(Status::Failed, &reason, Vec::new()),
+            };
+            match in_commit.validate(s, *amount, item.description.as_deref(), &context) {
+                (Ok(()), validated) => (*amount, validated, Some(in_commit)),
+                (Err(HookError::Reject(reason)), validated) => return ended(Status::Rejected, &reason, validated),
+                (Err(HookError::Fail(reason)), validated) => return ended(Status::Failed, &reason, validated),
+            }
         }
     };
-    let reject = |r: Rejection| (Status::Rejected, Some(r.to_reason()), Some(amount.minor()), debit_id, credit_id);
+    let reject = |r: Rejection, validated| Decided {
+        status: Status::Rejected,
+        reason: Some(r.to_reason()),
+        amount_minor: Some(amount.minor()),
+        debit: debit_id,
+        credit: credit_id,
+        validated,
+    };
     if s.sender == s.receiver {
-        return reject(Rejection::AccountsMustBeDifferent);
+        return reject(Rejection::AccountsMustBeDifferent, validated);
     }
     let (Some(debit_id), Some(credit_id)) = (debit_id, credit_id) else {
         let missing = if debit_id.is_none() { s.sender } else { s.receiver };
-        return reject(Rejection::AccountNotFound { owner_id: missing.get(), currency: s.currency.code().to_owned() });
+        return reject(Rejection::AccountNotFound { owner_id: missing.get(), currency: s.currency.code().to_owned() }, validated);
     };
     let debit = &accounts[&debit_key];
     let Some(new_debit) = debit.balance_minor.checked_sub(amount.minor()).filter(|b| *b >= debit.floor_minor) else {
-        return reject(Rejection::InsufficientFunds);
+        return reject(Rejection::InsufficientFunds, validated);
     };
     let credit = &accounts[&credit_key];
     let Some(new_credit) = credit.balance_minor.checked_add(amount.minor()) else {
-        return reject(Rejection::BalanceOverflow);
+        return reject(Rejection::BalanceOverflow, validated);
     };
     for (key, balance) in [(debit_key, new_debit), (credit_key, new_credit)] {
         let account = accounts.get_mut(&key).expect("looked up above");
@@ -360,10 +583,13 @@ fn decide(
         account.version += 1;
         account.changed = true;
     }
+    if let Some(in_commit) = in_commit {
+        in_commit.debits.entry(debit_id).or_default().push(s.submitted_at, amount.minor());
+    }
     rows.entry_transfer_id.extend([s.id.0, s.id.0]);
     rows.entry_account_id.extend([debit_id, credit_id]);
     rows.entry_amount_minor.extend([-amount.minor(), amount.minor()]);
-    (Status::Completed, None, Some(amount.minor()), Some(debit_id), Some(credit_id))
+    Decided { status: Status::Completed, reason: None, amount_minor: Some(amount.minor()), debit: Some(debit_id), credit: Some(credit_id), validated }
 }
 
 /// The decision record as stored: a JSON array, or NULL when no plugin ran.

@@ -4,7 +4,7 @@
 //! pooling allocator (the memory starts from the module's copy-on-write
 //! image), `configure` with the operator's JSON, make the one hook call, drop
 //! it all. Nothing a plugin keeps in its globals or heap survives into the
-//! next transfer, so a decision depends only on (transfer, config), and one
+//! next transfer, so a decision depends only on (transfer, context, config), and one
 //! customer's data cannot reach another's rejection. The price, measured
 //! with `cargo bench --bench plugins`, is in BENCHMARKS.md.
 
@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
-use super::bindings::{converter, describer, types, validator};
+use super::bindings::{WitVersion, down, types, v0_1, v0_2};
 use super::guard::{self, LogBudget};
 use super::sandbox::{HostState, Sandbox, WALL_CLOCK_BACKSTOP_MS};
 use super::{PluginError, PluginKind};
+use crate::hooks::ContextNeeds;
 
 /// Longest fault text (a trap's message, a `configure` error) kept from a plugin.
 pub const FAULT_TEXT_CHARS_MAX: usize = 300;
@@ -40,14 +41,19 @@ impl PluginMeta {
     }
 }
 
-/// A component linked against the sandbox and checked to export `kind`'s world.
+/// A component linked against the sandbox and checked to export `kind`'s
+/// world, in the interface version it was built against.
 pub enum Prepared {
-    Validator(validator::ValidatorPre<HostState>),
-    Converter(converter::ConverterPre<HostState>),
-    Describer(describer::DescriberPre<HostState>),
+    Validator01(v0_1::validator::ValidatorPre<HostState>),
+    Converter01(v0_1::converter::ConverterPre<HostState>),
+    Describer01(v0_1::describer::DescriberPre<HostState>),
+    Validator02(v0_2::validator::ValidatorPre<HostState>),
+    Converter02(v0_2::converter::ConverterPre<HostState>),
+    Describer02(v0_2::describer::DescriberPre<HostState>),
 }
 
 impl Prepared {
+    /// Tries the current interface version, then the older one.
     pub fn new(sandbox: &Sandbox, component: &Component, kind: PluginKind) -> Result<Self, PluginError> {
         let pre = sandbox.linker.instantiate_pre(component).map_err(|e| {
             PluginError::Invalid(format!(
@@ -55,22 +61,48 @@ impl Prepared {
                 guard::clean(&format!("{e:#}"), 1_000)
             ))
         })?;
-        let wrong_world = |e: wasmtime::Error| {
-            PluginError::Invalid(format!("does not export the {kind} world: {}", guard::clean(&format!("{e:#}"), 1_000)))
+        let wrong_world = |current: wasmtime::Error, old: wasmtime::Error| {
+            PluginError::Invalid(format!(
+                "does not export the {kind} world of transfer:plugin@0.2.0 ({}) nor of 0.1.0 ({})",
+                guard::clean(&format!("{current:#}"), 500),
+                guard::clean(&format!("{old:#}"), 500)
+            ))
         };
         Ok(match kind {
-            PluginKind::Validator => Self::Validator(validator::ValidatorPre::new(pre).map_err(wrong_world)?),
-            PluginKind::Converter => Self::Converter(converter::ConverterPre::new(pre).map_err(wrong_world)?),
-            PluginKind::Describer => Self::Describer(describer::DescriberPre::new(pre).map_err(wrong_world)?),
+            PluginKind::Validator => match v0_2::validator::ValidatorPre::new(pre.clone()) {
+                Ok(p) => Self::Validator02(p),
+                Err(current) => Self::Validator01(v0_1::validator::ValidatorPre::new(pre).map_err(|old| wrong_world(current, old))?),
+            },
+            PluginKind::Converter => match v0_2::converter::ConverterPre::new(pre.clone()) {
+                Ok(p) => Self::Converter02(p),
+                Err(current) => Self::Converter01(v0_1::converter::ConverterPre::new(pre).map_err(|old| wrong_world(current, old))?),
+            },
+            PluginKind::Describer => match v0_2::describer::DescriberPre::new(pre.clone()) {
+                Ok(p) => Self::Describer02(p),
+                Err(current) => Self::Describer01(v0_1::describer::DescriberPre::new(pre).map_err(|old| wrong_world(current, old))?),
+            },
         })
+    }
+
+    pub fn wit_version(&self) -> WitVersion {
+        match self {
+            Self::Validator01(_) | Self::Converter01(_) | Self::Describer01(_) => WitVersion::V0_1,
+            Self::Validator02(_) | Self::Converter02(_) | Self::Describer02(_) => WitVersion::V0_2,
+        }
     }
 }
 
 enum Bindings {
-    Validator(validator::Validator),
-    Converter(converter::Converter),
-    Describer(describer::Describer),
+    Validator01(v0_1::validator::Validator),
+    Converter01(v0_1::converter::Converter),
+    Describer01(v0_1::describer::Describer),
+    Validator02(v0_2::validator::Validator),
+    Converter02(v0_2::converter::Converter),
+    Describer02(v0_2::describer::Describer),
 }
+
+/// A converter's answer, whichever interface version gave it.
+pub type Conversion = v0_2::converter::Conversion;
 
 /// Why a call produced no answer. Each has a stable snake_case code, recorded
 /// in the decision (`fault`) and named in the `plugin_failed` message.
@@ -129,6 +161,8 @@ impl std::fmt::Display for Stage {
 
 pub struct LoadedPlugin {
     pub meta: PluginMeta,
+    /// What the validator declared it needs (nothing for other kinds and for 0.1).
+    pub needs: ContextNeeds,
     /// Shadow mode, chosen by the operator at upload and only for validators:
     /// the plugin's rejections and faults are recorded but do not stop the transfer.
     pub advisory: bool,
@@ -148,8 +182,9 @@ impl LoadedPlugin {
     pub fn new(sandbox: Arc<Sandbox>, meta: PluginMeta, component: &Component) -> Result<Self, PluginError> {
         let prepared = Prepared::new(&sandbox, component, meta.kind)?;
         let label: Arc<str> = format!("{}@{}", meta.name, meta.version).into();
-        Ok(Self {
+        let mut plugin = Self {
             meta,
+            needs: ContextNeeds::default(),
             advisory: false,
             sandbox,
             prepared,
@@ -157,7 +192,18 @@ impl LoadedPlugin {
             log_budget: Arc::default(),
             call_fuel_used_max: AtomicU64::new(0),
             configure_fuel_used_max: AtomicU64::new(0),
-        })
+        };
+        // What a validator needs comes from `configure`. If it faults here it
+        // faults on every call too, and fails closed there: no context needed.
+        if let Prepared::Validator02(_) = plugin.prepared {
+            plugin.needs = plugin.instantiate(false).map(|(_, _, needs)| needs).unwrap_or_default();
+        }
+        Ok(plugin)
+    }
+
+    /// The interface version the component was built against.
+    pub fn wit_version(&self) -> WitVersion {
+        self.prepared.wit_version()
     }
 
     /// Makes the plugin advisory; refused for anything but a validator, where
@@ -184,9 +230,10 @@ impl LoadedPlugin {
         (self.call_fuel_used_max.load(Ordering::Relaxed), self.configure_fuel_used_max.load(Ordering::Relaxed))
     }
 
-    /// A fresh store and instance, configured with the operator's JSON.
+    /// A fresh store and instance, configured with the operator's JSON, and
+    /// what the plugin declared it needs (a 0.2 validator's `configure` answer).
     /// `configure` may log only when `log_configure` (at load, not before every call).
-    fn instantiate(&self, log_configure: bool) -> Result<(Store<HostState>, Bindings), Fault> {
+    fn instantiate(&self, log_configure: bool) -> Result<(Store<HostState>, Bindings, ContextNeeds), Fault> {
         let limits = self.sandbox.limits;
         let mut state = HostState::new(self.label.clone(), limits.memory_bytes_max, self.log_budget.clone());
         state.quiet = !log_configure;
@@ -195,32 +242,50 @@ impl LoadedPlugin {
         store.set_fuel(limits.configure_fuel_max).expect("the sandbox's engine meters fuel");
         store.set_epoch_deadline(Sandbox::backstop_ticks());
         let config = self.meta.config.as_str();
+        let none = |configured: Result<(), String>| configured.map(|()| None);
         let instantiated = match &self.prepared {
-            Prepared::Validator(pre) => pre.instantiate(&mut store).and_then(|b| {
+            Prepared::Validator01(pre) => pre.instantiate(&mut store).and_then(|b| {
                 let configured = b.call_configure(&mut store, config)?;
-                Ok((Bindings::Validator(b), configured))
+                Ok((Bindings::Validator01(b), none(configured)))
             }),
-            Prepared::Converter(pre) => pre.instantiate(&mut store).and_then(|b| {
+            Prepared::Converter01(pre) => pre.instantiate(&mut store).and_then(|b| {
                 let configured = b.call_configure(&mut store, config)?;
-                Ok((Bindings::Converter(b), configured))
+                Ok((Bindings::Converter01(b), none(configured)))
             }),
-            Prepared::Describer(pre) => pre.instantiate(&mut store).and_then(|b| {
+            Prepared::Describer01(pre) => pre.instantiate(&mut store).and_then(|b| {
                 let configured = b.call_configure(&mut store, config)?;
-                Ok((Bindings::Describer(b), configured))
+                Ok((Bindings::Describer01(b), none(configured)))
+            }),
+            Prepared::Validator02(pre) => pre.instantiate(&mut store).and_then(|b| {
+                let configured = b.call_configure(&mut store, config)?;
+                Ok((Bindings::Validator02(b), configured.map(Some)))
+            }),
+            Prepared::Converter02(pre) => pre.instantiate(&mut store).and_then(|b| {
+                let configured = b.call_configure(&mut store, config)?;
+                Ok((Bindings::Converter02(b), none(configured)))
+            }),
+            Prepared::Describer02(pre) => pre.instantiate(&mut store).and_then(|b| {
+                let configured = b.call_configure(&mut store, config)?;
+                Ok((Bindings::Describer02(b), none(configured)))
             }),
         };
         let (bindings, configured) = instantiated.map_err(|e| self.classify(e, &store, Stage::Configure))?;
-        configured.map_err(|message| Fault::ConfigRefused(guard::clean(&message, FAULT_TEXT_CHARS_MAX)))?;
+        let declared = configured.map_err(|message| Fault::ConfigRefused(guard::clean(&message, FAULT_TEXT_CHARS_MAX)))?;
+        let needs = match declared {
+            None => ContextNeeds::default(),
+            Some(n) => ContextNeeds::declared(n.accounts, &n.velocity_windows_seconds)
+                .map_err(|e| Fault::Nonsense(format!("its configure answered needs it may not have: {e}")))?,
+        };
         let used = limits.configure_fuel_max.saturating_sub(store.get_fuel().unwrap_or(0));
         self.configure_fuel_used_max.fetch_max(used, Ordering::Relaxed);
         store.data_mut().quiet = false;
-        Ok((store, bindings))
+        Ok((store, bindings, needs))
     }
 
     /// Runs `call` on a fresh, configured instance under the per-call fuel
     /// budget; the instance and its store are dropped afterwards, fault or not.
     fn fresh<R>(&self, call: impl FnOnce(&mut Store<HostState>, &Bindings) -> wasmtime::Result<R>) -> Result<R, Fault> {
-        let (mut store, bindings) = self.instantiate(false)?;
+        let (mut store, bindings, _) = self.instantiate(false)?;
         let call_fuel_max = self.sandbox.limits.call_fuel_max;
         store.set_fuel(call_fuel_max).expect("the sandbox's engine meters fuel");
         store.set_epoch_deadline(Sandbox::backstop_ticks());
@@ -247,9 +312,18 @@ impl LoadedPlugin {
         }
     }
 
-    pub fn validate(&self, transfer: &types::Transfer) -> Result<validator::Verdict, Fault> {
+    /// Some(rejection) or None (allow). A 0.1 validator sees the transfer
+    /// without what 0.2 added, and no context.
+    pub fn validate(&self, transfer: &types::Transfer, context: &types::Context) -> Result<Option<types::Rejection>, Fault> {
         self.fresh(|store, bindings| match bindings {
-            Bindings::Validator(b) => b.call_validate(store, transfer),
+            Bindings::Validator02(b) => Ok(match b.call_validate(store, transfer, context)? {
+                v0_2::validator::Verdict::Allow => None,
+                v0_2::validator::Verdict::Reject(r) => Some(r),
+            }),
+            Bindings::Validator01(b) => Ok(match b.call_validate(store, &down::transfer(transfer))? {
+                v0_1::validator::Verdict::Allow => None,
+                v0_1::validator::Verdict::Reject(r) => Some(down::rejection(r)),
+            }),
             _ => unreachable!("a validator plugin holds validator bindings"),
         })
     }
@@ -258,16 +332,22 @@ impl LoadedPlugin {
         &self,
         source: &types::Money,
         target: &types::Currency,
-    ) -> Result<Result<converter::Conversion, types::Rejection>, Fault> {
+        transfer: &types::Transfer,
+    ) -> Result<Result<Conversion, types::Rejection>, Fault> {
         self.fresh(|store, bindings| match bindings {
-            Bindings::Converter(b) => b.call_convert(store, source, target),
+            Bindings::Converter02(b) => b.call_convert(store, source, target, transfer),
+            Bindings::Converter01(b) => Ok(b
+                .call_convert(store, &down::money(source), &down::currency(target))?
+                .map(|c| Conversion { amount_minor: c.amount_minor, rate: down::rate(c.rate) })
+                .map_err(down::rejection)),
             _ => unreachable!("a converter plugin holds converter bindings"),
         })
     }
 
     pub fn rewrite(&self, description: &str, transfer: &types::Transfer) -> Result<Result<String, types::Rejection>, Fault> {
         self.fresh(|store, bindings| match bindings {
-            Bindings::Describer(b) => b.call_rewrite(store, description, transfer),
+            Bindings::Describer02(b) => b.call_rewrite(store, description, transfer),
+            Bindings::Describer01(b) => Ok(b.call_rewrite(store, description, &down::transfer(transfer))?.map_err(down::rejection)),
             _ => unreachable!("a describer plugin holds describer bindings"),
         })
     }

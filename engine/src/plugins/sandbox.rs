@@ -1,6 +1,6 @@
 //! The sandbox every plugin runs in: one wasmtime `Engine` with the pooling
 //! allocator (copy-on-write memory images), fuel metering and, as a backstop,
-//! epoch interruption; one `Linker` that offers nothing but `host.log`; and
+//! epoch interruption; one `Linker` that offers nothing but `host.log` (of each interface version); and
 //! per-store limits on memory. No WASI, no clock, no I/O.
 //!
 //! The limit on a call is **fuel**, not time: wasmtime charges about one unit
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
-use super::bindings::{Level, validator};
+use super::bindings::{v0_1, v0_2};
 use super::guard::{self, LogBudget, LogPermit};
 use super::{PluginError, PluginKind};
 
@@ -144,8 +144,16 @@ impl HostState {
     }
 }
 
-impl validator::transfer::plugin::host::Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
+/// The log levels of every interface version.
+#[derive(Clone, Copy)]
+enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+}
+
+impl HostState {
+    fn log(&mut self, level: LogLevel, message: String) {
         if self.quiet || self.log_lines_left == 0 {
             return;
         }
@@ -158,14 +166,37 @@ impl validator::transfer::plugin::host::Host for HostState {
         // One line of printable text: a plugin cannot start a forged record.
         let message = guard::clean(&message, LOG_LINE_CHARS_MAX);
         match level {
-            Level::Debug => debug!(plugin, plugin_log = true, "{message}"),
-            Level::Info => info!(plugin, plugin_log = true, "{message}"),
-            Level::Warn | Level::Error => warn!(plugin, plugin_log = true, "{message}"),
+            LogLevel::Debug => debug!(plugin, plugin_log = true, "{message}"),
+            LogLevel::Info => info!(plugin, plugin_log = true, "{message}"),
+            LogLevel::Warn => warn!(plugin, plugin_log = true, "{message}"),
         }
     }
 }
 
-impl validator::transfer::plugin::types::Host for HostState {}
+impl v0_1::host::Host for HostState {
+    fn log(&mut self, level: v0_1::Level, message: String) {
+        let level = match level {
+            v0_1::Level::Debug => LogLevel::Debug,
+            v0_1::Level::Info => LogLevel::Info,
+            v0_1::Level::Warn | v0_1::Level::Error => LogLevel::Warn,
+        };
+        HostState::log(self, level, message);
+    }
+}
+
+impl v0_2::host::Host for HostState {
+    fn log(&mut self, level: v0_2::Level, message: String) {
+        let level = match level {
+            v0_2::Level::Debug => LogLevel::Debug,
+            v0_2::Level::Info => LogLevel::Info,
+            v0_2::Level::Warn | v0_2::Level::Error => LogLevel::Warn,
+        };
+        HostState::log(self, level, message);
+    }
+}
+
+impl v0_1::types::Host for HostState {}
+impl v0_2::types::Host for HostState {}
 
 /// The engine, linker and epoch ticker shared by all plugins of a process.
 pub struct Sandbox {
@@ -200,7 +231,10 @@ impl Sandbox {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| PluginError::Sandbox(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        validator::Validator::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        // Both interface versions: a 0.1 component imports host@0.1.0, a 0.2 one host@0.2.0.
+        v0_1::validator::Validator::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| PluginError::Sandbox(format!("{e:#}")))?;
+        v0_2::validator::Validator::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Sandbox(format!("{e:#}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticking, stop) = (engine.clone(), ticker_stop.clone());

@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::bindings::{types, validator};
+use super::bindings::types;
 use super::{Fault, LoadedPlugin, guard};
-use crate::domain::{Amount, Currency, Money, Reason, Submission};
-use crate::hooks::{self, Decision, HookError, HookPoint, Hooks};
+use crate::domain::{Amount, Currency, Metadata, Money, Reason, Submission};
+use crate::hooks::{self, AccountFacts, Context, ContextNeeds, Decision, HookError, HookPoint, Hooks};
 
 /// Longest rejection message kept from a plugin; longer ones are cut.
 const PLUGIN_MESSAGE_CHARS_MAX: usize = 512;
@@ -44,6 +44,10 @@ fn money(m: Money) -> types::Money {
     types::Money { amount_minor: m.amount.minor(), currency: currency(m.currency) }
 }
 
+fn metadata(m: &Metadata) -> Vec<(String, String)> {
+    m.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
 fn transfer(s: &Submission, amount: Option<Amount>, description: Option<&str>) -> types::Transfer {
     types::Transfer {
         id: s.id.to_string(),
@@ -53,7 +57,34 @@ fn transfer(s: &Submission, amount: Option<Amount>, description: Option<&str>) -
         amount_minor: amount.map(Amount::minor),
         original: s.original().map(money),
         description: description.map(str::to_owned),
+        submitted_at_ms: s.submitted_at.timestamp_millis(),
+        metadata: metadata(&s.metadata),
     }
+}
+
+fn account(a: &AccountFacts) -> types::Account {
+    types::Account {
+        owner_id: a.owner.get(),
+        balance_minor: a.balance_minor,
+        floor_minor: a.floor_minor,
+        opened_at_ms: a.opened_at.timestamp_millis(),
+        metadata: metadata(&a.metadata),
+    }
+}
+
+/// The part of the set's context one validator declared, in its order.
+fn context_for(needs: &ContextNeeds, context: &Context) -> types::Context {
+    let (sender, receiver) =
+        if needs.accounts { (context.sender.as_ref().map(account), context.receiver.as_ref().map(account)) } else { (None, None) };
+    let velocity = needs
+        .windows
+        .iter()
+        .map(|window| {
+            let total = context.total(*window);
+            types::WindowTotal { window_seconds: window.seconds(), count: total.count, sum_minor: total.sum_minor }
+        })
+        .collect();
+    types::Context { sender, receiver, velocity }
 }
 
 fn decision(
@@ -156,10 +187,18 @@ impl Hooks for PluginSet {
         }
     }
 
-    fn convert(&self, source: Money, target: Currency, _: &Submission, decisions: &mut Vec<Decision>) -> Result<Amount, HookError> {
+    fn convert(
+        &self,
+        source: Money,
+        target: Currency,
+        s: &Submission,
+        description: Option<&str>,
+        decisions: &mut Vec<Decision>,
+    ) -> Result<Amount, HookError> {
         let Some(plugin) = &self.converter else { return hooks::convert_without_rates(source, target) };
         let started = Instant::now();
-        let answer = plugin.convert(&money(source), &currency(target)).and_then(|answer| match answer {
+        let seen = transfer(s, None, description);
+        let answer = plugin.convert(&money(source), &currency(target), &seen).and_then(|answer| match answer {
             Ok(c) => match Amount::from_minor(c.amount_minor) {
                 Ok(amount) => Ok(Ok((amount, c.rate))),
                 Err(_) => Err(Fault::Nonsense(format!("a converted amount of {} (must be positive)", c.amount_minor))),
@@ -187,14 +226,23 @@ impl Hooks for PluginSet {
         }
     }
 
-    fn validate(&self, s: &Submission, amount: Amount, description: Option<&str>, decisions: &mut Vec<Decision>) -> Result<(), HookError> {
+    fn needs(&self) -> ContextNeeds {
+        ContextNeeds::union(self.validators.iter().map(|v| &v.needs))
+    }
+
+    fn validate(
+        &self,
+        s: &Submission,
+        amount: Amount,
+        description: Option<&str>,
+        context: &Context,
+        decisions: &mut Vec<Decision>,
+    ) -> Result<(), HookError> {
         let seen = transfer(s, Some(amount), description);
         for plugin in &self.validators {
             let started = Instant::now();
-            match plugin.validate(&seen).and_then(|verdict| match verdict {
-                validator::Verdict::Allow => Ok(None),
-                validator::Verdict::Reject(r) => rejection(r).map(Some),
-            }) {
+            let context = context_for(&plugin.needs, context);
+            match plugin.validate(&seen, &context).and_then(|verdict| verdict.map(rejection).transpose()) {
                 Ok(None) => decisions.push(decision(plugin, HookPoint::Validate, started, "allowed", None, None)),
                 Ok(Some(reason)) => {
                     decisions.push(decision(

@@ -20,6 +20,7 @@ use tracing::{error, warn};
 use super::{Processor, backoff, log_commit_failure, wait_or_stop};
 use crate::domain::Reason;
 use crate::ledger::{BatchResult, CommitItem, LedgerError, Verdict};
+use crate::hooks::HookSet;
 
 /// The code of a transfer that PostgreSQL refused to store as submitted.
 pub const UNSTORABLE_CODE: &str = "transfer_unstorable";
@@ -38,7 +39,12 @@ impl Processor {
     /// Commits `items` in order, isolating the ones PostgreSQL refuses for
     /// their values. None if shutdown interrupted it (the batch is redelivered,
     /// and what did commit is recognised as duplicates).
-    pub(super) async fn commit_isolating(&self, items: Vec<CommitItem>, shutdown: &mut watch::Receiver<bool>) -> Option<Isolated> {
+    pub(super) async fn commit_isolating(
+        &self,
+        items: Vec<CommitItem>,
+        hooks: &HookSet,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Isolated> {
         let mut items: Vec<Option<CommitItem>> = items.into_iter().map(Some).collect();
         let mut outcomes = vec![None; items.len()];
         let mut balances = Vec::new();
@@ -49,7 +55,7 @@ impl Processor {
         pending.push_back(0..items.len());
         while let Some(range) = pending.pop_front() {
             let slice: Vec<CommitItem> = items[range.clone()].iter().flatten().cloned().collect();
-            match self.commit_until_permanent(&slice, shutdown).await? {
+            match self.commit_until_permanent(&slice, hooks, shutdown).await? {
                 Ok(result) => {
                     for (slot, outcome) in outcomes[range].iter_mut().zip(result.outcomes) {
                         *slot = Some(outcome);
@@ -66,7 +72,7 @@ impl Processor {
                     let item = items[index].take().expect("each item is committed once");
                     let failed = unstorable(&item, &e);
                     error!(transfer_id = %item.submission.id, error = ?e, "PostgreSQL refused to store a transfer; recording it as failed.");
-                    match self.commit_until_permanent(std::slice::from_ref(&failed), shutdown).await? {
+                    match self.commit_until_permanent(std::slice::from_ref(&failed), hooks, shutdown).await? {
                         Ok(result) => {
                             outcomes[index] = result.outcomes.into_iter().next();
                             balances.extend(result.balances);
@@ -96,12 +102,13 @@ impl Processor {
     async fn commit_until_permanent(
         &self,
         items: &[CommitItem],
+        hooks: &HookSet,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Result<BatchResult, LedgerError>> {
         let mut failures = 0;
         loop {
             let started = Instant::now();
-            match self.ledger.commit_batch(items).await {
+            match self.ledger.commit_batch_validating(items, Some(&**hooks)).await {
                 Ok(result) => {
                     self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
                     return Some(Ok(result));

@@ -80,6 +80,8 @@ pub struct Processor {
 /// A batch decoded and run through the hooks, ready to commit.
 struct PreparedBatch {
     batch: Vec<OwnedMessage>,
+    /// The set the batch ran on; its validators that need context run in the commit.
+    hooks: HookSet,
     items: Vec<CommitItem>,
     /// For each item, the index in `batch` of the record it came from.
     sources: Vec<usize>,
@@ -213,16 +215,16 @@ impl Processor {
         }
         // The set as it is now; the guard must not live across the await.
         let hooks = self.hooks.borrow().clone();
-        let items = run_hooks(hooks, submissions).await;
-        PreparedBatch { batch, items, sources, dead }
+        let items = run_hooks(hooks.clone(), submissions).await;
+        PreparedBatch { batch, hooks, items, sources, dead }
     }
 
     /// Commits a prepared batch (isolating items PostgreSQL refuses) and
     /// keeps its dead letters. None if shutdown interrupted it (the batch
     /// will be redelivered).
     async fn commit(&self, prepared: PreparedBatch, shutdown: &mut watch::Receiver<bool>) -> Option<CommittedBatch> {
-        let PreparedBatch { batch, items, sources, mut dead } = prepared;
-        let isolated = self.commit_isolating(items, shutdown).await?;
+        let PreparedBatch { batch, hooks, items, sources, mut dead } = prepared;
+        let isolated = self.commit_isolating(items, &hooks, shutdown).await?;
         for (index, reason) in isolated.poison {
             dead.push(DeadLetter { reason, message: batch[sources[index]].clone() });
         }
@@ -250,8 +252,9 @@ impl Processor {
             .zip(&result.outcomes)
             .filter(|(_, c)| c.disposition == Disposition::New)
             .filter_map(|(item, c)| {
+                let decisions = [item.decisions.as_slice(), c.validated.as_slice()].concat();
                 let view =
-                    TransferStatusView::committed(&item.submission, item.recorded_amount(), item.description.clone(), &item.decisions, c);
+                    TransferStatusView::committed(&item.submission, item.recorded_amount(), item.description.clone(), &decisions, c);
                 serde_json::to_string(&view).ok().map(|body| (c.transfer_id, i64::from(c.version), body))
             })
             .collect();
@@ -325,7 +328,11 @@ impl Processor {
 /// Runs the hooks over a batch, in order, spread over a few blocking threads:
 /// each plugin call is CPU work on a fresh instance (tens of microseconds),
 /// independent of every other transfer's, and must stay off the async workers.
+///
+/// A set whose validators need context leaves validation to the commit
+/// (`Verdict::Validate`), which runs it under the batch's account locks.
 async fn run_hooks(hooks: crate::hooks::HookSet, submissions: Vec<Submission>) -> Vec<CommitItem> {
+    let validation = hooks::Validation::for_needs(&hooks.needs());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(HOOK_THREADS_MAX);
     let threads = threads.min(submissions.len().div_ceil(HOOK_ITEMS_PER_THREAD_MIN)).max(1);
     let per_thread = submissions.len().div_ceil(threads).max(1);
@@ -335,7 +342,9 @@ async fn run_hooks(hooks: crate::hooks::HookSet, submissions: Vec<Submission>) -
         let tail = rest.split_off(per_thread.min(rest.len()));
         let part = std::mem::replace(&mut rest, tail);
         let hooks = hooks.clone();
-        parts.push(tokio::task::spawn_blocking(move || part.into_iter().map(|s| commit_item(&*hooks, s)).collect::<Vec<_>>()));
+        parts.push(tokio::task::spawn_blocking(move || {
+            part.into_iter().map(|s| commit_item(&*hooks, s, validation)).collect::<Vec<_>>()
+        }));
     }
     let mut items = Vec::new();
     for part in parts {
@@ -347,8 +356,8 @@ async fn run_hooks(hooks: crate::hooks::HookSet, submissions: Vec<Submission>) -
 /// Runs the hooks for one submission and turns the answer into a ledger item.
 /// A panic in host code (a bug, never a plugin's doing: plugin faults are
 /// values) fails only this transfer instead of stopping the processor.
-fn commit_item(hooks: &dyn hooks::Hooks, submission: Submission) -> CommitItem {
-    let run = std::panic::AssertUnwindSafe(|| hooks::run(hooks, &submission));
+fn commit_item(hooks: &dyn hooks::Hooks, submission: Submission, validation: hooks::Validation) -> CommitItem {
+    let run = std::panic::AssertUnwindSafe(|| hooks::run(hooks, &submission, validation));
     let outcome = std::panic::catch_unwind(run).unwrap_or_else(|_| {
         tracing::error!(transfer_id = %submission.id, "The hooks panicked; failing the transfer.");
         let reason =
@@ -461,7 +470,7 @@ async fn measure_lag(consumer: Arc<EngineConsumer>, this: Arc<Processor>, interv
 mod tests {
     use super::*;
     use crate::domain::{Amount, Currency, Money, OwnerId, Requested, TransferId, TransferKind};
-    use crate::hooks::{Decision, HookError, Hooks};
+    use crate::hooks::{Context, Decision, HookError, Hooks};
 
     fn submission(description: Option<String>) -> Submission {
         Submission {
@@ -484,10 +493,10 @@ mod tests {
         fn describe(&self, _: &str, _: &Submission, _: &mut Vec<Decision>) -> Result<String, HookError> {
             panic!("a bug in host code")
         }
-        fn convert(&self, _: Money, _: Currency, _: &Submission, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
+        fn convert(&self, _: Money, _: Currency, _: &Submission, _: Option<&str>, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
             panic!("a bug in host code")
         }
-        fn validate(&self, _: &Submission, _: Amount, _: Option<&str>, _: &mut Vec<Decision>) -> Result<(), HookError> {
+        fn validate(&self, _: &Submission, _: Amount, _: Option<&str>, _: &Context, _: &mut Vec<Decision>) -> Result<(), HookError> {
             panic!("a bug in host code")
         }
     }
@@ -498,10 +507,10 @@ mod tests {
         fn describe(&self, _: &str, s: &Submission, _: &mut Vec<Decision>) -> Result<String, HookError> {
             Ok(s.id.to_string())
         }
-        fn convert(&self, _: Money, _: Currency, _: &Submission, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
+        fn convert(&self, _: Money, _: Currency, _: &Submission, _: Option<&str>, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
             unreachable!("no conversion asked")
         }
-        fn validate(&self, _: &Submission, _: Amount, _: Option<&str>, _: &mut Vec<Decision>) -> Result<(), HookError> {
+        fn validate(&self, _: &Submission, _: Amount, _: Option<&str>, _: &Context, _: &mut Vec<Decision>) -> Result<(), HookError> {
             Ok(())
         }
     }
@@ -517,7 +526,7 @@ mod tests {
 
     #[test]
     fn a_panic_while_running_hooks_fails_only_that_transfer_and_stores_no_unreviewed_description() {
-        let item = commit_item(&Buggy, submission(Some("card 4111 1111 1111 1111".into())));
+        let item = commit_item(&Buggy, submission(Some("card 4111 1111 1111 1111".into())), hooks::Validation::Now);
         let crate::ledger::Verdict::Fail(reason) = item.verdict else { panic!("expected a failure, got {:?}", item.verdict) };
         assert_eq!(reason.code, "hook_failed");
         assert_eq!(item.description, None, "an unreviewed description is never stored");
