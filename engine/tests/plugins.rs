@@ -591,3 +591,63 @@ async fn a_transfer_given_in_another_currency_is_converted_and_both_amounts_are_
     assert_eq!(done["decisions"][0]["plugin"], "fx");
     app.stop().await;
 }
+
+/// Submits probes until every one of `plugins` has decided one (the engine swaps sets between batches).
+async fn wait_for_plugins(app: &TestApp, plugins: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let id = submit(app, json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
+        let done = app.wait_final(&id).await;
+        let decided: Vec<&str> = done["decisions"].as_array().unwrap().iter().filter_map(|d| d["plugin"].as_str()).collect();
+        if plugins.iter().all(|p| decided.contains(p)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{plugins:?} were never all picked up: {done}");
+    }
+}
+
+/// `velocity` is built against WIT 0.2 and declares the sender's 24 h
+/// window; `limits` is built against 0.1 and needs nothing. Side by side,
+/// under many concurrent submits of one sender, the daily limit is never
+/// exceeded and exactly the transfers past it (in commit order) are refused.
+#[tokio::test]
+async fn a_0_2_velocity_validator_beside_a_0_1_one_holds_a_daily_limit_exactly_under_concurrent_submits() {
+    let app = TestApp::spawn().await;
+    app.open_account(1, "EUR", "10000.00").await;
+    app.open_account(2, "EUR", "0").await;
+    let velocity = json!({"tier_metadata_key": "kyc_tier", "default_tier": "basic",
+                          "daily_limit_minor": {"basic": {"EUR": 50_000}, "verified": {"EUR": 1_000_000}}});
+    app.upload_plugin("velocity", "velocity", "validator", velocity, true).await;
+    app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100_000}}), true).await;
+    wait_for_plugins(&app, &["velocity", "limits"]).await;
+
+    // With no order set, validators run by name: limits (0.1), then velocity (0.2).
+    let too_big = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "1500.00", "currency": "EUR"})).await;
+    let too_big = app.wait_final(&too_big).await;
+    assert_eq!(too_big["reason"]["code"], "amount_over_limit", "{too_big}");
+
+    let submits = (0..60).map(|i| {
+        let body = json!({"sender_id": 1, "receiver_id": 2, "amount": format!("{}.{:02}", 10 + i % 13, i), "currency": "EUR"});
+        let app = &app;
+        async move { submit(app, body).await }
+    });
+    let ids = futures::future::join_all(submits).await;
+    let mut outcomes = Vec::new();
+    for id in &ids {
+        outcomes.push(app.wait_final(id).await);
+    }
+    let (allowed, refused) = common::assert_daily_limit_decided_exactly(app.ledger().pool(), 1, 50_000, "daily_limit_exceeded").await;
+    assert!(allowed > 10 && refused > 10, "{allowed} allowed, {refused} refused");
+    let refusal = outcomes.iter().find(|o| o["status"] == "rejected").unwrap();
+    let decided: Vec<(&str, &str)> = refusal["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["plugin"].as_str().unwrap(), d["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(decided, [("limits", "allowed"), ("velocity", "rejected")], "{refusal}");
+    let completed = outcomes.iter().find(|o| o["status"] == "completed").unwrap();
+    assert_eq!(completed["decisions"].as_array().unwrap().len(), 2, "both decisions recorded: {completed}");
+    assert_audit_passes(&app.ledger()).await;
+    app.stop().await;
+}

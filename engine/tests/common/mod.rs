@@ -258,3 +258,46 @@ impl TestApp {
         answer
     }
 }
+
+/// Checks every transfer of `sender` against a daily limit in commit order: a
+/// completed one fitted under it with the debits committed before it, and
+/// one rejected for the limit did not. (`seq` is commit order; the rows of
+/// one batch are inserted in the batch's order.)
+pub async fn assert_daily_limit_decided_exactly(pool: &PgPool, sender: i64, limit_minor: i64, limit_code: &str) -> (usize, usize) {
+    let rows: Vec<(chrono::DateTime<chrono::Utc>, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT created_at, amount_minor, status, reason_code FROM transfers WHERE sender_id = $1 AND kind = 'transfer' ORDER BY seq",
+    )
+    .bind(sender)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut completed: Vec<(chrono::DateTime<chrono::Utc>, i64)> = Vec::new();
+    let (mut allowed, mut refused) = (0, 0);
+    for (at, minor, status, code) in rows {
+        let since = at - chrono::TimeDelta::seconds(86_400);
+        let spent: i64 = completed.iter().filter(|(t, _)| *t > since).map(|(_, m)| m).sum();
+        match (status.as_str(), code.as_deref()) {
+            ("completed", _) => {
+                assert!(spent + minor <= limit_minor, "completed {minor} on top of {spent} past the limit {limit_minor}");
+                completed.push((at, minor));
+                allowed += 1;
+            }
+            ("rejected", Some(code)) if code == limit_code => {
+                assert!(spent + minor > limit_minor, "refused {minor} on top of {spent} under the limit {limit_minor}");
+                refused += 1;
+            }
+            // Refused for another reason (another validator, the ledger's own
+            // rules): it moved nothing, so it counts for nothing.
+            ("rejected", Some(_)) => {}
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    // And no trailing 24 h window of the sender's completed debits sums past the limit.
+    for (end, _) in &completed {
+        let since = *end - chrono::TimeDelta::seconds(86_400);
+        let sum: i64 = completed.iter().filter(|(t, _)| *t > since && *t <= *end).map(|(_, m)| m).sum();
+        assert!(sum <= limit_minor, "a window ending {end} sums {sum}");
+    }
+    (allowed, refused)
+}
+
