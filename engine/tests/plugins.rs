@@ -621,10 +621,11 @@ async fn a_0_2_velocity_validator_beside_a_0_1_one_holds_a_daily_limit_exactly_u
     app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100_000}}), true).await;
     wait_for_plugins(&app, &["velocity", "limits"]).await;
 
-    // With no order set, validators run by name: limits (0.1), then velocity (0.2).
+    // Validators run in the order they were activated: velocity (0.2), then limits (0.1).
     let too_big = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "1500.00", "currency": "EUR"})).await;
     let too_big = app.wait_final(&too_big).await;
-    assert_eq!(too_big["reason"]["code"], "amount_over_limit", "{too_big}");
+    assert_eq!(too_big["reason"]["code"], "daily_limit_exceeded", "{too_big}");
+    assert!(too_big["reason"]["message"].as_str().unwrap().contains("basic tier's limit of 500.00 EUR"), "{too_big}");
 
     let submits = (0..60).map(|i| {
         let body = json!({"sender_id": 1, "receiver_id": 2, "amount": format!("{}.{:02}", 10 + i % 13, i), "currency": "EUR"});
@@ -645,7 +646,7 @@ async fn a_0_2_velocity_validator_beside_a_0_1_one_holds_a_daily_limit_exactly_u
         .iter()
         .map(|d| (d["plugin"].as_str().unwrap(), d["outcome"].as_str().unwrap()))
         .collect();
-    assert_eq!(decided, [("limits", "allowed"), ("velocity", "rejected")], "{refusal}");
+    assert_eq!(decided, [("velocity", "rejected")], "the first refusal wins: {refusal}");
     let completed = outcomes.iter().find(|o| o["status"] == "completed").unwrap();
     assert_eq!(completed["decisions"].as_array().unwrap().len(), 2, "both decisions recorded: {completed}");
     assert_audit_passes(&app.ledger()).await;
