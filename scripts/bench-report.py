@@ -218,6 +218,14 @@ def main():
                 f"| after − before (means): p50 {delta(before, after, 'p50_ms'):+.1f} ms, p99 {delta(before, after, 'p99_ms'):+.1f} ms "
                 f"| no measurable cost (p50 within 10% or 0.5 ms): {no_cost(before, after)} |"
             )
+    velocity_runs = rounds(directory, "velocity")
+    if velocity_runs and passthrough_runs:
+        ratio = mean_rate(velocity_runs) / none if none else 0
+        lines.append(
+            f"| 7 | processor only, as (2), the `velocity` validator alone (WIT 0.2: sender metadata and a 24 h window, "
+            f"validated in the commit under the batch's locks) | {fmt(mean_rate(velocity_runs))} tr/s{spread(velocity_runs)} "
+            f"| {ratio:.2f} of (3) | ≥ 0.8 of (3): {goal(ratio >= 0.8)} |"
+        )
     if hot:
         ratio = rate(hot) / one if one else 0
         lines.append(f"| 5 | one hot sender (every transfer debits one account) | {fmt(rate(hot))} tr/s | {ratio:.2f} of (2) | ≥ 0.5 of (2): {goal(ratio >= 0.5)} |")
@@ -231,6 +239,7 @@ def main():
         + [("4", r) for r in http_after or [http]]
         + [(f"4′ before, {baseline_ref}", r) for r in http_before]
         + [("5", hot), ("6", two)]
+        + [("7", r) for r in velocity_runs]
     )
     for name, report in runs:
         if report:
