@@ -486,8 +486,10 @@ mod tests {
     fn poison_records_are_refused_with_a_reason() {
         assert!(matches!(TransferRecord::decode(Some(b"not json"), None), Err(DecodeError::Malformed(_))));
         assert!(matches!(TransferRecord::decode(None, None), Err(DecodeError::Malformed(_))));
-        let far_future = br#"{"schema_version": 3, "anything": true}"#;
-        assert_eq!(TransferRecord::decode(Some(far_future), None), Err(DecodeError::UnknownSchemaVersion(3)));
+        let far_future = br#"{"schema_version": 4, "anything": true}"#;
+        assert_eq!(TransferRecord::decode(Some(far_future), None), Err(DecodeError::UnknownSchemaVersion(4)));
+        let bad_metadata = br#"{"schema_version":2,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":5,"submitted_at":"2026-01-01T00:00:00Z","metadata":{"Bad Key":"x"}}"#;
+        assert!(matches!(TransferRecord::decode(Some(bad_metadata), None), Err(DecodeError::Malformed(_))));
         let ancient = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000001","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":5,"submitted_at":"-5000-01-01T00:00:00Z"}"#;
         let refused = TransferRecord::decode(Some(ancient), None);
         assert!(matches!(&refused, Err(DecodeError::Invalid(m)) if m.contains("submitted_at")), "{refused:?}");
@@ -500,7 +502,7 @@ mod tests {
 
     /// A record as the next minor version may write it: a higher
     /// `schema_version` and optional fields this release does not know.
-    const NEXT_VERSION_RECORD: &[u8] = br#"{"schema_version":2,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000002","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":500,"description":"rent","submitted_at":"2026-11-30T12:00:00Z","metadata":{"channel":"web"},"priority":"high"}"#;
+    const NEXT_VERSION_RECORD: &[u8] = br#"{"schema_version":3,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000002","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":500,"description":"rent","submitted_at":"2026-11-30T12:00:00Z","metadata":{"channel":"web"},"priority":"high"}"#;
 
     /// A record exactly as the previous release (schema version 1) wrote it.
     const PREVIOUS_RELEASE_RECORD: &[u8] = br#"{"schema_version":1,"transfer_id":"0194f1e2-7a3b-7c4d-8e5f-000000000003","kind":"transfer","sender_id":1,"receiver_id":2,"currency":"EUR","amount_minor":500,"original_amount_minor":null,"original_currency":null,"description":null,"submitted_at":"2026-11-30T12:00:00.123456Z"}"#;
@@ -510,6 +512,7 @@ mod tests {
         let submission = TransferRecord::decode(Some(NEXT_VERSION_RECORD), None).expect("the next minor version is read");
         assert_eq!(submission.amount().map(Amount::minor), Some(500));
         assert_eq!(submission.description.as_deref(), Some("rent"));
+        assert_eq!(submission.metadata.get("channel"), Some("web"));
     }
 
     #[test]
