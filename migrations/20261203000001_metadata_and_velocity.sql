@@ -20,3 +20,11 @@ ALTER TABLE transfers ADD COLUMN metadata JSONB
 -- ledger, run this migration in a quiet window.
 CREATE INDEX transfers_completed_debits ON transfers (debit_account_id, created_at)
     INCLUDE (amount_minor) WHERE status = 'completed';
+
+-- Which interface version a plugin version was built against, and the
+-- context a validator declared at upload ({"accounts": bool,
+-- "velocity_windows_seconds": [...]}, NULL when none): what `plugins list`
+-- shows. Every row of the previous release is 0.1.0, which declares nothing.
+ALTER TABLE plugins ADD COLUMN wit_version TEXT NOT NULL DEFAULT '0.1.0'
+    CONSTRAINT plugins_wit_version_known CHECK (wit_version IN ('0.1.0', '0.2.0'));
+ALTER TABLE plugins ADD COLUMN needs JSONB;

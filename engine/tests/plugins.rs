@@ -617,9 +617,14 @@ async fn a_0_2_velocity_validator_beside_a_0_1_one_holds_a_daily_limit_exactly_u
     app.open_account(2, "EUR", "0").await;
     let velocity = json!({"tier_metadata_key": "kyc_tier", "default_tier": "basic",
                           "daily_limit_minor": {"basic": {"EUR": 50_000}, "verified": {"EUR": 1_000_000}}});
-    app.upload_plugin("velocity", "velocity", "validator", velocity, true).await;
-    app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100_000}}), true).await;
+    let uploaded = app.upload_plugin("velocity", "velocity", "validator", velocity, true).await;
+    assert_eq!((&uploaded["wit_version"], &uploaded["needs"]), (&json!("0.2.0"), &json!({"accounts": true, "velocity_windows_seconds": [86_400]})));
+    let uploaded = app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100_000}}), true).await;
+    assert_eq!((&uploaded["wit_version"], uploaded.get("needs")), (&json!("0.1.0"), None), "a 0.1 validator needs nothing");
     wait_for_plugins(&app, &["velocity", "limits"]).await;
+    let listed: Value = app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let velocity_listed = listed["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "velocity").unwrap();
+    assert_eq!(velocity_listed["needs"]["velocity_windows_seconds"], json!([86_400]), "{listed}");
 
     // Validators run in the order they were activated: velocity (0.2), then limits (0.1).
     let too_big = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "1500.00", "currency": "EUR"})).await;

@@ -17,8 +17,9 @@ use wasmtime::component::Component;
 
 use super::compiled::{CompiledCache, INACTIVE_COMPONENTS_MAX};
 use super::set::PluginSet;
+use super::bindings::WitVersion;
 use super::{LoadedPlugin, PluginError, PluginKind, PluginMeta, Sandbox, valid_name};
-use crate::hooks::HookSet;
+use crate::hooks::{ContextNeeds, HookSet};
 
 /// The NOTIFY channel every change is announced on.
 const CHANNEL: &str = "transfer_engine_plugins";
@@ -40,6 +41,28 @@ pub struct PluginInfo {
     /// Position among active validators (first runs first), if one.
     pub position: Option<i32>,
     pub uploaded_at: DateTime<Utc>,
+    /// The interface version the component was built against.
+    pub wit_version: WitVersion,
+    /// What a 0.2 validator declared it needs; absent when nothing (then it
+    /// validates before the batch's transaction, else in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs: Option<NeedsInfo>,
+}
+
+/// A validator's declared context, as listed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NeedsInfo {
+    /// Both accounts' facts.
+    pub accounts: bool,
+    /// The sender's velocity windows, in seconds, in the order declared.
+    pub velocity_windows_seconds: Vec<u32>,
+}
+
+impl NeedsInfo {
+    fn of(needs: &ContextNeeds) -> Option<Self> {
+        (!needs.is_empty())
+            .then(|| Self { accounts: needs.accounts, velocity_windows_seconds: needs.windows.iter().map(|w| w.seconds()).collect() })
+    }
 }
 
 pub struct Registry {
@@ -57,7 +80,8 @@ pub struct Registry {
 /// (name, version, kind, sha256, component or empty when already loaded, config, advisory)
 type ActiveRow = (String, i32, String, Vec<u8>, Vec<u8>, String, bool);
 /// (name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at)
-type ListRow = (String, i32, String, Vec<u8>, i64, String, bool, bool, Option<i32>, DateTime<Utc>);
+type ListRow =
+    (String, i32, String, Vec<u8>, i64, String, bool, bool, Option<i32>, DateTime<Utc>, String, Option<sqlx::types::Json<NeedsInfo>>);
 
 impl Registry {
     pub fn new(pool: PgPool, sandbox: Arc<Sandbox>, description_chars_max: usize) -> Self {
@@ -106,7 +130,7 @@ impl Registry {
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
         let this = self.clone();
         let checked_name = name.to_owned();
-        let (kind, bytes, config) = tokio::task::spawn_blocking(move || -> Result<_, PluginError> {
+        let (kind, bytes, config, wit_version, needs) = tokio::task::spawn_blocking(move || -> Result<_, PluginError> {
             let component = this.compile(sha256, &bytes)?;
             let kind = match kind {
                 Some(kind) => kind,
@@ -117,8 +141,9 @@ impl Registry {
             };
             // Version 0: the upload check, before a version is assigned.
             let meta = PluginMeta { name: checked_name, version: 0, kind, sha256, config: config.clone() };
-            LoadedPlugin::new(this.sandbox.clone(), meta, &component)?.with_advisory(advisory)?.check()?;
-            Ok((kind, bytes, config))
+            let plugin = LoadedPlugin::new(this.sandbox.clone(), meta, &component)?.with_advisory(advisory)?;
+            plugin.check()?;
+            Ok((kind, bytes, config, plugin.wit_version(), NeedsInfo::of(&plugin.needs)))
         })
         .await
         .map_err(|e| PluginError::Sandbox(e.to_string()))??;
@@ -128,7 +153,8 @@ impl Registry {
         let (version,): (i32,) =
             sqlx::query_as("SELECT coalesce(max(version), 0) + 1 FROM plugins WHERE name = $1").bind(name).fetch_one(&mut *tx).await?;
         let (uploaded_at,): (DateTime<Utc>,) = sqlx::query_as(
-            "INSERT INTO plugins (name, version, kind, sha256, component, config, advisory) VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO plugins (name, version, kind, sha256, component, config, advisory, wit_version, needs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              RETURNING uploaded_at",
         )
         .bind(name)
@@ -138,6 +164,8 @@ impl Registry {
         .bind(&bytes)
         .bind(&config)
         .bind(advisory)
+        .bind(wit_version.as_str())
+        .bind(needs.clone().map(sqlx::types::Json))
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -153,13 +181,15 @@ impl Registry {
             active: false,
             position: None,
             uploaded_at,
+            wit_version,
+            needs,
         })
     }
 
     pub async fn list(&self) -> Result<Vec<PluginInfo>, PluginError> {
         let rows: Vec<ListRow> = sqlx::query_as(
             "SELECT p.name, p.version, p.kind, p.sha256, length(p.component)::bigint, p.config, p.advisory, p.active,
-                    CASE WHEN p.active THEN o.position END, p.uploaded_at
+                    CASE WHEN p.active THEN o.position END, p.uploaded_at, p.wit_version, p.needs
                FROM plugins p LEFT JOIN validation_order o USING (name)
               ORDER BY p.name, p.version",
         )
@@ -167,7 +197,7 @@ impl Registry {
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at)| {
+            .filter_map(|(name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at, wit_version, needs)| {
                 Some(PluginInfo {
                     name,
                     version,
@@ -179,6 +209,11 @@ impl Registry {
                     active,
                     position,
                     uploaded_at,
+                    wit_version: match wit_version.as_str() {
+                        "0.2.0" => WitVersion::V0_2,
+                        _ => WitVersion::V0_1,
+                    },
+                    needs: needs.map(|n| n.0),
                 })
             })
             .collect())
