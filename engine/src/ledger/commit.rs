@@ -137,9 +137,10 @@ struct InCommit<'a> {
     needs: ContextNeeds,
     /// The ledger's totals before the batch, per (item index, window).
     committed: HashMap<(usize, VelocityWindow), WindowTotal>,
-    /// Debits this batch has completed so far, per debit account id.
-    debits: HashMap<i64, BatchDebits>,
 }
+
+/// Debits this batch has completed so far, per debit account id.
+type Debits = HashMap<i64, BatchDebits>;
 
 /// What deciding one new transfer came to.
 struct Decided {
@@ -149,7 +150,14 @@ struct Decided {
     debit: Option<i64>,
     credit: Option<i64>,
     validated: Vec<Decision>,
+    /// (debit account, credit account, amount) when it completed.
+    moved: Option<(i64, i64, i64)>,
 }
+
+/// Threads the validators of one batch are spread over, at most, and the
+/// fewest new transfers worth more than one.
+const VALIDATION_THREADS_MAX: usize = 4;
+const VALIDATION_ITEMS_PER_THREAD_MIN: usize = 16;
 
 /// The version a new transfer reaches in one commit: 1 initiated, 2 final.
 const FINAL_VERSION_NEW: i32 = 2;
@@ -286,10 +294,10 @@ impl Ledger {
         // 2b. The sender's velocity before this batch, for each transfer the
         //     validators will see: read after the locks, so every debit of
         //     these accounts that could commit before this batch has.
-        let mut in_commit = match hooks {
+        let in_commit = match hooks {
             Some(hooks) if validating => {
                 let committed = committed_totals(&mut tx, items, &known, &accounts, &needs.windows).await?;
-                Some(InCommit { hooks, needs, committed, debits: HashMap::new() })
+                Some(InCommit { hooks, needs, committed })
             }
             _ => None,
         };
@@ -298,7 +306,7 @@ impl Ledger {
         //    tens of microseconds each): off the async workers when the
         //    runtime has others to carry on with.
         let now = Utc::now();
-        let mut decide_batch = || decide_all(items, &mut known, &mut accounts, in_commit.as_mut(), now);
+        let mut decide_batch = || decide_all(items, &mut known, &mut accounts, in_commit.as_ref(), now);
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
         let (rows, outcomes) = if validating && multi_thread { tokio::task::block_in_place(decide_batch) } else { decide_batch() };
 
@@ -343,9 +351,15 @@ fn decide_all(
     items: &[CommitItem],
     known: &mut HashMap<uuid::Uuid, Known>,
     accounts: &mut HashMap<AccountKey, LockedAccount>,
-    mut in_commit: Option<&mut InCommit<'_>>,
+    in_commit: Option<&InCommit<'_>>,
     now: DateTime<Utc>,
 ) -> (NewRows, Vec<Committed>) {
+    // The items the ledger records now: the first of each id it does not hold.
+    let mut ids = std::collections::HashSet::with_capacity(items.len());
+    let new: Vec<usize> =
+        (0..items.len()).filter(|&i| !known.contains_key(&items[i].submission.id.0) && ids.insert(items[i].submission.id.0)).collect();
+    let mut decided = decide_new(items, &new, accounts, in_commit);
+
     let mut rows = NewRows::default();
     let mut outcomes = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
@@ -372,8 +386,13 @@ fn decide_all(
                 });
             }
             Entry::Vacant(slot) => {
-                let Decided { status, reason, amount_minor, debit, credit, validated } =
-                    decide(index, item, accounts, &mut rows, in_commit.as_deref_mut());
+                let Decided { status, reason, amount_minor, debit, credit, validated, moved } =
+                    decided[index].take().expect("every new item was decided");
+                if let Some((debit_id, credit_id, minor)) = moved {
+                    rows.entry_transfer_id.extend([s.id.0, s.id.0]);
+                    rows.entry_account_id.extend([debit_id, credit_id]);
+                    rows.entry_amount_minor.extend([-minor, minor]);
+                }
                 rows.transfer_id.push(s.id.0);
                 rows.kind.push(s.kind.as_str());
                 rows.sender_id.push(s.sender.get());
@@ -406,6 +425,102 @@ fn decide_all(
         }
     }
     (rows, outcomes)
+}
+
+/// Decides the new items (indices into `items`, ascending); the answer has
+/// one slot per item, filled for the new ones.
+///
+/// An item's context and outcome depend only on its two accounts and on the
+/// earlier items that touch them. So when validators run (plugin calls, tens
+/// of microseconds each, while the transaction holds its locks), the items
+/// are split into groups that share no account, each group decided in batch
+/// order on its own thread with its own accounts: the same answers as one
+/// pass in batch order, in a fraction of the time the locks are held.
+fn decide_new(
+    items: &[CommitItem],
+    new: &[usize],
+    accounts: &mut HashMap<AccountKey, LockedAccount>,
+    in_commit: Option<&InCommit<'_>>,
+) -> Vec<Option<Decided>> {
+    let mut all: Vec<Option<Decided>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(VALIDATION_THREADS_MAX);
+    let threads = threads.min(new.len() / VALIDATION_ITEMS_PER_THREAD_MIN).max(1);
+    let Some(in_commit) = in_commit.filter(|_| threads > 1) else {
+        let mut debits = Debits::new();
+        for &i in new {
+            all[i] = Some(decide(i, &items[i], accounts, in_commit, &mut debits));
+        }
+        return all;
+    };
+    let groups = groups_sharing_no_account(items, new);
+    // Largest groups first onto the least loaded thread: a hot account's
+    // group is one thread's whole share.
+    let mut shares: Vec<(Vec<usize>, HashMap<AccountKey, LockedAccount>)> = (0..threads).map(|_| Default::default()).collect();
+    for group in groups {
+        let share = shares.iter_mut().min_by_key(|(indices, _)| indices.len()).expect("at least one thread");
+        for &i in &group {
+            let s = &items[i].submission;
+            for key in [(s.sender.get(), s.currency.code()), (s.receiver.get(), s.currency.code())] {
+                if let Some(account) = accounts.remove(&key) {
+                    share.1.insert(key, account);
+                }
+            }
+        }
+        share.0.extend(group);
+    }
+    let decided: Vec<(Vec<(usize, Decided)>, HashMap<AccountKey, LockedAccount>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|(mut indices, mut own)| {
+                scope.spawn(move || {
+                    indices.sort_unstable();
+                    let mut debits = Debits::new();
+                    let decided = indices.into_iter().map(|i| (i, decide(i, &items[i], &mut own, Some(in_commit), &mut debits))).collect();
+                    (decided, own)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("deciding a transfer does not panic")).collect()
+    });
+    for (part, own) in decided {
+        for (i, d) in part {
+            all[i] = Some(d);
+        }
+        accounts.extend(own);
+    }
+    all
+}
+
+/// The new items split into groups, none of which shares an account
+/// (sender's or receiver's) with another: the connected components of the
+/// items linked by their accounts.
+fn groups_sharing_no_account(items: &[CommitItem], new: &[usize]) -> Vec<Vec<usize>> {
+    // Union-find over positions in `new`, joined through each account's first item.
+    let mut parent: Vec<usize> = (0..new.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut first_of: HashMap<AccountKey, usize> = HashMap::with_capacity(new.len() * 2);
+    for (position, &i) in new.iter().enumerate() {
+        let s = &items[i].submission;
+        for key in [(s.sender.get(), s.currency.code()), (s.receiver.get(), s.currency.code())] {
+            let other = *first_of.entry(key).or_insert(position);
+            let (a, b) = (root(&mut parent, position), root(&mut parent, other));
+            parent[a] = b;
+        }
+    }
+    let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (position, &i) in new.iter().enumerate() {
+        let r = root(&mut parent, position);
+        groups.entry(r).or_default().push(i);
+    }
+    let mut groups: Vec<Vec<usize>> = groups.into_values().collect();
+    groups.sort_unstable_by_key(|g| std::cmp::Reverse(g.len()));
+    groups
 }
 
 /// The ledger's velocity totals before this batch, for every new item that
@@ -482,7 +597,7 @@ fn facts(owner: OwnerId, key: &AccountKey, accounts: &HashMap<AccountKey, Locked
 
 impl InCommit<'_> {
     /// The context of item `index`, from the locked accounts as they stand now.
-    fn context(&self, index: usize, s: &Submission, accounts: &HashMap<AccountKey, LockedAccount>) -> Result<Context, Reason> {
+    fn context(&self, index: usize, s: &Submission, accounts: &HashMap<AccountKey, LockedAccount>, debits: &Debits) -> Result<Context, Reason> {
         let debit_key = (s.sender.get(), s.currency.code());
         let credit_key = (s.receiver.get(), s.currency.code());
         let mut context = Context::default();
@@ -490,7 +605,7 @@ impl InCommit<'_> {
             context.sender = facts(s.sender, &debit_key, accounts)?;
             context.receiver = facts(s.receiver, &credit_key, accounts)?;
         }
-        let batch = accounts.get(&debit_key).and_then(|a| self.debits.get(&a.account_id));
+        let batch = accounts.get(&debit_key).and_then(|a| debits.get(&a.account_id));
         for window in &self.needs.windows {
             let committed = self.committed.get(&(index, *window)).copied().unwrap_or_default();
             let total = batch.map_or(committed, |debits| debits.total(committed, *window, s.submitted_at));
@@ -518,8 +633,8 @@ fn decide(
     index: usize,
     item: &CommitItem,
     accounts: &mut HashMap<AccountKey, LockedAccount>,
-    rows: &mut NewRows,
-    in_commit: Option<&mut InCommit<'_>>,
+    in_commit: Option<&InCommit<'_>>,
+    debits: &mut Debits,
 ) -> Decided {
     let s = &item.submission;
     let debit_key = (s.sender.get(), s.currency.code());
@@ -533,6 +648,7 @@ fn decide(
         debit: debit_id,
         credit: credit_id,
         validated,
+        moved: None,
     };
     let (amount, validated, in_commit) = match (&item.verdict, in_commit) {
         (Verdict::Apply(amount), in_commit) => (*amount, Vec::new(), in_commit),
@@ -543,7 +659,7 @@ fn decide(
             return ended(Status::Failed, &reason, Vec::new());
         }
         (Verdict::Validate(amount), Some(in_commit)) => {
-            let context = match in_commit.context(index, s, accounts) {
+            let context = match in_commit.context(index, s, accounts, debits) {
                 Ok(context) => context,
                 Err(reason) => return ended(Status::Failed, &reason, Vec::new()),
             };
@@ -561,6 +677,7 @@ fn decide(
         debit: debit_id,
         credit: credit_id,
         validated,
+        moved: None,
     };
     if s.sender == s.receiver {
         return reject(Rejection::AccountsMustBeDifferent, validated);
@@ -583,13 +700,18 @@ fn decide(
         account.version += 1;
         account.changed = true;
     }
-    if let Some(in_commit) = in_commit {
-        in_commit.debits.entry(debit_id).or_default().push(s.submitted_at, amount.minor());
+    if in_commit.is_some() {
+        debits.entry(debit_id).or_default().push(s.submitted_at, amount.minor());
     }
-    rows.entry_transfer_id.extend([s.id.0, s.id.0]);
-    rows.entry_account_id.extend([debit_id, credit_id]);
-    rows.entry_amount_minor.extend([-amount.minor(), amount.minor()]);
-    Decided { status: Status::Completed, reason: None, amount_minor: Some(amount.minor()), debit: Some(debit_id), credit: Some(credit_id), validated }
+    Decided {
+        status: Status::Completed,
+        reason: None,
+        amount_minor: Some(amount.minor()),
+        debit: Some(debit_id),
+        credit: Some(credit_id),
+        validated,
+        moved: Some((debit_id, credit_id, amount.minor())),
+    }
 }
 
 /// The decision record as stored: a JSON array, or NULL when no plugin ran.
