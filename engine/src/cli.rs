@@ -269,10 +269,7 @@ fn offline_line(
         debits.push(debit.at, debit.amount_minor);
     }
     let velocity = needs.windows.iter().map(|w| (*w, debits.total(hooks::WindowTotal::default(), *w, at))).collect();
-    let context = hooks::Context {
-        sender: facts(submission.sender, given.sender),
-        receiver: facts(submission.receiver, given.receiver),
-        velocity,
-    };
+    let context =
+        hooks::Context { sender: facts(submission.sender, given.sender), receiver: facts(submission.receiver, given.receiver), velocity };
     Ok((submission, context))
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::{Amount, Reason, Status, Submission, TransferKind, format_minor};
+use crate::domain::{Amount, Metadata, Reason, Status, Submission, TransferKind, format_minor};
 use crate::hooks::Decision;
 use crate::ledger::{Committed, HistoryEntry, TransferView};
 
@@ -29,6 +29,11 @@ pub struct TransferStatusView {
     #[schema(value_type = Option<crate::api::schema::CurrencyCode>)]
     pub original_currency: Option<String>,
     pub description: Option<String>,
+    // Defaults when absent: status views that Redis cached before metadata
+    // existed have none. Always in an answer, so required in the document.
+    #[serde(default)]
+    #[schema(schema_with = crate::api::schema::metadata_view, required = true)]
+    pub metadata: Metadata,
     /// Why, when rejected or failed.
     pub reason: Option<Reason>,
     pub created_at: DateTime<Utc>,
@@ -67,6 +72,7 @@ impl TransferStatusView {
             original_amount_minor: original.map(|m| m.amount.minor()),
             original_currency: original.map(|m| m.currency.code().to_owned()),
             description: s.description.clone(),
+            metadata: s.metadata.clone(),
             reason: None,
             created_at: s.submitted_at,
             committed_at: None,
@@ -120,6 +126,7 @@ impl TransferStatusView {
             original_amount_minor: t.original_amount_minor,
             original_currency: t.original_currency.map(|c| c.code().to_owned()),
             description: t.description.clone(),
+            metadata: t.metadata.clone(),
             reason: t.reason.clone(),
             created_at: t.created_at,
             committed_at: t.committed_at,
@@ -128,5 +135,42 @@ impl TransferStatusView {
             client_id: t.client_id.map(|c| c.0),
             fingerprint: Some(hex::encode(&t.fingerprint)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::domain::{Currency, OwnerId, Requested, TransferId};
+
+    fn submission(metadata: Metadata) -> Submission {
+        Submission {
+            id: TransferId::generate(),
+            kind: TransferKind::Transfer,
+            sender: OwnerId::new(1).unwrap(),
+            receiver: OwnerId::new(2).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+            requested: Requested::Amount(Amount::from_minor(100).unwrap()),
+            description: None,
+            submitted_at: Utc::now(),
+            client_id: None,
+            metadata,
+        }
+    }
+
+    #[test]
+    fn a_view_always_shows_metadata_and_one_cached_before_metadata_existed_reads_as_none() {
+        let tagged = Metadata::new([("channel".to_owned(), "web".to_owned())].into()).unwrap();
+        let view = TransferStatusView::initiated(&submission(tagged));
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["metadata"], serde_json::json!({"channel": "web"}));
+        let bare = TransferStatusView::initiated(&submission(Metadata::default()));
+        let mut json = serde_json::to_value(&bare).unwrap();
+        assert_eq!(json["metadata"], serde_json::json!({}), "present, and empty, when there is none");
+        json.as_object_mut().unwrap().remove("metadata");
+        let old: TransferStatusView = serde_json::from_value(json).unwrap();
+        assert_eq!(old, bare);
     }
 }

@@ -272,6 +272,7 @@ static ROUTES: &[Route] = &[
     route("GET", "/v1/transfers/{id}", Need::Scope(Scope::TransfersRead, Bound::TransferParty)),
     route("POST", "/v1/accounts", Need::Scope(Scope::AccountsWrite, Bound::BodyField("owner_id"))),
     route("GET", "/v1/accounts/{owner_id}/{currency}", Need::Scope(Scope::AccountsRead, Bound::PathSegment(2))),
+    route("PATCH", "/v1/accounts/{owner_id}/{currency}", Need::Scope(Scope::AccountsWrite, Bound::PathSegment(2))),
     route("GET", "/v1/accounts/{owner_id}/{currency}/transfers", Need::Scope(Scope::AccountsRead, Bound::PathSegment(2))),
     route("POST", "/v1/deposits", Need::Admin),
     route("POST", "/v1/withdrawals", Need::Admin),
@@ -346,15 +347,29 @@ const BODY_BYTES_MAX: usize = 16 * 1024;
 /// `POST /v1/admin/clients` takes at least this much, so that a client bound to
 /// the most owners the document allows fits.
 const CLIENT_CREATE_BODY_BYTES_MAX: usize = 64 * 1024;
+/// The routes that take metadata (submitting a transfer, opening an account,
+/// replacing its metadata) take at least this much, so that the largest
+/// metadata the document allows fits.
+const METADATA_BODY_BYTES_MAX: usize = 64 * 1024;
 
 /// The body limit of the route a target reaches.
 fn body_bytes_max(target: &str) -> usize {
-    if target.split('?').next() == Some("/v1/admin/clients") { CLIENT_CREATE_BODY_BYTES_MAX } else { BODY_BYTES_MAX }
+    match segments(target)[..] {
+        ["v1", "admin", "clients"] => CLIENT_CREATE_BODY_BYTES_MAX,
+        ["v1", "transfers"] | ["v1", "accounts"] | ["v1", "accounts", _, _] => METADATA_BODY_BYTES_MAX,
+        _ => BODY_BYTES_MAX,
+    }
 }
 /// The engine's default `description_chars_max`.
 const DESCRIPTION_CHARS_MAX: usize = 280;
 /// Longest deposit or withdrawal reference.
 const REFERENCE_CHARS_MAX: usize = 128;
+/// Most keys a metadata object may have.
+const METADATA_KEYS_MAX: usize = 16;
+/// Longest metadata key (of `[a-z0-9_.-]`, at least one).
+const METADATA_KEY_CHARS_MAX: usize = 64;
+/// Longest metadata value.
+const METADATA_VALUE_CHARS_MAX: usize = 256;
 
 /// One generated HTTP request.
 #[derive(Clone)]
@@ -543,6 +558,8 @@ fn check(answer: &Answer, expected: Expected) -> Result<(), TestCaseError> {
 #[derive(Debug, PartialEq, Eq)]
 struct Footprint {
     accounts: i64,
+    /// Digest of every account's metadata.
+    metadata: String,
     /// (transfers, digest of every balance); `None` when not compared (see `Fuzzer::processor_running`).
     ledger: Option<(i64, String)>,
     /// (clients, revoked clients).
@@ -552,8 +569,9 @@ struct Footprint {
 }
 
 async fn footprint(pool: &PgPool, with_ledger: bool) -> Footprint {
-    let row: (i64, i64, String, i64, i64, String, String, i64) = sqlx::query_as(
+    let row: (i64, String, i64, String, i64, i64, String, String, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM accounts),
+                (SELECT coalesce(md5(string_agg(account_id || ':' || metadata::text, ',' ORDER BY account_id)), '') FROM accounts),
                 (SELECT count(*) FROM transfers),
                 (SELECT coalesce(md5(string_agg(account_id || ':' || balance_minor, ',' ORDER BY account_id)), '') FROM accounts),
                 (SELECT count(*) FROM api_clients),
@@ -565,9 +583,10 @@ async fn footprint(pool: &PgPool, with_ledger: bool) -> Footprint {
     .fetch_one(pool)
     .await
     .expect("the footprint query runs");
-    let (accounts, transfers, balances, clients, revoked, plugins, order, generation) = row;
+    let (accounts, metadata, transfers, balances, clients, revoked, plugins, order, generation) = row;
     Footprint {
         accounts,
+        metadata,
         ledger: with_ledger.then_some((transfers, balances)),
         clients: (clients, revoked),
         plugins: (plugins, order, generation),
@@ -849,6 +868,7 @@ const FIELD_NAMES: &[&str] = &[
     "names",
     "scopes",
     "owners",
+    "metadata",
 ];
 
 fn key() -> BoxedStrategy<String> {
@@ -896,8 +916,9 @@ const SNIPPETS: &[&[u8]] = &[
 ];
 
 /// Bodies around a valid `base`: field edits (most often), raw bytes, other
-/// JSON, a cut-short or tampered body, deep nesting, and bodies past the limit.
-fn body_around(base: Value, fields: &'static [&'static str]) -> BoxedStrategy<Vec<u8>> {
+/// JSON, a cut-short or tampered body, deep nesting, and bodies past the
+/// route's limit, `body_bytes_max`.
+fn body_around(base: Value, fields: &'static [&'static str], body_bytes_max: usize) -> BoxedStrategy<Vec<u8>> {
     let base_bytes = serde_json::to_vec(&base).unwrap();
     let len = base_bytes.len();
     let edit = prop_oneof![
@@ -917,7 +938,7 @@ fn body_around(base: Value, fields: &'static [&'static str]) -> BoxedStrategy<Ve
         serde_json::to_vec(&body).unwrap()
     });
     // Enough padding to pass the limit (the upload route's base is past it already).
-    let pad_min = BODY_BYTES_MAX.saturating_sub(len) + 1;
+    let pad_min = body_bytes_max.saturating_sub(len) + 1;
     let (cut, spliced, padded) = (base_bytes.clone(), base_bytes.clone(), base_bytes);
     prop_oneof![
         8 => edited,
@@ -926,7 +947,7 @@ fn body_around(base: Value, fields: &'static [&'static str]) -> BoxedStrategy<Ve
         1 => (0..len).prop_map(move |n| cut[..n].to_vec()),
         1 => (select(SNIPPETS), 0..=len).prop_map(move |(snippet, at)| [&spliced[..at], snippet, &spliced[at..]].concat()),
         1 => (1..20_000usize).prop_map(|depth| format!("{}1{}", "[".repeat(depth), "]".repeat(depth)).into_bytes()),
-        1 => (pad_min..pad_min + 2 * BODY_BYTES_MAX).prop_map(move |n| [&padded[..], &vec![b' '; n][..]].concat()),
+        1 => (pad_min..pad_min + 2 * body_bytes_max).prop_map(move |n| [&padded[..], &vec![b' '; n][..]].concat()),
     ]
     .boxed()
 }
@@ -973,6 +994,8 @@ const NOT_POST: &[&str] = &["GET", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"]
 const NOT_PUT: &[&str] = &["GET", "POST", "PATCH", "DELETE", "OPTIONS", "PURGE"];
 const NOT_GET_OR_POST: &[&str] = &["PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"];
 const NOT_DELETE: &[&str] = &["GET", "POST", "PUT", "PATCH", "OPTIONS", "PURGE"];
+/// Not GET either: the PATCH route's path also serves GET, which needs no body.
+const NOT_PATCH_NOR_GET: &[&str] = &["POST", "PUT", "DELETE", "OPTIONS", "PURGE"];
 
 /// Percent-encodes every byte but the unreserved ones (RFC 3986).
 fn percent_encode(bytes: &[u8]) -> String {
@@ -1136,7 +1159,18 @@ fn present<'a>(object: &'a serde_json::Map<String, Value>, field: &str) -> Optio
 }
 
 const TRANSFER_FIELDS: &[&str] =
-    &["transfer_id", "sender_id", "receiver_id", "amount", "currency", "description", "original_amount", "original_currency"];
+    &["transfer_id", "sender_id", "receiver_id", "amount", "currency", "description", "original_amount", "original_currency", "metadata"];
+
+/// A metadata object within every bound: at most 16 keys of `[a-z0-9_.-]{1,64}`,
+/// each with a string of at most 256 characters and no NUL.
+fn is_metadata(value: &Value) -> bool {
+    let key_ok = |k: &str| {
+        (1..=METADATA_KEY_CHARS_MAX).contains(&k.chars().count())
+            && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+    };
+    let value_ok = |v: &Value| v.as_str().is_some_and(|v| v.chars().count() <= METADATA_VALUE_CHARS_MAX && !v.contains('\0'));
+    value.as_object().is_some_and(|o| o.len() <= METADATA_KEYS_MAX && o.iter().all(|(k, v)| key_ok(k) && value_ok(v)))
+}
 
 /// `POST /v1/transfers`: well-formed (accounts and funds aside: refusing for those is a 4xx).
 fn transfer_may_succeed(body: &Value) -> bool {
@@ -1151,16 +1185,27 @@ fn transfer_may_succeed(body: &Value) -> bool {
         (None, Some(amount), Some(code)) => currency_of(Some(code)).is_some_and(|e| is_amount(amount, e)),
         _ => false,
     };
-    sender != receiver && id_ok && description_ok && amount_ok
+    let metadata_ok = present(o, "metadata").is_none_or(is_metadata);
+    sender != receiver && id_ok && description_ok && amount_ok && metadata_ok
 }
 
-const ACCOUNT_FIELDS: &[&str] = &["owner_id", "currency"];
+const ACCOUNT_FIELDS: &[&str] = &["owner_id", "currency", "metadata"];
 
 /// `POST /v1/accounts`.
 fn account_may_succeed(body: &Value) -> bool {
     body.as_object().is_some_and(|o| {
-        only_fields(o, ACCOUNT_FIELDS) && owner_id(o.get("owner_id")).is_some() && currency_of(o.get("currency")).is_some()
+        only_fields(o, ACCOUNT_FIELDS)
+            && owner_id(o.get("owner_id")).is_some()
+            && currency_of(o.get("currency")).is_some()
+            && present(o, "metadata").is_none_or(is_metadata)
     })
+}
+
+const METADATA_UPDATE_FIELDS: &[&str] = &["metadata"];
+
+/// The body of `PATCH /v1/accounts/{owner_id}/{currency}`: the metadata is required, and null is no metadata object.
+fn metadata_update_may_succeed(body: &Value) -> bool {
+    body.as_object().is_some_and(|o| only_fields(o, METADATA_UPDATE_FIELDS) && o.get("metadata").is_some_and(is_metadata))
 }
 
 const MOVE_FIELDS: &[&str] = &["owner_id", "currency", "amount", "reference"];
@@ -1278,15 +1323,17 @@ fn malformed_transfer_requests_never_get_a_5xx_and_every_refusal_is_a_json_error
     assert_eq!(seeded.status(), 202);
     let seeded_id = f.block_on(seeded.json::<Value>()).unwrap()["transfer_id"].as_str().unwrap().to_owned();
 
-    let base = json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR", "description": "fuzz"});
+    let base = json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR", "description": "fuzz", "metadata": {"channel": "fuzz"}});
     let need = route_named("POST /v1/transfers").need;
-    let submits = (method(Method::POST, NOT_POST), content_type(), credentials(need), body_around(base, TRANSFER_FIELDS), query())
-        .prop_map(|(method, content_type, credentials, body, query)| Probe {
+    let bodies = body_around(base, TRANSFER_FIELDS, METADATA_BODY_BYTES_MAX);
+    let submits = (method(Method::POST, NOT_POST), content_type(), credentials(need), bodies, query()).prop_map(
+        |(method, content_type, credentials, body, query)| Probe {
             content_type,
             credentials,
             body,
             ..Probe::new(method, format!("/v1/transfers{query}"))
-        });
+        },
+    );
     let submitted =
         f.run("POST /v1/transfers", 800, submits, |p| p.sends_json(&Method::POST) && p.json().is_some_and(|b| transfer_may_succeed(&b)));
 
@@ -1324,12 +1371,19 @@ fn malformed_transfer_requests_never_get_a_5xx_and_every_refusal_is_a_json_error
 #[test]
 fn malformed_account_requests_never_get_a_5xx_and_every_refusal_is_a_json_error() {
     let f = Fuzzer::start(Role::Api);
-    f.block_on(f.app.open_account(1, "EUR", "10.00"));
+    f.block_on(async {
+        f.app.open_account(1, "EUR", "10.00").await;
+        // More of the accounts the path generators name exist, so that more reads and metadata updates get past "no such account".
+        for (owner, currency) in [(2, "EUR"), (1, "JPY"), (2, "JPY")] {
+            f.app.open_account(owner, currency, "0").await;
+        }
+    });
     let accounts_before = f.block_on(footprint(&f.app.db.pool, true)).accounts;
 
-    let base = json!({"owner_id": 3, "currency": "EUR"});
+    let base = json!({"owner_id": 3, "currency": "EUR", "metadata": {"kyc_tier": "basic"}});
     let need = route_named("POST /v1/accounts").need;
-    let creates = (method(Method::POST, NOT_POST), content_type(), credentials(need), body_around(base, ACCOUNT_FIELDS)).prop_map(
+    let bodies = body_around(base, ACCOUNT_FIELDS, METADATA_BODY_BYTES_MAX);
+    let creates = (method(Method::POST, NOT_POST), content_type(), credentials(need), bodies).prop_map(
         |(method, content_type, credentials, body)| Probe {
             content_type,
             credentials,
@@ -1360,6 +1414,25 @@ fn malformed_account_requests_never_get_a_5xx_and_every_refusal_is_a_json_error(
         p.method == Method::GET && path_owner_ok(s[2]) && path_currency_ok(s[3])
     });
 
+    let need = route_named("PATCH /v1/accounts/{owner_id}/{currency}").need;
+    let bodies = body_around(json!({"metadata": {"kyc_tier": "verified"}}), METADATA_UPDATE_FIELDS, METADATA_BODY_BYTES_MAX);
+    let updates = (method(Method::PATCH, NOT_PATCH_NOR_GET), content_type(), credentials(need), owners(), currencies(), bodies).prop_map(
+        |(method, content_type, credentials, owner, currency, body)| Probe {
+            content_type,
+            credentials,
+            body,
+            ..Probe::new(method, format!("/v1/accounts/{owner}/{currency}"))
+        },
+    );
+    tally += f.run("PATCH /v1/accounts/{owner_id}/{currency}", 600, updates, |p| {
+        let s = segments(&p.target);
+        p.sends_json(&Method::PATCH)
+            && path_owner_ok(s[2])
+            && path_currency_ok(s[3])
+            && p.json().is_some_and(|b| metadata_update_may_succeed(&b))
+    });
+
+    let need = route_named("GET /v1/accounts/{owner_id}/{currency}").need;
     let pages = (method(Method::GET, NOT_GET), credentials(need), owners(), currencies(), query()).prop_map(
         |(method, credentials, owner, currency, query)| Probe {
             credentials,
@@ -1388,14 +1461,14 @@ fn malformed_deposits_and_withdrawals_never_get_a_5xx_and_every_refusal_is_a_jso
     let mut tried = 0;
     for (path, amount) in [("/v1/deposits", "1.00"), ("/v1/withdrawals", "0.01")] {
         let base = json!({"owner_id": 1, "currency": "EUR", "amount": amount, "reference": format!("fuzz{path}")});
-        let moves = (method(Method::POST, NOT_POST), content_type(), credentials(Need::Admin), body_around(base, MOVE_FIELDS)).prop_map(
-            move |(method, content_type, credentials, body)| Probe {
-                content_type,
-                credentials,
-                body,
-                ..Probe::new(method, path.to_owned())
-            },
-        );
+        let moves =
+            (method(Method::POST, NOT_POST), content_type(), credentials(Need::Admin), body_around(base, MOVE_FIELDS, BODY_BYTES_MAX))
+                .prop_map(move |(method, content_type, credentials, body)| Probe {
+                    content_type,
+                    credentials,
+                    body,
+                    ..Probe::new(method, path.to_owned())
+                });
         tried += f
             .run(&format!("POST {path}"), 400, moves, |p| p.sends_json(&Method::POST) && p.json().is_some_and(|b| move_may_succeed(&b)))
             .tried;
@@ -1418,13 +1491,14 @@ fn malformed_admin_plugin_requests_never_get_a_5xx_and_every_refusal_is_a_json_e
     let mut tried = f.run("GET /v1/admin/plugins", 100, lists, |p| p.method == Method::GET).tried;
 
     let base = json!({"name": "fuzzed", "kind": "validator", "config": {}, "component": component.clone(), "activate": false});
-    let uploads = (method(Method::POST, NOT_GET_OR_POST), content_type(), credentials(Need::Admin), body_around(base, UPLOAD_FIELDS))
-        .prop_map(|(method, content_type, credentials, body)| Probe {
-            content_type,
-            credentials,
-            body,
-            ..Probe::new(method, "/v1/admin/plugins".to_owned())
-        });
+    let uploads =
+        (method(Method::POST, NOT_GET_OR_POST), content_type(), credentials(Need::Admin), body_around(base, UPLOAD_FIELDS, BODY_BYTES_MAX))
+            .prop_map(|(method, content_type, credentials, body)| Probe {
+                content_type,
+                credentials,
+                body,
+                ..Probe::new(method, "/v1/admin/plugins".to_owned())
+            });
     tried += f
         .run("POST /v1/admin/plugins", 130, uploads, |p| {
             // The upload route has its own, larger body limit.
@@ -1437,7 +1511,7 @@ fn malformed_admin_plugin_requests_never_get_a_5xx_and_every_refusal_is_a_json_e
         content_type(),
         credentials(Need::Admin),
         names(),
-        body_around(json!({"version": 1}), &["version"]),
+        body_around(json!({"version": 1}), &["version"], BODY_BYTES_MAX),
     )
         .prop_map(|(method, content_type, credentials, name, body)| Probe {
             content_type,
@@ -1470,7 +1544,7 @@ fn malformed_admin_plugin_requests_never_get_a_5xx_and_every_refusal_is_a_json_e
     // Lists of known, unknown, malformed and repeated names, besides the usual bodies.
     let name_lists = vec(select(&["limits", "limits", "fuzzed", "nope", "Limits", "limits\0", ""][..]), 0..4)
         .prop_map(|names| serde_json::to_vec(&json!({ "names": names })).unwrap());
-    let order_bodies = prop_oneof![body_around(json!({"names": ["limits"]}), &["names"]), name_lists];
+    let order_bodies = prop_oneof![body_around(json!({"names": ["limits"]}), &["names"], BODY_BYTES_MAX), name_lists];
     let orders = (method(Method::PUT, NOT_PUT), content_type(), credentials(Need::Admin), order_bodies).prop_map(
         |(method, content_type, credentials, body)| Probe {
             content_type,
@@ -1500,13 +1574,14 @@ fn malformed_admin_client_requests_never_get_a_5xx_and_every_refusal_is_a_json_e
     let mut tally = f.run("GET /v1/admin/clients", 100, lists, |p| p.method == Method::GET);
 
     let base = json!({"name": "fuzzed", "scopes": ["transfers:read", "accounts:read"], "owners": [1, 2]});
-    let creates = (method(Method::POST, NOT_GET_OR_POST), content_type(), credentials(Need::Admin), body_around(base, CLIENT_FIELDS))
-        .prop_map(|(method, content_type, credentials, body)| Probe {
-            content_type,
-            credentials,
-            body,
-            ..Probe::new(method, "/v1/admin/clients".to_owned())
-        });
+    let creates =
+        (method(Method::POST, NOT_GET_OR_POST), content_type(), credentials(Need::Admin), body_around(base, CLIENT_FIELDS, BODY_BYTES_MAX))
+            .prop_map(|(method, content_type, credentials, body)| Probe {
+                content_type,
+                credentials,
+                body,
+                ..Probe::new(method, "/v1/admin/clients".to_owned())
+            });
     let created =
         f.run("POST /v1/admin/clients", 240, creates, |p| p.sends_json(&Method::POST) && p.json().is_some_and(|b| client_may_succeed(&b)));
 
@@ -1578,12 +1653,45 @@ fn hand_picked_bad_requests_answer_their_exact_codes() {
     let transfer =
         |description: &str| json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR", "description": description});
     let deposit = |reference: &str| json!({"owner_id": 1, "currency": "EUR", "amount": "1.00", "reference": reference});
+    let with_metadata =
+        |metadata: Value| json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR", "metadata": metadata});
     let sent_as = |credentials: Credentials, probe: Probe| Probe { credentials, ..probe };
     let cases: Vec<(Probe, u16, &str)> = vec![
         // PostgreSQL text cannot hold NUL: refused at the door, not at the ledger.
         (json_probe(Method::POST, "/v1/transfers", &transfer("rent\0"), Credentials::Client), 422, "description_invalid"),
         (json_probe(Method::POST, "/v1/deposits", &deposit("wire\0"), Credentials::Admin), 422, "reference_invalid"),
         (json_probe(Method::POST, "/v1/withdrawals", &deposit("\0"), Credentials::Admin), 422, "reference_invalid"),
+        // Metadata: every rule, and every shape that is not an object of strings, is `metadata_invalid`.
+        (json_probe(Method::POST, "/v1/transfers", &with_metadata(json!({"note": "a\0b"})), Credentials::Client), 422, "metadata_invalid"),
+        (json_probe(Method::POST, "/v1/transfers", &with_metadata(json!({"Note": "x"})), Credentials::Client), 422, "metadata_invalid"),
+        (json_probe(Method::POST, "/v1/transfers", &with_metadata(json!({"note": 7})), Credentials::Client), 422, "metadata_invalid"),
+        (json_probe(Method::POST, "/v1/transfers", &with_metadata(json!([])), Credentials::Client), 422, "metadata_invalid"),
+        (
+            json_probe(
+                Method::POST,
+                "/v1/accounts",
+                &json!({"owner_id": 3, "currency": "EUR", "metadata": {"k": "v".repeat(257)}}),
+                Credentials::Client,
+            ),
+            422,
+            "metadata_invalid",
+        ),
+        (
+            json_probe(Method::POST, "/v1/accounts", &json!({"owner_id": 3, "currency": "EUR", "metadata": "k=v"}), Credentials::Client),
+            422,
+            "metadata_invalid",
+        ),
+        (json_probe(Method::PATCH, "/v1/accounts/1/EUR", &json!({"metadata": null}), Credentials::Client), 422, "metadata_invalid"),
+        (
+            json_probe(Method::PATCH, "/v1/accounts/1/EUR", &json!({"metadata": {"k": {"v": "w"}}}), Credentials::Client),
+            422,
+            "metadata_invalid",
+        ),
+        (json_probe(Method::PATCH, "/v1/accounts/1/EUR", &json!({}), Credentials::Client), 422, "invalid_body"),
+        (json_probe(Method::PATCH, "/v1/accounts/1/EUR", &json!([{}]), Credentials::Client), 422, "invalid_body"),
+        // The system accounts (owner 0) are refused as every route refuses owner 0.
+        (json_probe(Method::PATCH, "/v1/accounts/0/EUR", &json!({"metadata": {}}), Credentials::Admin), 422, "owner_id_invalid"),
+        (json_probe(Method::PATCH, "/v1/accounts/1/USD", &json!({"metadata": {}}), Credentials::Client), 404, "account_not_found"),
         // Path segments that are not UTF-8, or that no plugin can be named.
         (Probe::new(Method::GET, "/v1/transfers/%FF%FE".into()), 400, "invalid_path"),
         (Probe::new(Method::GET, "/v1/accounts/%C3%28/EUR".into()), 400, "invalid_path"),
@@ -1782,6 +1890,14 @@ fn every_route_refuses_unfit_credentials_with_exact_codes_and_no_change_then_ser
             Credentials::Client,
             200,
             Some(("/v1/accounts/%FF/EUR", b"", 400, "invalid_path")),
+        ),
+        by_hand(
+            "PATCH /v1/accounts/{owner_id}/{currency}",
+            "/v1/accounts/1/EUR",
+            Some(json!({"metadata": {"kyc_tier": "verified"}})),
+            Credentials::Client,
+            200,
+            Some(("/v1/accounts/1/EUR", not_json, 400, "malformed_json")),
         ),
         by_hand(
             "GET /v1/accounts/{owner_id}/{currency}/transfers",

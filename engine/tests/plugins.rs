@@ -618,11 +618,15 @@ async fn a_0_2_velocity_validator_beside_a_0_1_one_holds_a_daily_limit_exactly_u
     let velocity = json!({"tier_metadata_key": "kyc_tier", "default_tier": "basic",
                           "daily_limit_minor": {"basic": {"EUR": 50_000}, "verified": {"EUR": 1_000_000}}});
     let uploaded = app.upload_plugin("velocity", "velocity", "validator", velocity, true).await;
-    assert_eq!((&uploaded["wit_version"], &uploaded["needs"]), (&json!("0.2.0"), &json!({"accounts": true, "velocity_windows_seconds": [86_400]})));
+    assert_eq!(
+        (&uploaded["wit_version"], &uploaded["needs"]),
+        (&json!("0.2.0"), &json!({"accounts": true, "velocity_windows_seconds": [86_400]}))
+    );
     let uploaded = app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100_000}}), true).await;
     assert_eq!((&uploaded["wit_version"], uploaded.get("needs")), (&json!("0.1.0"), None), "a 0.1 validator needs nothing");
     wait_for_plugins(&app, &["velocity", "limits"]).await;
-    let listed: Value = app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let listed: Value =
+        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
     let velocity_listed = listed["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "velocity").unwrap();
     assert_eq!(velocity_listed["needs"]["velocity_windows_seconds"], json!([86_400]), "{listed}");
 
@@ -645,12 +649,8 @@ async fn a_0_2_velocity_validator_beside_a_0_1_one_holds_a_daily_limit_exactly_u
     let (allowed, refused) = common::assert_daily_limit_decided_exactly(app.ledger().pool(), 1, 50_000, "daily_limit_exceeded").await;
     assert!(allowed > 10 && refused > 10, "{allowed} allowed, {refused} refused");
     let refusal = outcomes.iter().find(|o| o["status"] == "rejected").unwrap();
-    let decided: Vec<(&str, &str)> = refusal["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| (d["plugin"].as_str().unwrap(), d["outcome"].as_str().unwrap()))
-        .collect();
+    let decided: Vec<(&str, &str)> =
+        refusal["decisions"].as_array().unwrap().iter().map(|d| (d["plugin"].as_str().unwrap(), d["outcome"].as_str().unwrap())).collect();
     assert_eq!(decided, [("velocity", "rejected")], "the first refusal wins: {refusal}");
     let completed = outcomes.iter().find(|o| o["status"] == "completed").unwrap();
     assert_eq!(completed["decisions"].as_array().unwrap().len(), 2, "both decisions recorded: {completed}");

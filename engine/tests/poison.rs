@@ -112,7 +112,7 @@ async fn poison_records_are_dead_lettered_or_rejected_and_a_later_transfer_on_th
         (vec![0xff, 0xfe, 0x00, 0x01, 0x80], "malformed"),
         (b"[1, 2, 3]".to_vec(), "malformed"),
         (br#"{"schema_version": 99}"#.to_vec(), "unknown_schema_version"),
-        (record(json!({"schema_version": 3})), "unknown_schema_version"),
+        (record(json!({"schema_version": 4})), "unknown_schema_version"),
         (record(json!({"schema_version": 2, "amount_minor": "lots"})), "malformed"),
         (record(json!({"schema_version": "1"})), "malformed"),
         (record(json!({"schema_version": -1})), "malformed"),

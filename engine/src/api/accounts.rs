@@ -1,4 +1,4 @@
-//! Accounts, balances, an account's transfers; deposits and withdrawals (admin).
+//! Accounts, balances, their metadata, an account's transfers; deposits and withdrawals (admin).
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -10,22 +10,50 @@ use super::auth::{AccountsRead, AccountsWrite, Authorized, require_owner};
 use super::error::{ErrorBody, JsonBody, PathParams};
 use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType};
 use super::schema::{self, CurrencyCode, DecimalAmount, OwnerIdSchema};
-use super::transfers::{balances, decimal_text, owner};
+use super::transfers::{decimal_text, metadata, metadata_or_none, owner};
 use super::{Admin, ApiError, AppState, whole};
-use crate::cache::{self, CachedBalance};
-use crate::domain::{Amount, Currency, OwnerId, format_minor};
-use crate::ledger::{CreateAccountError, MoveError};
+use crate::cache;
+use crate::config::Settings;
+use crate::domain::{Amount, Currency, Metadata, OwnerId, format_minor};
+use crate::ledger::{AccountWithMetadata, CreateAccountError, MoveError};
 use crate::views::TransferStatusView;
+
+/// The smallest body limit of the routes that take metadata (opening an
+/// account, replacing its metadata, submitting a transfer). The largest body
+/// the document allows holds 16 values of 256 characters, which a JSON
+/// encoder that escapes every non-ASCII character writes as 12 bytes each
+/// (`\ud83d\ude00`): about 52 KB with the keys and the other fields, past the
+/// API's default 16 KiB. With this, every request the document allows can be read.
+const METADATA_BODY_BYTES_MIN: usize = 64 * 1024;
+
+/// The body limit of the routes that take metadata: the API's own, or `METADATA_BODY_BYTES_MIN` if that is larger.
+pub fn metadata_body_bytes_max(settings: &Settings) -> usize {
+    settings.request_body_bytes_max.max(METADATA_BODY_BYTES_MIN)
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"owner_id": 3, "currency": "EUR"}))]
+#[schema(example = json!({"owner_id": 3, "currency": "EUR", "metadata": {"kyc_tier": "verified"}}))]
 pub struct CreateAccount {
     #[serde(deserialize_with = "whole::i64")]
     #[schema(value_type = OwnerIdSchema)]
     pub owner_id: i64,
     #[schema(value_type = CurrencyCode)]
     pub currency: String,
+    // Any JSON here, checked by `transfers::metadata_or_none` (a wrong shape is `metadata_invalid`).
+    #[schema(schema_with = schema::metadata_optional)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The whole new metadata of an account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"metadata": {"kyc_tier": "verified", "country": "DE"}}))]
+pub struct UpdateAccountMetadata {
+    // Required (absent is `invalid_body`); any JSON, so that null or another
+    // shape is refused as `metadata_invalid` by `transfers::metadata`.
+    #[schema(schema_with = schema::metadata_replacement)]
+    pub metadata: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -38,16 +66,24 @@ pub struct AccountBody {
     pub balance_minor: i64,
     /// The lowest balance allowed, in minor units (0: no overdraft).
     pub floor_minor: i64,
+    #[schema(schema_with = schema::metadata_view)]
+    pub metadata: Metadata,
 }
 
-fn account_body(owner: OwnerId, currency: Currency, b: &CachedBalance) -> AccountBody {
+fn account_body(found: AccountWithMetadata) -> AccountBody {
+    let AccountWithMetadata { account, metadata } = found;
     AccountBody {
-        owner_id: owner.get(),
-        currency: currency.code().to_owned(),
-        balance: format_minor(b.balance_minor, currency.exponent()),
-        balance_minor: b.balance_minor,
-        floor_minor: b.floor_minor,
+        owner_id: account.owner_id.get(),
+        currency: account.currency.code().to_owned(),
+        balance: format_minor(account.balance_minor, account.currency.exponent()),
+        balance_minor: account.balance_minor,
+        floor_minor: account.floor_minor,
+        metadata,
     }
+}
+
+fn account_not_found(owner: OwnerId, currency: Currency) -> ApiError {
+    ApiError::NotFound { code: "account_not_found", message: format!("owner {owner} has no {currency} account") }
 }
 
 fn path_owner(owner_id: &str) -> Result<OwnerId, ApiError> {
@@ -72,7 +108,8 @@ fn path_owner(owner_id: &str) -> Result<OwnerId, ApiError> {
         (status = 409, body = ErrorBody, description = "`account_exists`: the owner already has an account in this currency"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, body = ErrorBody, description = "`invalid_body`, `owner_id_invalid` or `currency_not_supported`"),
+        (status = 422, body = ErrorBody, description = "`invalid_body`, `owner_id_invalid`, `currency_not_supported` or \
+            `metadata_invalid`"),
         (status = 503, response = Unavailable),
     ))]
 pub async fn create(
@@ -83,11 +120,12 @@ pub async fn create(
     let owner = owner(req.owner_id, "owner_id")?;
     require_owner(&caller, owner)?;
     let currency = Currency::parse(&req.currency)?;
-    let account = state.ledger.create_account(owner, currency, 0).await.map_err(|e| match e {
+    let metadata = metadata_or_none(req.metadata)?;
+    let account = state.ledger.create_account_with_metadata(owner, currency, 0, &metadata).await.map_err(|e| match e {
         CreateAccountError::Exists { .. } => ApiError::Conflict { code: "account_exists", message: e.to_string() },
         CreateAccountError::Ledger(e) => e.into(),
     })?;
-    Ok((StatusCode::CREATED, Json(account_body(owner, currency, &CachedBalance::from(&account)))))
+    Ok((StatusCode::CREATED, Json(account_body(account))))
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{owner_id}/{currency}", operation_id = "get_account", tag = "accounts",
@@ -110,10 +148,43 @@ pub async fn get(
     let owner = path_owner(&owner_id)?;
     require_owner(&caller, owner)?;
     let currency = Currency::parse(&currency)?;
-    let [balance] = balances(&state, [(owner, currency)]).await?;
-    let balance = balance
-        .ok_or_else(|| ApiError::NotFound { code: "account_not_found", message: format!("owner {owner} has no {currency} account") })?;
-    Ok(Json(account_body(owner, currency, &balance)))
+    // PostgreSQL, not the balance cache: the metadata lives only there (a
+    // change of it does not move the version that orders cached balances), and
+    // the one primary-key read that brings it brings the balance too, of the
+    // same moment and never older than Redis's copy.
+    let account = state.ledger.account_with_metadata(owner, currency).await?.ok_or_else(|| account_not_found(owner, currency))?;
+    Ok(Json(account_body(account)))
+}
+
+#[utoipa::path(patch, path = "/v1/accounts/{owner_id}/{currency}", operation_id = "update_account_metadata", tag = "accounts",
+    request_body = UpdateAccountMetadata, security(("bearer" = [])),
+    params(("owner_id" = OwnerIdSchema, Path), ("currency" = CurrencyCode, Path)),
+    responses(
+        (status = 200, body = AccountBody, description = "The account with its new metadata, as `GET` shows it; the balance is unchanged"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing` (needs accounts:write) or `owner_not_permitted`"),
+        (status = 404, body = ErrorBody, description = "`account_not_found`"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, body = ErrorBody, description = "`invalid_body`, `owner_id_invalid`, `currency_not_supported` or \
+            `metadata_invalid`"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn update_metadata(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<AccountsWrite>,
+    PathParams((owner_id, currency)): PathParams<(String, String)>,
+    JsonBody(req): JsonBody<UpdateAccountMetadata>,
+) -> Result<Json<AccountBody>, ApiError> {
+    // Owner 0 (the system accounts) is no valid path owner: refused as `GET` refuses it.
+    let owner = path_owner(&owner_id)?;
+    require_owner(&caller, owner)?;
+    let currency = Currency::parse(&currency)?;
+    let metadata = metadata(req.metadata)?;
+    let account =
+        state.ledger.replace_account_metadata(owner, currency, &metadata).await?.ok_or_else(|| account_not_found(owner, currency))?;
+    Ok(Json(account_body(account)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -162,8 +233,7 @@ pub async fn transfers(
     require_owner(&caller, owner)?;
     let currency = Currency::parse(&currency)?;
     let account = state.ledger.account(owner, currency).await?;
-    let account = account
-        .ok_or_else(|| ApiError::NotFound { code: "account_not_found", message: format!("owner {owner} has no {currency} account") })?;
+    let account = account.ok_or_else(|| account_not_found(owner, currency))?;
     let limit = query.limit.unwrap_or(PAGE_SIZE_DEFAULT);
     let page = state.ledger.account_transfers(account.account_id, query.before, limit).await?;
     let transfers = page.transfers.iter().map(|t| TransferStatusView::from_ledger(t).for_caller(caller.is_admin())).collect();
@@ -291,4 +361,39 @@ async fn move_money(
             .for_caller(true);
     let status = if committed.disposition == crate::ledger::Disposition::New { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{METADATA_KEY_CHARS_MAX, METADATA_KEYS_MAX, METADATA_VALUE_CHARS_MAX};
+
+    /// The largest metadata the document allows, every character written as a
+    /// `\u` escaped surrogate pair (12 bytes), as encoders that escape all non-ASCII write it.
+    fn largest_metadata() -> String {
+        let value = "\\udbff\\udfff".repeat(METADATA_VALUE_CHARS_MAX);
+        let entries: Vec<String> =
+            (0..METADATA_KEYS_MAX).map(|i| format!(r#""{}": "{value}""#, format!("{i:02}").repeat(METADATA_KEY_CHARS_MAX / 2))).collect();
+        format!("{{{}}}", entries.join(", "))
+    }
+
+    #[test]
+    fn the_largest_bodies_the_document_allows_fit_the_metadata_routes_limit() {
+        let limit = metadata_body_bytes_max(&Settings::default());
+        let metadata = largest_metadata();
+        let description = "\\udbff\\udfff".repeat(Settings::default().description_chars_max);
+        let transfer = format!(
+            r#"{{"transfer_id": "0194f1e2-7a3b-7c4d-8e5f-000000000001", "sender_id": 9223372036854775807, "receiver_id": 9223372036854775806,
+                "amount": "92233720368547758.07", "currency": "EUR", "description": "{description}", "metadata": {metadata}}}"#
+        );
+        let req: crate::api::transfers::SubmitTransfer = serde_json::from_str(&transfer).unwrap();
+        let submission = crate::api::transfers::validate(req, &Default::default(), Settings::default().description_chars_max).unwrap();
+        assert_eq!(submission.metadata.len(), METADATA_KEYS_MAX, "the body holds the largest valid metadata");
+        let account = format!(r#"{{"owner_id": 9223372036854775807, "currency": "EUR", "metadata": {metadata}}}"#);
+        let replacement = format!(r#"{{"metadata": {metadata}}}"#);
+        for body in [&transfer, &account, &replacement] {
+            // Room to spare for an encoder's indentation and spaces.
+            assert!(body.len() + body.len() / 8 <= limit, "{} bytes, limit {limit}", body.len());
+        }
+    }
 }

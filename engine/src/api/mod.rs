@@ -1,6 +1,6 @@
 //! The HTTP API (axum), one file per resource:
 //! - `transfers`: submit (publish to Kafka) and read transfers.
-//! - `accounts`: open accounts, read balances and an account's transfers; deposits and withdrawals (admin).
+//! - `accounts`: open accounts, read balances, replace their metadata, list an account's transfers; deposits and withdrawals (admin).
 //! - `admin`: plugins: upload, list, activate (rollback), deactivate, validation order.
 //! - `clients`: API clients (admin): create (the key is shown once), list, revoke.
 //! - `health`: `/healthz`, `/readyz`, `/metrics`, `/openapi.json` (no credential).
@@ -96,11 +96,12 @@ pub fn router(state: AppState, surface: Surface) -> Router {
 }
 
 fn api_routes(state: &AppState) -> Router<AppState> {
+    let metadata_body_limit = DefaultBodyLimit::max(accounts::metadata_body_bytes_max(&state.settings));
     let routes = Router::new()
-        .route("/v1/transfers", post(transfers::submit))
+        .route("/v1/transfers", post(transfers::submit).layer(metadata_body_limit))
         .route("/v1/transfers/{id}", get(transfers::get))
-        .route("/v1/accounts", post(accounts::create))
-        .route("/v1/accounts/{owner_id}/{currency}", get(accounts::get))
+        .route("/v1/accounts", post(accounts::create).layer(metadata_body_limit))
+        .route("/v1/accounts/{owner_id}/{currency}", get(accounts::get).patch(accounts::update_metadata).layer(metadata_body_limit))
         .route("/v1/accounts/{owner_id}/{currency}/transfers", get(accounts::transfers))
         .route("/v1/deposits", post(accounts::deposit))
         .route("/v1/withdrawals", post(accounts::withdraw))

@@ -28,6 +28,7 @@ use crate::config::Settings;
         super::transfers::conflicts,
         super::accounts::create,
         super::accounts::get,
+        super::accounts::update_metadata,
         super::accounts::transfers,
         super::accounts::deposit,
         super::accounts::withdraw,
@@ -46,7 +47,7 @@ use crate::config::Settings;
     ),
     tags(
         (name = "transfers", description = "Submit transfers and read their status."),
-        (name = "accounts", description = "Open accounts, read balances; deposits and withdrawals (admin token)."),
+        (name = "accounts", description = "Open accounts, read balances, set their metadata; deposits and withdrawals (admin token)."),
         (name = "plugins", description = "Policy plugins (admin token)."),
         (name = "clients", description = "API clients and their keys (admin token)."),
     ),
@@ -138,10 +139,10 @@ error_responses! {
     /// 400: from `JsonBody` and `PathParams` (see `error`).
     BadRequest: "The request cannot be read: `malformed_json` (the body is not JSON), `invalid_body` (it could not be \
                  read), or `invalid_path` (a path segment is not UTF-8 once percent-decoded).";
-    /// 413: `DefaultBodyLimit` (`request_body_bytes_max`; client creation and plugin uploads have their own).
+    /// 413: `DefaultBodyLimit` (`request_body_bytes_max`; the routes that take metadata, client creation and plugin uploads have their own).
     PayloadTooLarge: "`body_too_large`: the body is longer than the route allows (`request_body_bytes_max`, 16 KiB by \
-                      default; creating an API client: at least 64 KiB; plugin uploads: the component's limit, \
-                      base64-encoded, plus 64 KiB).";
+                      default; submitting a transfer, opening an account, replacing its metadata and creating an API \
+                      client: at least 64 KiB; plugin uploads: the component's limit, base64-encoded, plus 64 KiB).";
     /// 415: a body sent without `Content-Type: application/json`.
     UnsupportedMediaType: "`unsupported_media_type`: the body must be sent with `Content-Type: application/json`.";
     /// 503: a dependency is away (`database_unavailable`, `broker_unavailable`) or the engine is at a limit
@@ -200,7 +201,7 @@ mod tests {
     fn every_operation_declares_the_bearer_scheme_and_the_answers_of_its_extractors() {
         let doc = served();
         let operations = operations(&doc);
-        assert_eq!(operations.len(), 16);
+        assert_eq!(operations.len(), 17);
         for (method, path, operation) in operations {
             let name = format!("{method} {path}");
             assert_eq!(operation["security"], serde_json::json!([{"bearer": []}]), "{name}");
@@ -244,6 +245,19 @@ mod tests {
             }
         }
         assert!(links >= 5, "only {links} links");
+    }
+
+    #[test]
+    fn every_answer_with_metadata_carries_it_and_every_operation_that_takes_it_lists_metadata_invalid() {
+        let doc = served();
+        for schema in ["TransferStatusView", "AccountBody"] {
+            let required = doc["components"]["schemas"][schema]["required"].as_array().unwrap();
+            assert!(required.contains(&serde_json::json!("metadata")), "{schema} does not require metadata");
+        }
+        for (path, method) in [("/v1/transfers", "post"), ("/v1/accounts", "post"), ("/v1/accounts/{owner_id}/{currency}", "patch")] {
+            let refusals = doc["paths"][path][method]["responses"]["422"]["description"].as_str().unwrap_or_default();
+            assert!(refusals.contains("`metadata_invalid`"), "{method} {path}: {refusals:?}");
+        }
     }
 
     #[test]

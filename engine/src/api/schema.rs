@@ -12,10 +12,12 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, SchemaType, Type};
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::domain::Currency;
+use crate::domain::{Currency, METADATA_KEYS_MAX, METADATA_VALUE_CHARS_MAX};
 
 /// Plugin names as `plugins::valid_name` accepts them.
 const PLUGIN_NAME_PATTERN: &str = "^[a-z][a-z0-9_-]{0,62}$";
+/// Metadata keys as `Metadata::new` accepts them (1 to `METADATA_KEY_CHARS_MAX` characters; a test checks the two agree).
+const METADATA_KEY_PATTERN: &str = "^[a-z0-9_.-]{1,64}$";
 /// Text without NUL, which PostgreSQL text cannot hold (the server refuses it).
 const NO_NUL_PATTERN: &str = "^[^\\u0000]*$";
 /// Text without control characters (`char::is_control`: Unicode category Cc).
@@ -163,6 +165,46 @@ pub fn transfer_description() -> Schema {
         .into()
 }
 
+/// A metadata object as `Metadata::new` bounds it: at most 16 keys of
+/// `[a-z0-9_.-]{1,64}`, string values of at most 256 characters without NUL.
+fn metadata_object() -> ObjectBuilder {
+    let key = ObjectBuilder::new().schema_type(Type::String).pattern(Some(METADATA_KEY_PATTERN));
+    let value = ObjectBuilder::new().schema_type(Type::String).pattern(Some(NO_NUL_PATTERN)).max_length(Some(METADATA_VALUE_CHARS_MAX));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(key))
+        .additional_properties(Some(value))
+        .max_properties(Some(METADATA_KEYS_MAX))
+        .examples([serde_json::json!({"kyc_tier": "verified", "country": "DE"})])
+}
+
+/// What every metadata field of a request says about its bounds.
+const METADATA_RULES: &str = "At most 16 keys, each 1 to 64 characters of a-z, 0-9, '_', '.' and '-'; \
+     values are strings of at most 256 characters, without NUL. Anything else: 422 `metadata_invalid`, whose message names the rule.";
+
+/// `SubmitTransfer.metadata` and `CreateAccount.metadata`: optional; null or absent is none.
+pub fn metadata_optional() -> Schema {
+    metadata_object()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .description(Some(format!(
+            "Your own labels, passed to the plugins. {METADATA_RULES} Absent or null: none. On a transfer, part of what its id \
+             means: the same id again with other metadata is 409 `idempotency_conflict`."
+        )))
+        .into()
+}
+
+/// `UpdateAccountMetadata.metadata`: required, replaces the account's whole metadata (`{}` clears it).
+pub fn metadata_replacement() -> Schema {
+    metadata_object()
+        .description(Some(format!("The account's new metadata, replacing all of the old (`{{}}` clears it). {METADATA_RULES}")))
+        .into()
+}
+
+/// Metadata in an answer: always present, `{}` when there is none.
+pub fn metadata_view() -> Schema {
+    metadata_object().description(Some("Metadata as submitted or last set; `{}` when there is none.")).into()
+}
+
 /// `MoveMoney.reference`: `accounts::move_money`'s check.
 pub fn move_reference() -> Schema {
     ObjectBuilder::new()
@@ -265,6 +307,21 @@ mod tests {
         assert!(crate::auth::NewClient::new("shop", &scopes, Some(&owners)).is_err());
     }
 
+    #[test]
+    fn the_metadata_schema_states_the_bounds_metadata_new_enforces() {
+        use crate::domain::METADATA_KEY_CHARS_MAX;
+        for schema in [metadata_optional(), metadata_replacement(), metadata_view()] {
+            let schema = serde_json::to_value(schema).unwrap();
+            assert_eq!(schema["maxProperties"], METADATA_KEYS_MAX, "{schema}");
+            assert_eq!(schema["additionalProperties"]["maxLength"], METADATA_VALUE_CHARS_MAX, "{schema}");
+            assert_eq!(schema["propertyNames"]["pattern"], METADATA_KEY_PATTERN, "{schema}");
+        }
+        assert!(METADATA_KEY_PATTERN.ends_with(&format!("{{1,{METADATA_KEY_CHARS_MAX}}}$")));
+        for bound in [METADATA_KEYS_MAX, METADATA_KEY_CHARS_MAX, METADATA_VALUE_CHARS_MAX] {
+            assert!(METADATA_RULES.contains(&format!(" {bound} ")), "the description names {bound}");
+        }
+    }
+
     /// Text matching a whole-string pattern (proptest generates from the pattern without its anchors).
     fn matching(pattern: &str) -> proptest::string::RegexGeneratorStrategy<String> {
         let body = pattern.strip_prefix('^').and_then(|p| p.strip_suffix('$')).expect("the patterns are anchored");
@@ -281,12 +338,16 @@ mod tests {
             name in matching(PLUGIN_NAME_PATTERN),
             reference in matching(&NO_NUL_PATTERN.replace('*', "{1,8}")),
             client in matching(&NO_CONTROL_PATTERN.replace('*', "{1,8}")),
+            metadata_key in matching(METADATA_KEY_PATTERN),
+            metadata_value in matching(&NO_NUL_PATTERN.replace('*', &format!("{{{METADATA_VALUE_CHARS_MAX}}}"))),
         ) {
             use base64::Engine as _;
             proptest::prop_assert!(base64::engine::general_purpose::STANDARD.decode(&encoded).is_ok(), "{encoded:?}");
             proptest::prop_assert!(crate::plugins::valid_name(&name), "{name:?}");
             proptest::prop_assert!(!reference.contains('\0'));
             proptest::prop_assert!(!client.chars().any(char::is_control), "{client:?}");
+            let entries = std::collections::BTreeMap::from([(metadata_key.clone(), metadata_value)]);
+            proptest::prop_assert!(crate::domain::Metadata::new(entries).is_ok(), "{metadata_key:?}");
         }
     }
 }

@@ -11,6 +11,7 @@
 //! `GET /v1/admin/transfer-conflicts` lists the ids reused with another
 //! meaning that got past the API (two engines racing) and that the ledger refused.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -29,7 +30,10 @@ use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, Uns
 use super::schema::{self, CurrencyCode, DecimalAmount, OwnerIdSchema};
 use super::{Admin, ApiError, AppState, whole};
 use crate::cache::{self, CacheError, CachedBalance};
-use crate::domain::{Amount, Currency, Money, OwnerId, Rejection, Requested, Submission, TransferId, TransferKind};
+use crate::domain::{
+    Amount, Currency, METADATA_KEY_CHARS_MAX, METADATA_KEYS_MAX, Metadata, MetadataError, Money, OwnerId, Rejection, Requested, Submission,
+    TransferId, TransferKind,
+};
 use crate::kafka::{self, TransferRecord};
 use crate::metrics::SubmitStage;
 use crate::views::TransferStatusView;
@@ -40,7 +44,8 @@ use crate::views::TransferStatusView;
 /// given as null is the same as a field left out.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"sender_id": 1, "receiver_id": 2, "amount": "12.34", "currency": "EUR", "description": "rent"}))]
+#[schema(example = json!({"sender_id": 1, "receiver_id": 2, "amount": "12.34", "currency": "EUR", "description": "rent",
+    "metadata": {"channel": "web"}}))]
 pub struct SubmitTransfer {
     /// Optional client-chosen id (UUID, not version 5: 422 `transfer_id_reserved`); else the `Idempotency-Key` header; else generated.
     #[schema(value_type = Option<String>, format = Uuid)]
@@ -65,6 +70,10 @@ pub struct SubmitTransfer {
     pub original_amount: Option<serde_json::Value>,
     #[schema(value_type = Option<CurrencyCode>)]
     pub original_currency: Option<String>,
+    // Part of what the transfer means: a retry under the same id must carry
+    // the same metadata. Any JSON here, checked by `metadata`.
+    #[schema(schema_with = schema::metadata_optional)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -83,6 +92,41 @@ pub fn decimal_text(value: &serde_json::Value, field: &str) -> Result<String, Ap
         serde_json::Value::Number(n) => Ok(n.to_string()),
         _ => Err(ApiError::invalid("amount_invalid", format!("`{field}` must be a decimal string or number"))),
     }
+}
+
+/// Reads an optional `metadata` field: absent or null is none, else as `metadata`.
+pub(super) fn metadata_or_none(value: Option<serde_json::Value>) -> Result<Metadata, ApiError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(Metadata::default()),
+        Some(value) => metadata(value),
+    }
+}
+
+/// Reads a `metadata` field: a JSON object of strings within `Metadata`'s
+/// bounds. Read from a JSON value rather than derived, so that a wrong shape
+/// (null, an array, a number as a value) is refused as `metadata_invalid`,
+/// the code of every other metadata rule, and not as the generic `invalid_body`.
+pub(super) fn metadata(value: serde_json::Value) -> Result<Metadata, ApiError> {
+    use serde_json::Value;
+    let invalid = |message: String| ApiError::invalid("metadata_invalid", message);
+    let Value::Object(object) = value else {
+        return Err(invalid("`metadata` must be a JSON object whose values are strings".into()));
+    };
+    // The size first, as `Metadata::new` checks it: an object of too many
+    // keys is refused for that, whatever its values are.
+    if object.len() > METADATA_KEYS_MAX {
+        return Err(invalid(MetadataError::TooManyKeys { count: object.len() }.to_string()));
+    }
+    let mut entries = BTreeMap::new();
+    for (key, value) in object {
+        let Value::String(text) = value else {
+            // A key can be anything a client sent: keep what is echoed short, as `MetadataError` does.
+            let key: String = key.chars().take(METADATA_KEY_CHARS_MAX + 1).collect();
+            return Err(invalid(format!("metadata value of {key:?} must be a string")));
+        };
+        entries.insert(key, text);
+    }
+    Metadata::new(entries).map_err(|e| invalid(e.to_string()))
 }
 
 pub(super) fn owner(id: i64, field: &str) -> Result<OwnerId, ApiError> {
@@ -167,6 +211,7 @@ pub fn validate(req: SubmitTransfer, headers: &HeaderMap, description_chars_max:
             return Err(ApiError::invalid("description_invalid", "the description must not contain NUL characters"));
         }
     }
+    let metadata = metadata_or_none(req.metadata)?;
     Ok(Submission {
         id,
         kind: TransferKind::Transfer,
@@ -177,7 +222,7 @@ pub fn validate(req: SubmitTransfer, headers: &HeaderMap, description_chars_max:
         description: req.description,
         submitted_at: Utc::now(),
         client_id: None,
-        metadata: crate::domain::Metadata::default(),
+        metadata,
     })
 }
 
@@ -199,7 +244,7 @@ pub fn validate(req: SubmitTransfer, headers: &HeaderMap, description_chars_max:
         (status = 422, body = ErrorBody, description = "The body does not fit the schema (`invalid_body`), or a rule refused it: \
             `owner_id_invalid`, `currency_not_supported`, `accounts_must_be_different`, `amount_missing`, `amount_ambiguous`, \
             `amount_invalid`, `amount_must_be_positive`, `amount_precision_exceeded`, `amount_out_of_range`, \
-            `description_too_long`, `description_invalid`, `idempotency_key_invalid`, `idempotency_key_mismatch`, \
+            `description_too_long`, `description_invalid`, `metadata_invalid`, `idempotency_key_invalid`, `idempotency_key_mismatch`, \
             `transfer_id_reserved` (a version 5 UUID: those are deposits' and withdrawals' ids); \
             or the advisory check before publishing: `account_not_found`, `insufficient_funds`"),
         (status = 503, response = Unavailable),
@@ -372,12 +417,6 @@ async fn precheck(
     Ok(())
 }
 
-/// Balances through the cache, filled from PostgreSQL on a miss (or when Redis is away).
-pub async fn balances<const N: usize>(state: &AppState, keys: [(OwnerId, Currency); N]) -> Result<[Option<CachedBalance>; N], ApiError> {
-    let cached = state.cache.balances(&keys).await;
-    fill_balances(state, keys, cached).await
-}
-
 /// `cached` (what Redis answered for `keys`, one per key), with each miss
 /// read from PostgreSQL and written back to Redis; when Redis failed, every
 /// key is read from PostgreSQL. A key PostgreSQL has no account for is `None`.
@@ -525,4 +564,65 @@ pub async fn conflicts(
         })
         .collect();
     Ok(Json(ConflictPageBody { conflicts, next_before: page.next_before }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The code and message a metadata field is refused with.
+    fn refusal(value: serde_json::Value) -> (String, String) {
+        let e = metadata(value).expect_err("refused");
+        (e.status_and_code().1.to_owned(), e.to_string())
+    }
+
+    #[test]
+    fn metadata_that_breaks_a_rule_is_refused_as_metadata_invalid_naming_the_rule() {
+        let many: serde_json::Map<_, _> = (0..=METADATA_KEYS_MAX).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let cases = [
+            (json!(many), "17 keys"),
+            (json!({"Country": "DE"}), "must be 1 to 64 characters"),
+            (json!({"k": "v".repeat(257)}), "257 characters"),
+            (json!({"k": "a\u{0}b"}), "NUL"),
+            (json!({"k": 1}), "must be a string"),
+            (json!({"k": null}), "must be a string"),
+            (json!({"k": {"nested": "v"}}), "must be a string"),
+            (json!(["k", "v"]), "must be a JSON object"),
+            (json!("k=v"), "must be a JSON object"),
+            (json!(null), "must be a JSON object"),
+        ];
+        for (value, rule) in cases {
+            let (code, message) = refusal(value.clone());
+            assert_eq!(code, "metadata_invalid", "{value}");
+            assert!(message.contains(rule), "{value}: {message:?} does not say {rule:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_key_is_echoed_short() {
+        let key = "x".repeat(10_000);
+        let (_, message) = refusal(serde_json::Value::Object([(key, json!(1))].into_iter().collect()));
+        assert!(message.len() < 200, "{message}");
+    }
+
+    #[test]
+    fn absent_or_null_metadata_is_none_and_valid_metadata_is_kept() {
+        assert_eq!(metadata_or_none(None).unwrap(), Metadata::default());
+        assert_eq!(metadata_or_none(Some(json!(null))).unwrap(), Metadata::default());
+        let kept = metadata_or_none(Some(json!({"kyc_tier": "verified", "country": "DE"}))).unwrap();
+        assert_eq!((kept.get("kyc_tier"), kept.get("country"), kept.len()), (Some("verified"), Some("DE"), 2));
+    }
+
+    #[test]
+    fn a_submission_carries_the_metadata_of_its_request_and_a_cli_line_reads_it() {
+        let line = r#"{"sender_id": 1, "receiver_id": 2, "amount": "5", "currency": "EUR", "metadata": {"channel": "web"}}"#;
+        let req: SubmitTransfer = serde_json::from_str(line).unwrap();
+        let submission = validate(req, &HeaderMap::new(), 280).unwrap();
+        assert_eq!(submission.metadata.get("channel"), Some("web"));
+        let refused: SubmitTransfer =
+            serde_json::from_str(r#"{"sender_id": 1, "receiver_id": 2, "amount": "5", "currency": "EUR", "metadata": {"n": 1}}"#).unwrap();
+        assert_eq!(validate(refused, &HeaderMap::new(), 280).unwrap_err().status_and_code().1, "metadata_invalid");
+    }
 }

@@ -14,7 +14,7 @@ pub enum Scope {
     /// Read transfers (`GET /v1/transfers/{id}`).
     #[serde(rename = "transfers:read")]
     TransfersRead,
-    /// Open accounts (`POST /v1/accounts`).
+    /// Open accounts and replace their metadata (`POST /v1/accounts`, `PATCH /v1/accounts/{owner_id}/{currency}`).
     #[serde(rename = "accounts:write")]
     AccountsWrite,
     /// Read balances and an account's transfers.

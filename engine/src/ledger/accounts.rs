@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use chrono::Utc;
 
 use super::{CommitItem, Committed, Disposition, Ledger, LedgerError};
-use crate::domain::{Amount, Currency, OwnerId, Rejection, Requested, SYSTEM_OWNER_ID, Submission, TransferId, TransferKind};
+use crate::domain::{Amount, Currency, Metadata, OwnerId, Rejection, Requested, SYSTEM_OWNER_ID, Submission, TransferId, TransferKind};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AccountView {
@@ -15,6 +15,16 @@ pub struct AccountView {
     pub balance_minor: i64,
     pub floor_minor: i64,
     pub version: i64,
+}
+
+/// An account with its metadata, as the API shows it. The metadata is kept
+/// apart from `AccountView` because it has no place in the balance cache: a
+/// change of metadata does not move the balance's `version`, which is what
+/// orders cached balances, so a cached copy could not be told stale.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountWithMetadata {
+    pub account: AccountView,
+    pub metadata: Metadata,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,25 +50,91 @@ fn account_from_row((account_id, owner_id, currency, balance_minor, floor_minor,
     Ok(AccountView { account_id, owner_id: OwnerId::from_stored(owner_id), currency, balance_minor, floor_minor, version })
 }
 
+/// The columns of `AccountRow`, then the metadata as JSON text.
+const ACCOUNT_WITH_METADATA_COLUMNS: &str = "account_id, owner_id, currency, balance_minor, floor_minor, version, metadata::text";
+
+type AccountWithMetadataRow = (i64, i64, String, i64, i64, i64, String);
+
+fn account_with_metadata_from_row(row: AccountWithMetadataRow) -> Result<AccountWithMetadata, LedgerError> {
+    let (account_id, owner_id, currency, balance_minor, floor_minor, version, metadata) = row;
+    let account = account_from_row((account_id, owner_id, currency, balance_minor, floor_minor, version))?;
+    let metadata = serde_json::from_str(&metadata).map_err(|e| LedgerError::Corrupt(format!("account {account_id} metadata: {e}")))?;
+    Ok(AccountWithMetadata { account, metadata })
+}
+
+/// Metadata as the `jsonb` columns take it (bound as text, cast in SQL).
+fn metadata_json(metadata: &Metadata) -> String {
+    serde_json::to_string(metadata).expect("metadata serialises")
+}
+
 impl Ledger {
-    /// Opens an account. `floor_minor` is the lowest balance allowed (0: no overdraft).
+    /// Opens an account without metadata. `floor_minor` is the lowest balance allowed (0: no overdraft).
     pub async fn create_account(&self, owner_id: OwnerId, currency: Currency, floor_minor: i64) -> Result<AccountView, CreateAccountError> {
+        Ok(self.create_account_with_metadata(owner_id, currency, floor_minor, &Metadata::default()).await?.account)
+    }
+
+    /// Opens an account with `metadata`. `floor_minor` is the lowest balance allowed (0: no overdraft).
+    pub async fn create_account_with_metadata(
+        &self,
+        owner_id: OwnerId,
+        currency: Currency,
+        floor_minor: i64,
+        metadata: &Metadata,
+    ) -> Result<AccountWithMetadata, CreateAccountError> {
         assert!(floor_minor <= 0, "a floor above zero would make a new account invalid");
-        let row: Option<AccountRow> = sqlx::query_as(
-            "INSERT INTO accounts (owner_id, currency, floor_minor) VALUES ($1, $2, $3)
+        let row: Option<AccountWithMetadataRow> = sqlx::query_as(&format!(
+            "INSERT INTO accounts (owner_id, currency, floor_minor, metadata) VALUES ($1, $2, $3, $4::text::jsonb)
              ON CONFLICT (owner_id, currency) DO NOTHING
-             RETURNING account_id, owner_id, currency, balance_minor, floor_minor, version",
-        )
+             RETURNING {ACCOUNT_WITH_METADATA_COLUMNS}"
+        ))
         .bind(owner_id.get())
         .bind(currency.code())
         .bind(floor_minor)
+        .bind(metadata_json(metadata))
         .fetch_optional(&self.pool)
         .await
         .map_err(LedgerError::from)?;
         match row {
-            Some(row) => Ok(account_from_row(row)?),
+            Some(row) => Ok(account_with_metadata_from_row(row)?),
             None => Err(CreateAccountError::Exists { owner_id, currency }),
         }
+    }
+
+    /// The account of `owner_id` in `currency` with its metadata, if it exists: one row, so
+    /// the balance and the metadata are of one moment.
+    pub async fn account_with_metadata(&self, owner_id: OwnerId, currency: Currency) -> Result<Option<AccountWithMetadata>, LedgerError> {
+        let row: Option<AccountWithMetadataRow> =
+            sqlx::query_as(&format!("SELECT {ACCOUNT_WITH_METADATA_COLUMNS} FROM accounts WHERE owner_id = $1 AND currency = $2"))
+                .bind(owner_id.get())
+                .bind(currency.code())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(account_with_metadata_from_row).transpose()
+    }
+
+    /// Replaces an account's metadata whole; `None` if the account does not exist.
+    ///
+    /// A plain row UPDATE, so it takes the row lock that a batch takes
+    /// (`FOR UPDATE`) on the accounts it commits: it waits for a batch that
+    /// holds the account, and a batch that locks the account after this
+    /// commits reads the new metadata. The balance's `version` is left alone:
+    /// it orders cached balances, and the balance did not change.
+    pub async fn replace_account_metadata(
+        &self,
+        owner_id: OwnerId,
+        currency: Currency,
+        metadata: &Metadata,
+    ) -> Result<Option<AccountWithMetadata>, LedgerError> {
+        let row: Option<AccountWithMetadataRow> = sqlx::query_as(&format!(
+            "UPDATE accounts SET metadata = $3::text::jsonb WHERE owner_id = $1 AND currency = $2
+             RETURNING {ACCOUNT_WITH_METADATA_COLUMNS}"
+        ))
+        .bind(owner_id.get())
+        .bind(currency.code())
+        .bind(metadata_json(metadata))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(account_with_metadata_from_row).transpose()
     }
 
     /// Opens accounts for many owners at once (floor 0), skipping those that

@@ -189,6 +189,8 @@ struct NewRows {
     /// JSON arrays of plugin decisions (NULL when no plugin ran).
     decisions: Vec<Option<String>>,
     client_id: Vec<Option<uuid::Uuid>>,
+    /// JSON objects of the submitted metadata (NULL when there is none).
+    metadata: Vec<Option<String>>,
 }
 
 /// What the ledger already holds for an id (or what this batch decided for it).
@@ -202,6 +204,8 @@ struct Known {
 }
 
 type AccountKey = (i64, &'static str);
+
+type Accounts = HashMap<AccountKey, LockedAccount>;
 
 /// (transfer_id, fingerprint, status, status_version, reason_code, reason_message, committed_at)
 type ExistingRow = (uuid::Uuid, Vec<u8>, String, i32, Option<String>, Option<String>, Option<DateTime<Utc>>);
@@ -411,6 +415,7 @@ fn decide_all(
                 rows.created_at.push(s.submitted_at);
                 rows.decisions.push(decisions_json(&[item.decisions.as_slice(), validated.as_slice()].concat()));
                 rows.client_id.push(s.client_id.map(|c| c.0));
+                rows.metadata.push((!s.metadata.is_empty()).then(|| serde_json::to_string(&s.metadata).expect("metadata serialises")));
                 slot.insert(Known { fingerprint, status, version: FINAL_VERSION_NEW, reason: reason.clone(), committed_at: now });
                 outcomes.push(Committed {
                     transfer_id: s.id,
@@ -455,7 +460,7 @@ fn decide_new(
     let groups = groups_sharing_no_account(items, new);
     // Largest groups first onto the least loaded thread: a hot account's
     // group is one thread's whole share.
-    let mut shares: Vec<(Vec<usize>, HashMap<AccountKey, LockedAccount>)> = (0..threads).map(|_| Default::default()).collect();
+    let mut shares: Vec<(Vec<usize>, Accounts)> = (0..threads).map(|_| Default::default()).collect();
     for group in groups {
         let share = shares.iter_mut().min_by_key(|(indices, _)| indices.len()).expect("at least one thread");
         for &i in &group {
@@ -468,7 +473,7 @@ fn decide_new(
         }
         share.0.extend(group);
     }
-    let decided: Vec<(Vec<(usize, Decided)>, HashMap<AccountKey, LockedAccount>)> = std::thread::scope(|scope| {
+    let decided: Vec<(Vec<(usize, Decided)>, Accounts)> = std::thread::scope(|scope| {
         let workers: Vec<_> = shares
             .into_iter()
             .map(|(mut indices, mut own)| {
@@ -597,7 +602,13 @@ fn facts(owner: OwnerId, key: &AccountKey, accounts: &HashMap<AccountKey, Locked
 
 impl InCommit<'_> {
     /// The context of item `index`, from the locked accounts as they stand now.
-    fn context(&self, index: usize, s: &Submission, accounts: &HashMap<AccountKey, LockedAccount>, debits: &Debits) -> Result<Context, Reason> {
+    fn context(
+        &self,
+        index: usize,
+        s: &Submission,
+        accounts: &HashMap<AccountKey, LockedAccount>,
+        debits: &Debits,
+    ) -> Result<Context, Reason> {
         let debit_key = (s.sender.get(), s.currency.code());
         let credit_key = (s.receiver.get(), s.currency.code());
         let mut context = Context::default();
@@ -615,7 +626,13 @@ impl InCommit<'_> {
     }
 
     /// Runs the validators; a panic in host code fails only this transfer.
-    fn validate(&self, s: &Submission, amount: Amount, description: Option<&str>, context: &Context) -> (Result<(), HookError>, Vec<Decision>) {
+    fn validate(
+        &self,
+        s: &Submission,
+        amount: Amount,
+        description: Option<&str>,
+        context: &Context,
+    ) -> (Result<(), HookError>, Vec<Decision>) {
         let mut decisions = Vec::new();
         let run = std::panic::AssertUnwindSafe(|| self.hooks.validate(s, amount, description, context, &mut decisions));
         let answer = std::panic::catch_unwind(run).unwrap_or_else(|_| {
@@ -728,17 +745,18 @@ async fn write_rows(tx: &mut sqlx::PgConnection, rows: &NewRows, now: DateTime<U
             "INSERT INTO transfers (transfer_id, kind, sender_id, receiver_id, debit_account_id, credit_account_id,
                                     currency, amount_minor, original_amount_minor, original_currency, description,
                                     status, status_version, reason_code, reason_message, fingerprint, created_at, committed_at, decisions,
-                                    client_id)
+                                    client_id, metadata)
              SELECT t.transfer_id, t.kind, t.sender_id, t.receiver_id, t.debit_account_id, t.credit_account_id,
                     t.currency, t.amount_minor, t.original_amount_minor, t.original_currency, t.description,
                     t.status, $17, t.reason_code, t.reason_message, t.fingerprint, t.created_at, $18, t.decisions::jsonb,
-                    t.client_id
+                    t.client_id, t.metadata::jsonb
                FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
                            $7::text[], $8::bigint[], $9::bigint[], $10::text[], $11::text[],
-                           $12::text[], $13::text[], $14::text[], $15::bytea[], $16::timestamptz[], $19::text[], $20::uuid[])
+                           $12::text[], $13::text[], $14::text[], $15::bytea[], $16::timestamptz[], $19::text[], $20::uuid[],
+                           $21::text[])
                     AS t(transfer_id, kind, sender_id, receiver_id, debit_account_id, credit_account_id,
                          currency, amount_minor, original_amount_minor, original_currency, description,
-                         status, reason_code, reason_message, fingerprint, created_at, decisions, client_id)",
+                         status, reason_code, reason_message, fingerprint, created_at, decisions, client_id, metadata)",
         )
         .bind(&rows.transfer_id)
         .bind(&rows.kind)
@@ -760,6 +778,7 @@ async fn write_rows(tx: &mut sqlx::PgConnection, rows: &NewRows, now: DateTime<U
         .bind(now)
         .bind(&rows.decisions)
         .bind(&rows.client_id)
+        .bind(&rows.metadata)
         .execute(&mut *tx)
         .await?;
 

@@ -1,7 +1,7 @@
 //! The ledger in PostgreSQL, the source of truth.
 //!
 //! - `commit`: `commit_batch`, one transaction per batch: lock, decide in Rust, write set-based.
-//! - `accounts`: account creation and the synchronous deposit/withdrawal path.
+//! - `accounts`: account creation, account metadata, and the synchronous deposit/withdrawal path.
 //! - `queries`: reads (balances, a transfer with its history, an account's transfers).
 //! - `audit`: the invariants a correct ledger always satisfies, checked by queries.
 //! - `quarantine`: records the processor could neither apply nor dead-letter.
@@ -14,7 +14,7 @@ mod quarantine;
 mod queries;
 pub mod retention;
 
-pub use accounts::{AccountView, CreateAccountError, MoveError};
+pub use accounts::{AccountView, AccountWithMetadata, CreateAccountError, MoveError};
 pub use commit::{BatchResult, CommitItem, Committed, Disposition, Verdict};
 pub use quarantine::{KeptRecord, Quarantined};
 pub use queries::{HistoryEntry, TransferPage, TransferView};

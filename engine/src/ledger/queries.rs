@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Ledger, LedgerError};
-use crate::domain::{ClientId, Currency, OwnerId, Reason, Status, TransferId, TransferKind};
+use crate::domain::{ClientId, Currency, Metadata, OwnerId, Reason, Status, TransferId, TransferKind};
 use crate::hooks::Decision;
 
 /// One status a transfer had; also what clients see in its `history`.
@@ -41,6 +41,8 @@ pub struct TransferView {
     pub decisions: Vec<Decision>,
     /// The API client that submitted it, if one did.
     pub client_id: Option<ClientId>,
+    /// What the client attached; empty when the row holds NULL.
+    pub metadata: Metadata,
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +101,7 @@ struct TransferRow {
     fingerprint: Vec<u8>,
     decisions: Option<String>,
     client_id: Option<uuid::Uuid>,
+    metadata: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -112,7 +115,7 @@ struct ConflictRow {
 
 const TRANSFER_COLUMNS: &str = "transfer_id, seq, kind, sender_id, receiver_id, currency, amount_minor,
     original_amount_minor, original_currency, description, status, status_version, reason_code,
-    reason_message, created_at, committed_at, fingerprint, decisions::text AS decisions, client_id";
+    reason_message, created_at, committed_at, fingerprint, decisions::text AS decisions, client_id, metadata::text AS metadata";
 
 fn corrupt(what: &str, value: &str) -> LedgerError {
     LedgerError::Corrupt(format!("{what} {value:?}"))
@@ -143,6 +146,10 @@ fn transfer_from_row(row: TransferRow) -> Result<TransferView, LedgerError> {
             None => Vec::new(),
         },
         client_id: row.client_id.map(ClientId),
+        metadata: match row.metadata {
+            Some(json) => serde_json::from_str(&json).map_err(|e| corrupt("metadata", &e.to_string()))?,
+            None => Metadata::default(),
+        },
     })
 }
 

@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use wasmtime::component::Component;
 
+use super::bindings::WitVersion;
 use super::compiled::{CompiledCache, INACTIVE_COMPONENTS_MAX};
 use super::set::PluginSet;
-use super::bindings::WitVersion;
 use super::{LoadedPlugin, PluginError, PluginKind, PluginMeta, Sandbox, valid_name};
 use crate::hooks::{ContextNeeds, HookSet};
 

@@ -19,8 +19,8 @@ use tracing::{error, warn};
 
 use super::{Processor, backoff, log_commit_failure, wait_or_stop};
 use crate::domain::Reason;
-use crate::ledger::{BatchResult, CommitItem, LedgerError, Verdict};
 use crate::hooks::HookSet;
+use crate::ledger::{BatchResult, CommitItem, LedgerError, Verdict};
 
 /// The code of a transfer that PostgreSQL refused to store as submitted.
 pub const UNSTORABLE_CODE: &str = "transfer_unstorable";

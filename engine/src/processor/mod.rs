@@ -253,8 +253,7 @@ impl Processor {
             .filter(|(_, c)| c.disposition == Disposition::New)
             .filter_map(|(item, c)| {
                 let decisions = [item.decisions.as_slice(), c.validated.as_slice()].concat();
-                let view =
-                    TransferStatusView::committed(&item.submission, item.recorded_amount(), item.description.clone(), &decisions, c);
+                let view = TransferStatusView::committed(&item.submission, item.recorded_amount(), item.description.clone(), &decisions, c);
                 serde_json::to_string(&view).ok().map(|body| (c.transfer_id, i64::from(c.version), body))
             })
             .collect();
@@ -342,9 +341,7 @@ async fn run_hooks(hooks: crate::hooks::HookSet, submissions: Vec<Submission>) -
         let tail = rest.split_off(per_thread.min(rest.len()));
         let part = std::mem::replace(&mut rest, tail);
         let hooks = hooks.clone();
-        parts.push(tokio::task::spawn_blocking(move || {
-            part.into_iter().map(|s| commit_item(&*hooks, s, validation)).collect::<Vec<_>>()
-        }));
+        parts.push(tokio::task::spawn_blocking(move || part.into_iter().map(|s| commit_item(&*hooks, s, validation)).collect::<Vec<_>>()));
     }
     let mut items = Vec::new();
     for part in parts {

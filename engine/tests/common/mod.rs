@@ -300,4 +300,3 @@ pub async fn assert_daily_limit_decided_exactly(pool: &PgPool, sender: i64, limi
     }
     (allowed, refused)
 }
-
