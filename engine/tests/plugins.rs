@@ -657,3 +657,52 @@ async fn a_0_2_velocity_validator_beside_a_0_1_one_holds_a_daily_limit_exactly_u
     assert_audit_passes(&app.ledger()).await;
     app.stop().await;
 }
+
+/// Account metadata set over the API (`PATCH`) and transfer metadata reach
+/// the 0.2 examples: a tier raises `velocity`'s daily limit for the
+/// transfers processed after the change, and `channels` refuses a listed
+/// channel and a listed country.
+#[tokio::test]
+async fn account_and_transfer_metadata_set_over_the_api_decide_the_0_2_examples_end_to_end() {
+    let app = TestApp::spawn().await;
+    app.open_account(1, "EUR", "5000.00").await;
+    app.open_account(2, "EUR", "0").await;
+    app.open_account(3, "EUR", "0").await;
+    let velocity = json!({"tier_metadata_key": "kyc_tier", "default_tier": "basic",
+                          "daily_limit_minor": {"basic": {"EUR": 10_000}, "verified": {"EUR": 1_000_000}}});
+    app.upload_plugin("velocity", "velocity", "validator", velocity, true).await;
+    let channels = json!({"blocked_channels": ["crypto_atm"], "blocked_countries": ["KP"]});
+    let uploaded = app.upload_plugin("channels", "channels", "validator", channels, true).await;
+    assert_eq!(uploaded["needs"], json!({"accounts": true, "velocity_windows_seconds": []}), "countries need the accounts");
+    wait_for_plugins(&app, &["velocity", "channels"]).await;
+    let patch = |owner: i64, metadata: Value| {
+        let app = &app;
+        async move {
+            let r = app
+                .client
+                .patch(app.url(&format!("/v1/accounts/{owner}/EUR")))
+                .bearer_auth(common::ADMIN_TOKEN)
+                .json(&json!({"metadata": metadata}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let transfer = |to: i64, amount: &str, metadata: Value| json!({"sender_id": 1, "receiver_id": to, "amount": amount, "currency": "EUR", "metadata": metadata});
+
+    let basic = app.wait_final(&submit(&app, transfer(2, "150.00", json!({}))).await).await;
+    assert_eq!(basic["reason"]["code"], "daily_limit_exceeded", "{basic}");
+    patch(1, json!({"kyc_tier": "verified"})).await;
+    let verified = app.wait_final(&submit(&app, transfer(2, "150.00", json!({"channel": "web"}))).await).await;
+    assert_eq!(verified["status"], "completed", "the tier set before it was processed applies: {verified}");
+    assert_eq!(verified["metadata"], json!({"channel": "web"}));
+
+    let atm = app.wait_final(&submit(&app, transfer(2, "1.00", json!({"channel": "crypto_atm"}))).await).await;
+    assert_eq!(atm["reason"]["code"], "channel_blocked", "{atm}");
+    patch(3, json!({"country": "KP"})).await;
+    let listed = app.wait_final(&submit(&app, transfer(3, "1.00", json!({}))).await).await;
+    assert_eq!(listed["reason"]["code"], "country_blocked", "{listed}");
+    assert_audit_passes(&app.ledger()).await;
+    app.stop().await;
+}
