@@ -8,66 +8,46 @@
 //!   keep loading beside 0.2 ones (the two versions are distinct imports, so
 //!   the linker offers both `host` interfaces).
 
+/// The three worlds of one interface version, from its WIT directory.
+macro_rules! worlds {
+    ($path:tt) => {
+        pub mod validator {
+            wasmtime::component::bindgen!({ path: $path, world: "validator" });
+        }
+
+        pub mod converter {
+            wasmtime::component::bindgen!({
+                path: $path,
+                world: "converter",
+                with: {
+                    "transfer:plugin/types": super::validator::transfer::plugin::types,
+                    "transfer:plugin/host": super::validator::transfer::plugin::host,
+                },
+            });
+        }
+
+        pub mod describer {
+            wasmtime::component::bindgen!({
+                path: $path,
+                world: "describer",
+                with: {
+                    "transfer:plugin/types": super::validator::transfer::plugin::types,
+                    "transfer:plugin/host": super::validator::transfer::plugin::host,
+                },
+            });
+        }
+
+        pub use validator::transfer::plugin::host::Level;
+        pub use validator::transfer::plugin::{host, types};
+    };
+}
+
 pub mod v0_1 {
-    pub mod validator {
-        wasmtime::component::bindgen!({ path: "../wit/0.1.0", world: "validator" });
-    }
-
-    pub mod converter {
-        wasmtime::component::bindgen!({
-            path: "../wit/0.1.0",
-            world: "converter",
-            with: {
-                "transfer:plugin/types": super::validator::transfer::plugin::types,
-                "transfer:plugin/host": super::validator::transfer::plugin::host,
-            },
-        });
-    }
-
-    pub mod describer {
-        wasmtime::component::bindgen!({
-            path: "../wit/0.1.0",
-            world: "describer",
-            with: {
-                "transfer:plugin/types": super::validator::transfer::plugin::types,
-                "transfer:plugin/host": super::validator::transfer::plugin::host,
-            },
-        });
-    }
-
-    pub use validator::transfer::plugin::host::Level;
-    pub use validator::transfer::plugin::{host, types};
+    worlds!("../wit/0.1.0");
 }
 
 pub mod v0_2 {
-    pub mod validator {
-        wasmtime::component::bindgen!({ path: "../wit", world: "validator" });
-    }
-
-    pub mod converter {
-        wasmtime::component::bindgen!({
-            path: "../wit",
-            world: "converter",
-            with: {
-                "transfer:plugin/types": super::validator::transfer::plugin::types,
-                "transfer:plugin/host": super::validator::transfer::plugin::host,
-            },
-        });
-    }
-
-    pub mod describer {
-        wasmtime::component::bindgen!({
-            path: "../wit",
-            world: "describer",
-            with: {
-                "transfer:plugin/types": super::validator::transfer::plugin::types,
-                "transfer:plugin/host": super::validator::transfer::plugin::host,
-            },
-        });
-    }
-
-    pub use validator::transfer::plugin::host::Level;
-    pub use validator::transfer::plugin::{host, types};
+    worlds!("../wit");
 }
 
 /// The current version's types: what the host builds, and converts down
