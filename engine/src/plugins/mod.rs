@@ -1,6 +1,6 @@
 //! WebAssembly policy plugins.
 //!
-//! - `bindings`: the one `bindgen!` site for `wit/plugin.wit`.
+//! - `bindings`: the one `bindgen!` site, for `wit/plugin.wit` (0.2.0) and the frozen `wit/0.1.0/plugin.wit`.
 //! - `sandbox`: the wasmtime engine, linker and limits (fuel, memory) every plugin runs under.
 //! - `guard`: bounds and cleans what a plugin hands back (texts, log lines, log rate).
 //! - `loaded`: one plugin version, instantiated fresh for every call.
