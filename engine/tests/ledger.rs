@@ -703,3 +703,35 @@ proptest! {
         });
     }
 }
+
+/// Panics in host code while validating one transfer (a bug, never a plugin's doing).
+struct PanicsOnSender(i64);
+
+impl Hooks for PanicsOnSender {
+    fn describe(&self, d: &str, _: &Submission, _: &mut Vec<Decision>) -> Result<String, HookError> {
+        Ok(d.to_owned())
+    }
+    fn convert(&self, _: Money, _: Currency, _: &Submission, _: Option<&str>, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
+        unreachable!("no conversions here")
+    }
+    fn validate(&self, s: &Submission, _: Amount, _: Option<&str>, _: &Context, _: &mut Vec<Decision>) -> Result<(), HookError> {
+        assert_ne!(s.sender.get(), self.0, "a bug in host code");
+        Ok(())
+    }
+    fn needs(&self) -> ContextNeeds {
+        ContextNeeds::declared(true, &[]).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_panic_while_validating_in_the_commit_fails_only_that_transfer() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    seed(&ledger, [1, 2, 3], eur(), 1_000).await;
+    let items = [to_validate(1, 2, 10, 0), to_validate(3, 2, 20, 0)];
+    let result = ledger.commit_batch_validating(&items, Some(&PanicsOnSender(1))).await.unwrap();
+    assert_eq!(codes(&result), [Some("hook_failed".to_owned()), None]);
+    assert_eq!((balance(&ledger, 1).await, balance(&ledger, 3).await), (1_000, 980));
+    assert_audit_passes(&ledger).await;
+    db.drop_database().await;
+}

@@ -13,7 +13,7 @@ pub mod context;
 
 pub use context::{AccountFacts, BatchDebits, Context, ContextNeeds, NeedsError, VelocityWindow, WindowTotal};
 
-use crate::domain::{Amount, Currency, Money, Reason, Rejection, Requested, Submission};
+use crate::domain::{Amount, Currency, Money, Reason, Rejection, Requested, Submission, TransferId};
 use crate::ledger::Verdict;
 
 /// The hooks a batch runs on, swapped as a whole between batches.
@@ -107,6 +107,20 @@ pub trait Hooks: Send + Sync {
     fn needs(&self) -> ContextNeeds {
         ContextNeeds::default()
     }
+}
+
+/// The code a transfer fails with when the engine itself failed while
+/// running its hooks (a bug in host code, never a plugin's doing: plugin
+/// faults are values), or committed it without them.
+pub const HOOK_FAILED_CODE: &str = "hook_failed";
+
+/// Runs hook code for one transfer; a panic in it (a bug in host code) fails
+/// only this transfer, with `hook_failed`, instead of stopping the processor.
+pub fn unless_panicked<T>(transfer_id: TransferId, run: impl FnOnce() -> T) -> Result<T, Reason> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).map_err(|_| {
+        tracing::error!(transfer_id = %transfer_id, "The policy hooks panicked; failing the transfer.");
+        Reason { code: HOOK_FAILED_CODE.into(), message: "the engine failed while running the policy hooks".into() }
+    })
 }
 
 /// Where `run` leaves validation.

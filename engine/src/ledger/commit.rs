@@ -25,7 +25,7 @@ use tracing::{instrument, warn};
 
 use super::{AccountView, Ledger, LedgerError};
 use crate::domain::{Amount, Currency, Metadata, OwnerId, Reason, Rejection, Status, Submission, TransferId};
-use crate::hooks::{AccountFacts, BatchDebits, Context, ContextNeeds, Decision, HookError, Hooks, VelocityWindow, WindowTotal};
+use crate::hooks::{self, AccountFacts, BatchDebits, Context, ContextNeeds, Decision, HookError, Hooks, VelocityWindow, WindowTotal};
 
 /// How often a batch is retried after losing a race (a concurrent insert of
 /// the same id, a deadlock the lock order should already prevent).
@@ -634,11 +634,8 @@ impl InCommit<'_> {
         context: &Context,
     ) -> (Result<(), HookError>, Vec<Decision>) {
         let mut decisions = Vec::new();
-        let run = std::panic::AssertUnwindSafe(|| self.hooks.validate(s, amount, description, context, &mut decisions));
-        let answer = std::panic::catch_unwind(run).unwrap_or_else(|_| {
-            tracing::error!(transfer_id = %s.id, "The validators panicked; failing the transfer.");
-            Err(HookError::Fail(Reason { code: "hook_failed".into(), message: "the engine failed while running the policy hooks".into() }))
-        });
+        let answer = hooks::unless_panicked(s.id, || self.hooks.validate(s, amount, description, context, &mut decisions))
+            .unwrap_or_else(|reason| Err(HookError::Fail(reason)));
         (answer, decisions)
     }
 }
@@ -672,7 +669,8 @@ fn decide(
         (Verdict::Reject(reason), _) => return ended(Status::Rejected, reason, Vec::new()),
         (Verdict::Fail(reason), _) => return ended(Status::Failed, reason, Vec::new()),
         (Verdict::Validate(_), None) => {
-            let reason = Reason { code: "hook_failed".into(), message: "the transfer was committed without its validators".into() };
+            let reason =
+                Reason { code: hooks::HOOK_FAILED_CODE.into(), message: "the transfer was committed without its validators".into() };
             return ended(Status::Failed, &reason, Vec::new());
         }
         (Verdict::Validate(amount), Some(in_commit)) => {

@@ -351,14 +351,8 @@ async fn run_hooks(hooks: crate::hooks::HookSet, submissions: Vec<Submission>) -
 }
 
 /// Runs the hooks for one submission and turns the answer into a ledger item.
-/// A panic in host code (a bug, never a plugin's doing: plugin faults are
-/// values) fails only this transfer instead of stopping the processor.
 fn commit_item(hooks: &dyn hooks::Hooks, submission: Submission, validation: hooks::Validation) -> CommitItem {
-    let run = std::panic::AssertUnwindSafe(|| hooks::run(hooks, &submission, validation));
-    let outcome = std::panic::catch_unwind(run).unwrap_or_else(|_| {
-        tracing::error!(transfer_id = %submission.id, "The hooks panicked; failing the transfer.");
-        let reason =
-            crate::domain::Reason { code: "hook_failed".into(), message: "the engine failed while running the policy hooks".into() };
+    let outcome = hooks::unless_panicked(submission.id, || hooks::run(hooks, &submission, validation)).unwrap_or_else(|reason| {
         hooks::HookOutcome {
             verdict: crate::ledger::Verdict::Fail(reason),
             // The describer never answered: storing the submitted text could
