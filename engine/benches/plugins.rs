@@ -111,6 +111,10 @@ fn live_instance(sandbox: &Arc<Sandbox>) {
 }
 
 fn main() {
+    println!(
+        "Pool slots reset only the pages a call wrote (PAGEMAP_SCAN): {}",
+        if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() { "yes" } else { "no, this kernel cannot say which" }
+    );
     let sandbox = Sandbox::new(SandboxLimits { instances_max: 8, ..SandboxLimits::default() }).unwrap();
     fresh_per_call(&sandbox);
     live_instance(&sandbox);
