@@ -604,6 +604,33 @@ async fn a_window_counts_committed_debits_and_withdrawals_after_its_start_and_no
 }
 
 #[tokio::test]
+async fn debits_the_processor_did_not_commit_itself_count_in_its_next_window() {
+    let db = TestDb::new().await;
+    // Two processors: each keeps its own log of the senders it validated.
+    let (ours, theirs) = (db.ledger(), db.ledger());
+    seed(&ours, [1, 2], eur(), 10_000).await;
+    let policy = DailyLimit::new(1_000);
+    let hours = |h: i64| h * 3_600;
+    for (minor, at_s) in [(100, hours(-30)), (400, 0)] {
+        assert_eq!(codes(&ours.commit_batch_validating(&[to_validate(1, 2, minor, at_s)], Some(&policy)).await.unwrap()), [None]);
+    }
+    // Owner 1 is debited by the other processor, then by a withdrawal.
+    assert_eq!(codes(&theirs.commit_batch_validating(&[to_validate(1, 2, 500, 1)], Some(&policy)).await.unwrap()), [None]);
+    ours.withdraw(owner(1), eur(), amount(50), "atm-1").await.unwrap();
+    // 400 + 500 + 50 in the last 24 h: 60 more is over 1,000, 50 is not.
+    let next = ours.commit_batch_validating(&[to_validate(1, 2, 60, 2), to_validate(1, 2, 50, 3)], Some(&policy)).await.unwrap();
+    assert_eq!(codes(&next), [Some(LIMIT_CODE.into()), None]);
+    // A transfer time-stamped 40 h back: its window reaches the debit of 30 h
+    // ago, which the log no longer holds, and every later one.
+    let late = ours.commit_batch_validating(&[to_validate(1, 2, 1, hours(-40))], Some(&policy)).await.unwrap();
+    let seen = policy.seen.lock().unwrap().iter().find(|(id, _)| *id == late.outcomes[0].transfer_id).unwrap().1.clone();
+    let total = seen.total(DailyLimit::window());
+    assert_eq!((total.count, total.sum_minor), (5, 1_100), "100, 400, 500, 50 and 50");
+    assert_audit_passes(&ours).await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
 async fn account_metadata_changed_before_a_batch_decides_it_and_bad_stored_metadata_fails_closed() {
     let db = TestDb::new().await;
     let ledger = db.ledger();

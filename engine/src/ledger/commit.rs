@@ -14,15 +14,19 @@
 //! complete a debit of the sender until this transaction ends; the
 //! sender's committed debits are summed after the lock is taken; and the
 //! earlier transfers of the same batch are added as they are decided, as
-//! balances already are. The price is plugin time inside the transaction,
+//! balances already are. The committed debits come from a log kept in
+//! memory where the locked account's version proves it exact (`debit_log`),
+//! else from the ledger. The price is plugin time inside the transaction,
 //! paid only by sets whose validators declared needs.
 
 use std::collections::{HashMap, hash_map::Entry};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tracing::{instrument, warn};
 
+use super::debit_log::{self, DebitCache, DebitLog};
 use super::{AccountView, Ledger, LedgerError};
 use crate::domain::{Amount, Currency, Metadata, OwnerId, Reason, Rejection, Status, Submission, TransferId};
 use crate::hooks::{self, AccountFacts, BatchDebits, Context, ContextNeeds, Decision, HookError, Hooks, VelocityWindow, WindowTotal};
@@ -298,12 +302,12 @@ impl Ledger {
         // 2b. The sender's velocity before this batch, for each transfer the
         //     validators will see: read after the locks, so every debit of
         //     these accounts that could commit before this batch has.
-        let in_commit = match hooks {
+        let (in_commit, logs) = match hooks {
             Some(hooks) if validating => {
-                let committed = committed_totals(&mut tx, items, &known, &accounts, &needs.windows).await?;
-                Some(InCommit { hooks, needs, committed })
+                let (committed, logs) = committed_totals(&mut tx, items, &known, &accounts, &needs.windows, &self.debits).await?;
+                (Some(InCommit { hooks, needs, committed }), logs)
             }
-            _ => None,
+            _ => (None, Logs::new()),
         };
 
         // 3. Decide each transfer in order. Validators are plugin calls (CPU,
@@ -346,6 +350,7 @@ impl Ledger {
             .await?;
         }
         tx.commit().await?;
+        remember_debits(&self.debits, logs, &rows, &accounts);
         Ok(BatchResult { outcomes, balances })
     }
 }
@@ -528,32 +533,74 @@ fn groups_sharing_no_account(items: &[CommitItem], new: &[usize]) -> Vec<Vec<usi
     groups
 }
 
+/// The ledger's velocity totals before this batch, per (item index, window).
+type Totals = HashMap<(usize, VelocityWindow), WindowTotal>;
+
+/// The debit logs a batch summed from, by account id, each with how far
+/// back to keep it once the batch's own debits are added.
+type Logs = HashMap<i64, (DebitLog, DateTime<Utc>)>;
+
 /// The ledger's velocity totals before this batch, for every new item that
-/// waits for validation and every window the validators declared: one
-/// index range scan each (`transfers_completed_debits`), in one statement.
+/// waits for validation and every window the validators declared, summed
+/// from each sender's debit log: the cached one if the locked account's
+/// version proves it exact, else one read from the ledger now (one index
+/// range scan per account on `transfers_completed_debits`). A sender with
+/// too many debits to log is summed by the ledger per item and window.
 async fn committed_totals(
     tx: &mut sqlx::PgConnection,
     items: &[CommitItem],
     known: &HashMap<uuid::Uuid, Known>,
     accounts: &HashMap<AccountKey, LockedAccount>,
     windows: &[VelocityWindow],
-) -> Result<HashMap<(usize, VelocityWindow), WindowTotal>, LedgerError> {
-    let mut keys = Vec::new();
-    let (mut account_ids, mut since) = (Vec::new(), Vec::new());
+    cache: &Mutex<DebitCache>,
+) -> Result<(Totals, Logs), LedgerError> {
+    let Some(widest) = windows.iter().copied().max_by_key(|w| w.seconds()) else { return Ok(Default::default()) };
+    // (item index, sender's account id, time reference), and per sender its
+    // version and the oldest window start any of its items reaches.
+    let mut wanted = Vec::new();
+    let mut reach: HashMap<i64, (i64, DateTime<Utc>)> = HashMap::new();
     for (index, item) in items.iter().enumerate() {
         let s = &item.submission;
         if !matches!(item.verdict, Verdict::Validate(_)) || known.contains_key(&s.id.0) {
             continue;
         }
         let Some(debit) = accounts.get(&(s.sender.get(), s.currency.code())) else { continue };
-        for window in windows {
-            keys.push((index, *window));
-            account_ids.push(debit.account_id);
-            since.push(window.since(s.submitted_at));
+        wanted.push((index, debit.account_id, s.submitted_at));
+        let since = widest.since(s.submitted_at);
+        reach.entry(debit.account_id).and_modify(|(_, oldest)| *oldest = (*oldest).min(since)).or_insert((debit.version, since));
+    }
+    let mut logs: Logs = {
+        let cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        reach
+            .iter()
+            .filter_map(|(&id, &(version, since))| cache.get(id, version, since).map(|log| (id, (log, since - debit_log::reach_back()))))
+            .collect()
+    };
+    let misses: Vec<(i64, DateTime<Utc>)> =
+        reach.iter().filter(|(id, _)| !logs.contains_key(id)).map(|(&id, &(_, since))| (id, since - debit_log::reach_back())).collect();
+    if !misses.is_empty() {
+        for (id, log) in read_debit_logs(tx, &misses).await? {
+            logs.insert(id, (log, reach[&id].1 - debit_log::reach_back()));
         }
     }
-    if keys.is_empty() {
-        return Ok(HashMap::new());
+
+    let mut committed = HashMap::with_capacity(wanted.len() * windows.len());
+    let mut unlogged = Vec::new();
+    let (mut account_ids, mut since) = (Vec::new(), Vec::new());
+    for (index, account_id, at) in wanted {
+        for window in windows {
+            match logs.get(&account_id) {
+                Some((log, _)) => drop(committed.insert((index, *window), log.total(window.since(at)))),
+                None => {
+                    unlogged.push((index, *window));
+                    account_ids.push(account_id);
+                    since.push(window.since(at));
+                }
+            }
+        }
+    }
+    if unlogged.is_empty() {
+        return Ok((committed, logs));
     }
     // LATERAL keeps it one index probe per row whatever the planner thinks
     // of the join; the sum is numeric in PostgreSQL and is clamped to i64.
@@ -569,13 +616,63 @@ async fn committed_totals(
     .bind(&since)
     .fetch_all(&mut *tx)
     .await?;
-    let mut committed = HashMap::with_capacity(totals.len());
     for (n, count, sum_minor) in totals {
-        let key = usize::try_from(n - 1).ok().and_then(|i| keys.get(i)).ok_or_else(|| LedgerError::Corrupt(format!("velocity row {n}")))?;
+        let key =
+            usize::try_from(n - 1).ok().and_then(|i| unlogged.get(i)).ok_or_else(|| LedgerError::Corrupt(format!("velocity row {n}")))?;
         let count = u64::try_from(count).map_err(|_| LedgerError::Corrupt(format!("velocity count {count}")))?;
         committed.insert(*key, WindowTotal { count, sum_minor });
     }
-    Ok(committed)
+    Ok((committed, logs))
+}
+
+/// Each account's completed debits after its start, as a log; accounts with
+/// more than a log holds get none. Read under the accounts' locks.
+async fn read_debit_logs(tx: &mut sqlx::PgConnection, reach: &[(i64, DateTime<Utc>)]) -> Result<HashMap<i64, DebitLog>, LedgerError> {
+    let (ids, since): (Vec<i64>, Vec<DateTime<Utc>>) = reach.iter().copied().unzip();
+    // One more than a log holds, to tell a full account from an overfull one.
+    let per_account_max = i64::try_from(debit_log::DEBITS_PER_ACCOUNT_MAX + 1).expect("a small bound");
+    let rows: Vec<(i64, DateTime<Utc>, Option<i64>)> = sqlx::query_as(
+        "SELECT u.account_id, d.created_at, d.amount_minor
+           FROM UNNEST($1::bigint[], $2::timestamptz[]) AS u(account_id, since)
+          CROSS JOIN LATERAL (
+                SELECT t.created_at, t.amount_minor
+                  FROM transfers t
+                 WHERE t.debit_account_id = u.account_id AND t.status = 'completed' AND t.created_at > u.since
+                 ORDER BY t.created_at DESC
+                 LIMIT $3) d",
+    )
+    .bind(&ids)
+    .bind(&since)
+    .bind(per_account_max)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut debits: HashMap<i64, Vec<(DateTime<Utc>, i64)>> = ids.iter().map(|&id| (id, Vec::new())).collect();
+    for (id, at, amount_minor) in rows {
+        let amount_minor = amount_minor.ok_or_else(|| LedgerError::Corrupt(format!("a completed debit of account {id} has no amount")))?;
+        debits.entry(id).or_default().push((at, amount_minor));
+    }
+    Ok(reach.iter().filter_map(|&(id, since)| DebitLog::new(since, debits.remove(&id).unwrap_or_default()).map(|log| (id, log))).collect())
+}
+
+/// After the batch has committed: each log it summed from, with the batch's
+/// own completed debits added, is exact for its account's new version.
+fn remember_debits(cache: &Mutex<DebitCache>, logs: Logs, rows: &NewRows, accounts: &HashMap<AccountKey, LockedAccount>) {
+    let mut completed: HashMap<i64, Vec<(DateTime<Utc>, i64)>> = HashMap::new();
+    for i in 0..rows.transfer_id.len() {
+        if let (true, Some(debit), Some(amount)) =
+            (rows.status[i] == Status::Completed.as_str(), rows.debit_account_id[i], rows.amount_minor[i])
+        {
+            completed.entry(debit).or_default().push((rows.created_at[i], amount));
+        }
+    }
+    let versions: HashMap<i64, i64> = accounts.values().map(|a| (a.account_id, a.version)).collect();
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    for (id, (log, keep_since)) in logs {
+        let more = completed.remove(&id).unwrap_or_default();
+        if let (Some(&version), Some(log)) = (versions.get(&id), log.advanced(more, keep_since)) {
+            cache.put(id, version, log);
+        }
+    }
 }
 
 /// One account's facts as a validator sees them; None if there is no such account.

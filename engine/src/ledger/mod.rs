@@ -1,6 +1,7 @@
 //! The ledger in PostgreSQL, the source of truth.
 //!
 //! - `commit`: `commit_batch`, one transaction per batch: lock, decide in Rust, write set-based.
+//! - `debit_log`: senders' completed debits kept in memory for velocity windows, checked against each account's version.
 //! - `accounts`: account creation, account metadata, and the synchronous deposit/withdrawal path.
 //! - `queries`: reads (balances, a transfer with its history, an account's transfers).
 //! - `audit`: the invariants a correct ledger always satisfies, checked by queries.
@@ -10,6 +11,7 @@
 mod accounts;
 pub mod audit;
 mod commit;
+mod debit_log;
 mod quarantine;
 mod queries;
 pub mod retention;
@@ -19,7 +21,11 @@ pub use commit::{BatchResult, CommitItem, Committed, Disposition, Verdict};
 pub use quarantine::{KeptRecord, Quarantined};
 pub use queries::{HistoryEntry, TransferPage, TransferView};
 
+use std::sync::{Arc, Mutex};
+
 use sqlx::PgPool;
+
+use debit_log::DebitCache;
 
 /// Everything the ledger can fail with that is not a business outcome.
 /// Rejections are *outcomes* (recorded, returned in `Committed`), not errors.
@@ -92,15 +98,18 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
-/// The ledger's handle: cheap to clone (a pool).
+/// The ledger's handle: cheap to clone (a pool, and a cache its clones share).
 #[derive(Clone)]
 pub struct Ledger {
     pool: PgPool,
+    /// Validated senders' committed debits, used only where a locked
+    /// account's version proves them exact (see `debit_log`).
+    debits: Arc<Mutex<DebitCache>>,
 }
 
 impl Ledger {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, debits: Arc::default() }
     }
 
     pub fn pool(&self) -> &PgPool {
