@@ -76,6 +76,10 @@ pub struct Metrics {
     pub transfers: Family<OutcomeLabels, Counter>,
     pub batch_size: Histogram,
     pub commit_duration: Histogram,
+    /// Validations that need context whose answer, asked ahead of the
+    /// commit, the commit used; and those it asked the validators itself.
+    pub validations_foreseen: Counter,
+    pub validations_in_commit: Counter,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     /// 1 while the processor runs and progresses; 0 when it is dead, stalled or stopped.
     pub processor_healthy: Gauge,
@@ -102,6 +106,18 @@ impl Default for Metrics {
         registry.register("transfers", "Transfers processed, by outcome", transfers.clone());
         registry.register("batch_size", "Records per processor batch", batch_size.clone());
         registry.register("commit_duration_seconds", "PostgreSQL batch commit latency", commit_duration.clone());
+        let validations_foreseen = Counter::default();
+        let validations_in_commit = Counter::default();
+        registry.register(
+            "validations_foreseen",
+            "Validations with context whose answer, asked ahead of the commit, the commit used",
+            validations_foreseen.clone(),
+        );
+        registry.register(
+            "validations_in_commit",
+            "Validations with context asked inside the commit (not foreseen, or foreseen on another context)",
+            validations_in_commit.clone(),
+        );
         registry.register("consumer_lag", "Records behind the partition's end after the last batch", consumer_lag.clone());
         let processor_healthy = Gauge::default();
         let processor_stalled_seconds = Gauge::default();
@@ -127,6 +143,8 @@ impl Default for Metrics {
             transfers,
             batch_size,
             commit_duration,
+            validations_foreseen,
+            validations_in_commit,
             consumer_lag,
             processor_healthy,
             processor_stalled_seconds,

@@ -762,3 +762,168 @@ async fn a_panic_while_validating_in_the_commit_fails_only_that_transfer() {
     assert_audit_passes(&ledger).await;
     db.drop_database().await;
 }
+
+// ---------------------------------------------------------------------------
+// Validators asked ahead of the commit (`Ledger::foresee`), their answers
+// used by the commit only on exactly the context it finds under the locks.
+
+use transfer_engine::hooks::HookSet;
+
+fn limit_set(limit_minor: i64) -> (Arc<DailyLimit>, HookSet) {
+    let policy = Arc::new(DailyLimit { accounts: true, ..DailyLimit::new(limit_minor) });
+    (policy.clone(), policy)
+}
+
+#[tokio::test]
+async fn answers_asked_ahead_are_used_where_the_commit_finds_the_context_they_were_given() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    seed(&ledger, 1..=4, eur(), 1_000_000).await;
+    let (policy, hooks) = limit_set(1_000);
+    // Nothing is known of these accounts yet: no answer is guessed, all are asked in the commit.
+    let first = vec![to_validate(1, 2, 100, 0), to_validate(3, 4, 100, 0)];
+    let foresight = ledger.foresee(&first, hooks.clone());
+    assert_eq!(foresight.answered(), 0);
+    let result = ledger.commit_batch_foreseen(&first, &foresight).await.unwrap();
+    assert_eq!((result.validated_ahead, result.validated_in_commit), (0, 2));
+
+    // Two batches foreseen before either commits, as the processor's
+    // stages do: the second is predicted on top of the first.
+    let second = vec![to_validate(1, 2, 400, 1), to_validate(3, 4, 300, 1)];
+    let third = vec![to_validate(1, 2, 400, 2), to_validate(1, 2, 200, 3), to_validate(2, 1, 50, 4)];
+    let (ahead_second, ahead_third) = (ledger.foresee(&second, hooks.clone()), ledger.foresee(&third, hooks.clone()));
+    assert_eq!((ahead_second.answered(), ahead_third.answered()), (2, 2), "owner 2 has never been validated as a sender");
+    let second = ledger.commit_batch_foreseen(&second, &ahead_second).await.unwrap();
+    assert_eq!(codes(&second), [None, None]);
+    assert_eq!((second.validated_ahead, second.validated_in_commit), (2, 0));
+    let third = ledger.commit_batch_foreseen(&third, &ahead_third).await.unwrap();
+    assert_eq!(codes(&third), [None, Some(LIMIT_CODE.into()), None], "100 + 400 + 400, then 200 more is over 1,000");
+    assert_eq!((third.validated_ahead, third.validated_in_commit), (2, 1));
+    assert_eq!(policy.seen.lock().unwrap().len(), 7, "each transfer asked once, ahead or in the commit");
+    common::assert_daily_limit_decided_exactly(&db.pool, 1, 1_000, LIMIT_CODE).await;
+    assert_audit_passes(&ledger).await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn an_answer_asked_ahead_on_a_context_the_commit_does_not_find_is_asked_again() {
+    let db = TestDb::new().await;
+    let (ours, theirs) = (db.ledger(), db.ledger());
+    seed(&ours, [1, 2], eur(), 10_000).await;
+    let (_, hooks) = limit_set(1_000);
+    let warm = vec![to_validate(1, 2, 100, 0)];
+    ours.commit_batch_foreseen(&warm, &ours.foresee(&warm, hooks.clone())).await.unwrap();
+
+    // Allowed on what this processor knows (100 spent)...
+    let next = vec![to_validate(1, 2, 800, 2)];
+    let foresight = ours.foresee(&next, hooks.clone());
+    assert_eq!(foresight.answered(), 1);
+    // ...but another processor debits owner 1 before the commit: 100 + 500 + 800 is over 1,000.
+    theirs.commit_batch_validating(&[to_validate(1, 2, 500, 1)], Some(&*hooks)).await.unwrap();
+    let result = ours.commit_batch_foreseen(&next, &foresight).await.unwrap();
+    assert_eq!(codes(&result), [Some(LIMIT_CODE.into())]);
+    assert_eq!((result.validated_ahead, result.validated_in_commit), (0, 1));
+
+    // A metadata change between the two likewise: the verified tier's limit decides.
+    let verified = Arc::new(DailyLimit { accounts: true, verified_limit_minor: 100_000, ..DailyLimit::new(1_000) });
+    let hooks: HookSet = verified;
+    let later = vec![to_validate(1, 2, 2_000, 3)];
+    let foresight = ours.foresee(&later, hooks.clone());
+    sqlx::query(r#"UPDATE accounts SET metadata = '{"kyc_tier": "verified"}' WHERE owner_id = 1"#).execute(&db.pool).await.unwrap();
+    let result = ours.commit_batch_foreseen(&later, &foresight).await.unwrap();
+    assert_eq!(codes(&result), [None]);
+    assert_eq!((result.validated_ahead, result.validated_in_commit), (0, 1));
+    assert_audit_passes(&ours).await;
+    db.drop_database().await;
+}
+
+/// Fails a transfer the first time it is asked about it (as a plugin's
+/// wall-clock backstop may, on a busy machine), then allows it.
+#[derive(Default)]
+struct FailsOnce {
+    asked: Mutex<std::collections::HashSet<TransferId>>,
+}
+
+impl Hooks for FailsOnce {
+    fn describe(&self, d: &str, _: &Submission, _: &mut Vec<Decision>) -> Result<String, HookError> {
+        Ok(d.to_owned())
+    }
+    fn convert(&self, _: Money, _: Currency, _: &Submission, _: Option<&str>, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
+        unreachable!("no conversions here")
+    }
+    fn validate(&self, s: &Submission, _: Amount, _: Option<&str>, _: &Context, _: &mut Vec<Decision>) -> Result<(), HookError> {
+        if self.asked.lock().unwrap().insert(s.id) {
+            return Err(HookError::Fail(Reason { code: "plugin_failed".into(), message: "wall-clock backstop".into() }));
+        }
+        Ok(())
+    }
+    fn needs(&self) -> ContextNeeds {
+        ContextNeeds::declared(true, &[]).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_failure_asked_ahead_is_never_reused_the_commit_asks_again() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    seed(&ledger, [1, 2], eur(), 1_000).await;
+    let hooks: HookSet = Arc::new(FailsOnce::default());
+    let warm = vec![to_validate(1, 2, 1, 0)];
+    ledger.commit_batch_foreseen(&warm, &ledger.foresee(&warm, hooks.clone())).await.unwrap();
+    let batch = vec![to_validate(1, 2, 10, 1)];
+    let foresight = ledger.foresee(&batch, hooks.clone());
+    assert_eq!(foresight.answered(), 0, "the failure was not kept");
+    let result = ledger.commit_batch_foreseen(&batch, &foresight).await.unwrap();
+    assert_eq!((result.outcomes[0].status, result.validated_in_commit), (Status::Completed, 1));
+    db.drop_database().await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random batches foreseen two ahead of their commits, as the processor
+    /// runs them, while another processor commits debits of the same
+    /// senders in between: every prediction that went otherwise is caught.
+    #[test]
+    fn random_batches_foreseen_ahead_still_decide_a_daily_limit_exactly(
+        batches in prop::collection::vec((arbitrary_limited_batch(), any::<bool>()), 1..6),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let db = TestDb::new().await;
+            let (ours, theirs) = (db.ledger(), db.ledger());
+            seed(&ours, 1..=4, eur(), 1_000_000).await;
+            let (_, hooks) = limit_set(1_000);
+            let batches: Vec<(Vec<CommitItem>, bool)> = batches
+                .into_iter()
+                .map(|(spec, interleave)| {
+                    let items = spec.iter().map(|&(from, to, minor, hours)| to_validate(from, to, minor, hours * 3_600)).collect();
+                    (items, interleave)
+                })
+                .collect();
+            // Each batch is foreseen while the one before it waits to commit.
+            let mut ahead = std::collections::VecDeque::new();
+            let mut to_commit = batches.iter().enumerate();
+            for (items, _) in &batches {
+                ahead.push_back(ours.foresee(items, hooks.clone()));
+                if ahead.len() < 2 {
+                    continue;
+                }
+                let (n, (items, interleave)) = to_commit.next().unwrap();
+                if *interleave {
+                    let by_them = to_validate(1 + n as i64 % 4, 1 + (n as i64 + 1) % 4, 150, 0);
+                    theirs.commit_batch_validating(&[by_them], Some(&*hooks)).await.unwrap();
+                }
+                ours.commit_batch_foreseen(items, &ahead.pop_front().unwrap()).await.unwrap();
+            }
+            for ((_, (items, _)), foresight) in to_commit.zip(ahead) {
+                ours.commit_batch_foreseen(items, &foresight).await.unwrap();
+            }
+            for sender in 1..=4 {
+                common::assert_daily_limit_decided_exactly(&db.pool, sender, 1_000, LIMIT_CODE).await;
+            }
+            assert_audit_passes(&ours).await;
+            db.drop_database().await;
+        });
+    }
+}

@@ -16,17 +16,20 @@
 //! earlier transfers of the same batch are added as they are decided, as
 //! balances already are. The committed debits come from a log kept in
 //! memory where the locked account's version proves it exact (`debit_log`),
-//! else from the ledger. The price is plugin time inside the transaction,
-//! paid only by sets whose validators declared needs.
+//! else from the ledger. The validators are asked inside the transaction
+//! only where the processor could not foresee their answer (`foresight`):
+//! an answer asked ahead is used only on exactly the context built here.
 
 use std::collections::{HashMap, hash_map::Entry};
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tracing::{instrument, warn};
 
-use super::debit_log::{self, DebitCache, DebitLog};
+use super::debit_log::{self, DebitLog};
+use super::foresight::{Asking, Foreseen, Foresight, Memory};
 use super::{AccountView, Ledger, LedgerError};
 use crate::domain::{Amount, Currency, Metadata, OwnerId, Reason, Rejection, Status, Submission, TransferId};
 use crate::hooks::{self, AccountFacts, BatchDebits, Context, ContextNeeds, Decision, HookError, Hooks, VelocityWindow, WindowTotal};
@@ -113,15 +116,20 @@ pub struct BatchResult {
     pub outcomes: Vec<Committed>,
     /// One per account whose balance changed, as it is after the batch.
     pub balances: Vec<AccountView>,
+    /// Transfers whose validators' answer, asked ahead (`foresight`), the
+    /// commit used; and transfers whose validators it asked itself.
+    pub validated_ahead: usize,
+    pub validated_in_commit: usize,
 }
 
 /// An account as locked for this batch, with its running balance.
-struct LockedAccount {
-    account_id: i64,
+#[derive(Clone, Debug)]
+pub(super) struct LockedAccount {
+    pub(super) account_id: i64,
     balance_minor: i64,
     floor_minor: i64,
     version: i64,
-    changed: bool,
+    pub(super) changed: bool,
     opened_at: DateTime<Utc>,
     /// Read only when a validator needs account facts. A stored value that
     /// is not valid metadata (written around the API) fails the transfers
@@ -135,19 +143,26 @@ type LockedRow = (i64, i64, String, i64, i64, i64, DateTime<Utc>, Option<String>
 /// Code of the failure of a transfer whose context could not be built.
 pub const CONTEXT_UNAVAILABLE_CODE: &str = "context_unavailable";
 
-/// The validators that run in this commit, with what they need.
-struct InCommit<'a> {
+/// The validators that run in this commit (or ahead of it), with what they need.
+pub(super) struct InCommit<'a> {
     hooks: &'a dyn Hooks,
     needs: ContextNeeds,
     /// The ledger's totals before the batch, per (item index, window).
     committed: HashMap<(usize, VelocityWindow), WindowTotal>,
+    asking: Asking<'a>,
+}
+
+impl<'a> InCommit<'a> {
+    pub(super) fn new(hooks: &'a dyn Hooks, needs: ContextNeeds, committed: Totals, asking: Asking<'a>) -> Self {
+        Self { hooks, needs, committed, asking }
+    }
 }
 
 /// Debits this batch has completed so far, per debit account id.
 type Debits = HashMap<i64, BatchDebits>;
 
 /// What deciding one new transfer came to.
-struct Decided {
+pub(super) struct Decided {
     status: Status,
     reason: Option<Reason>,
     amount_minor: Option<i64>,
@@ -155,7 +170,9 @@ struct Decided {
     credit: Option<i64>,
     validated: Vec<Decision>,
     /// (debit account, credit account, amount) when it completed.
-    moved: Option<(i64, i64, i64)>,
+    pub(super) moved: Option<(i64, i64, i64)>,
+    /// Ahead of the commit: the validators' answer and what they were given.
+    pub(super) foreseen: Option<Foreseen>,
 }
 
 /// Threads the validators of one batch are spread over, at most, and the
@@ -207,9 +224,9 @@ struct Known {
     committed_at: DateTime<Utc>,
 }
 
-type AccountKey = (i64, &'static str);
+pub(super) type AccountKey = (i64, &'static str);
 
-type Accounts = HashMap<AccountKey, LockedAccount>;
+pub(super) type Accounts = HashMap<AccountKey, LockedAccount>;
 
 /// (transfer_id, fingerprint, status, status_version, reason_code, reason_message, committed_at)
 type ExistingRow = (uuid::Uuid, Vec<u8>, String, i32, Option<String>, Option<String>, Option<DateTime<Utc>>);
@@ -226,9 +243,24 @@ impl Ledger {
     /// `commit_batch`, running `hooks`' validators for the items that wait
     /// for them (`Verdict::Validate`). Without hooks such an item fails.
     pub async fn commit_batch_validating(&self, items: &[CommitItem], hooks: Option<&dyn Hooks>) -> Result<BatchResult, LedgerError> {
+        self.commit_batch_asking(items, hooks, None).await
+    }
+
+    /// `commit_batch_validating` on the foresight's hooks, using each answer
+    /// it foresaw where the context under the locks is the one it was given.
+    pub async fn commit_batch_foreseen(&self, items: &[CommitItem], foresight: &Foresight) -> Result<BatchResult, LedgerError> {
+        self.commit_batch_asking(items, Some(&**foresight.hooks()), Some(foresight)).await
+    }
+
+    async fn commit_batch_asking(
+        &self,
+        items: &[CommitItem],
+        hooks: Option<&dyn Hooks>,
+        foresight: Option<&Foresight>,
+    ) -> Result<BatchResult, LedgerError> {
         let mut attempt = 1;
         loop {
-            match self.try_commit_batch(items, hooks).await {
+            match self.try_commit_batch(items, hooks, foresight).await {
                 Err(e) if e.is_retryable_conflict() && attempt < COMMIT_ATTEMPTS_MAX => {
                     warn!(attempt, error = %e, "Batch lost a race; retrying it.");
                     tokio::time::sleep(Duration::from_millis(COMMIT_RETRY_BACKOFF_MS * u64::from(attempt))).await;
@@ -239,7 +271,12 @@ impl Ledger {
         }
     }
 
-    async fn try_commit_batch(&self, items: &[CommitItem], hooks: Option<&dyn Hooks>) -> Result<BatchResult, LedgerError> {
+    async fn try_commit_batch(
+        &self,
+        items: &[CommitItem],
+        hooks: Option<&dyn Hooks>,
+        foresight: Option<&Foresight>,
+    ) -> Result<BatchResult, LedgerError> {
         if items.is_empty() {
             return Ok(BatchResult::default());
         }
@@ -304,8 +341,8 @@ impl Ledger {
         //     these accounts that could commit before this batch has.
         let (in_commit, logs) = match hooks {
             Some(hooks) if validating => {
-                let (committed, logs) = committed_totals(&mut tx, items, &known, &accounts, &needs.windows, &self.debits).await?;
-                (Some(InCommit { hooks, needs, committed }), logs)
+                let (committed, logs) = committed_totals(&mut tx, items, &known, &accounts, &needs.windows, &self.memory).await?;
+                (Some(InCommit::new(hooks, needs, committed, Asking::InCommit(foresight))), logs)
             }
             _ => (None, Logs::new()),
         };
@@ -350,8 +387,10 @@ impl Ledger {
             .await?;
         }
         tx.commit().await?;
-        remember_debits(&self.debits, logs, &rows, &accounts);
-        Ok(BatchResult { outcomes, balances })
+        let (validated_ahead, validated_in_commit) =
+            foresight.map_or((0, 0), |f| (f.used.swap(0, Ordering::Relaxed), f.asked.swap(0, Ordering::Relaxed)));
+        remember(&self.memory, logs, &rows, accounts, foresight.and_then(Foresight::batch));
+        Ok(BatchResult { outcomes, balances, validated_ahead, validated_in_commit })
     }
 }
 
@@ -395,7 +434,7 @@ fn decide_all(
                 });
             }
             Entry::Vacant(slot) => {
-                let Decided { status, reason, amount_minor, debit, credit, validated, moved } =
+                let Decided { status, reason, amount_minor, debit, credit, validated, moved, .. } =
                     decided[index].take().expect("every new item was decided");
                 if let Some((debit_id, credit_id, minor)) = moved {
                     rows.entry_transfer_id.extend([s.id.0, s.id.0]);
@@ -446,7 +485,7 @@ fn decide_all(
 /// are split into groups that share no account, each group decided in batch
 /// order on its own thread with its own accounts: the same answers as one
 /// pass in batch order, in a fraction of the time the locks are held.
-fn decide_new(
+pub(super) fn decide_new(
     items: &[CommitItem],
     new: &[usize],
     accounts: &mut HashMap<AccountKey, LockedAccount>,
@@ -552,7 +591,7 @@ async fn committed_totals(
     known: &HashMap<uuid::Uuid, Known>,
     accounts: &HashMap<AccountKey, LockedAccount>,
     windows: &[VelocityWindow],
-    cache: &Mutex<DebitCache>,
+    memory: &Mutex<Memory>,
 ) -> Result<(Totals, Logs), LedgerError> {
     let Some(widest) = windows.iter().copied().max_by_key(|w| w.seconds()) else { return Ok(Default::default()) };
     // (item index, sender's account id, time reference), and per sender its
@@ -570,10 +609,12 @@ async fn committed_totals(
         reach.entry(debit.account_id).and_modify(|(_, oldest)| *oldest = (*oldest).min(since)).or_insert((debit.version, since));
     }
     let mut logs: Logs = {
-        let cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let memory = memory.lock().unwrap_or_else(PoisonError::into_inner);
         reach
             .iter()
-            .filter_map(|(&id, &(version, since))| cache.get(id, version, since).map(|log| (id, (log, since - debit_log::reach_back()))))
+            .filter_map(|(&id, &(version, since))| {
+                memory.debits.get(id, version, since).map(|log| (id, (log, since - debit_log::reach_back())))
+            })
             .collect()
     };
     let misses: Vec<(i64, DateTime<Utc>)> =
@@ -655,8 +696,9 @@ async fn read_debit_logs(tx: &mut sqlx::PgConnection, reach: &[(i64, DateTime<Ut
 }
 
 /// After the batch has committed: each log it summed from, with the batch's
-/// own completed debits added, is exact for its account's new version.
-fn remember_debits(cache: &Mutex<DebitCache>, logs: Logs, rows: &NewRows, accounts: &HashMap<AccountKey, LockedAccount>) {
+/// own completed debits added, is exact for its account's new version; and
+/// a foreseen batch's accounts are what the next predictions start from.
+fn remember(memory: &Mutex<Memory>, logs: Logs, rows: &NewRows, accounts: Accounts, foreseen: Option<u64>) {
     let mut completed: HashMap<i64, Vec<(DateTime<Utc>, i64)>> = HashMap::new();
     for i in 0..rows.transfer_id.len() {
         if let (true, Some(debit), Some(amount)) =
@@ -666,12 +708,15 @@ fn remember_debits(cache: &Mutex<DebitCache>, logs: Logs, rows: &NewRows, accoun
         }
     }
     let versions: HashMap<i64, i64> = accounts.values().map(|a| (a.account_id, a.version)).collect();
-    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut memory = memory.lock().unwrap_or_else(PoisonError::into_inner);
     for (id, (log, keep_since)) in logs {
         let more = completed.remove(&id).unwrap_or_default();
         if let (Some(&version), Some(log)) = (versions.get(&id), log.advanced(more, keep_since)) {
-            cache.put(id, version, log);
+            memory.debits.put(id, version, log);
         }
+    }
+    if let Some(batch) = foreseen {
+        memory.outlook.settle(batch, accounts);
     }
 }
 
@@ -722,18 +767,36 @@ impl InCommit<'_> {
         Ok(context)
     }
 
-    /// Runs the validators; a panic in host code fails only this transfer.
+    /// The validators' answer for item `index`: foreseen, if it was on
+    /// exactly this context, else asked now; a panic in host code fails
+    /// only this transfer. Ahead of the commit, the answer is also recorded.
     fn validate(
         &self,
+        index: usize,
         s: &Submission,
         amount: Amount,
         description: Option<&str>,
         context: &Context,
-    ) -> (Result<(), HookError>, Vec<Decision>) {
+    ) -> (Result<(), HookError>, Vec<Decision>, Option<Foreseen>) {
+        match &self.asking {
+            Asking::InCommit(Some(foresight)) => {
+                if let Some((answer, decisions)) = foresight.recall(s, amount, description, context) {
+                    foresight.used.fetch_add(1, Ordering::Relaxed);
+                    return (answer, decisions, None);
+                }
+                foresight.asked.fetch_add(1, Ordering::Relaxed);
+            }
+            Asking::Ahead { blind } if blind.contains(&index) => return (Ok(()), Vec::new(), None),
+            Asking::InCommit(None) | Asking::Ahead { .. } => {}
+        }
         let mut decisions = Vec::new();
         let answer = hooks::unless_panicked(s.id, || self.hooks.validate(s, amount, description, context, &mut decisions))
             .unwrap_or_else(|reason| Err(HookError::Fail(reason)));
-        (answer, decisions)
+        let foreseen = match self.asking {
+            Asking::Ahead { .. } => Foreseen::answered(s, amount, description, context, &answer, &decisions),
+            Asking::InCommit(_) => None,
+        };
+        (answer, decisions, foreseen)
     }
 }
 
@@ -746,6 +809,20 @@ fn decide(
     accounts: &mut HashMap<AccountKey, LockedAccount>,
     in_commit: Option<&InCommit<'_>>,
     debits: &mut Debits,
+) -> Decided {
+    let mut foreseen = None;
+    let decided = decide_recording(index, item, accounts, in_commit, debits, &mut foreseen);
+    Decided { foreseen, ..decided }
+}
+
+/// `decide`, with what the validators were asked ahead of the commit left in `foreseen`.
+fn decide_recording(
+    index: usize,
+    item: &CommitItem,
+    accounts: &mut HashMap<AccountKey, LockedAccount>,
+    in_commit: Option<&InCommit<'_>>,
+    debits: &mut Debits,
+    foreseen: &mut Option<Foreseen>,
 ) -> Decided {
     let s = &item.submission;
     let debit_key = (s.sender.get(), s.currency.code());
@@ -760,6 +837,7 @@ fn decide(
         credit: credit_id,
         validated,
         moved: None,
+        foreseen: None,
     };
     let (amount, validated, in_commit) = match (&item.verdict, in_commit) {
         (Verdict::Apply(amount), in_commit) => (*amount, Vec::new(), in_commit),
@@ -775,10 +853,12 @@ fn decide(
                 Ok(context) => context,
                 Err(reason) => return ended(Status::Failed, &reason, Vec::new()),
             };
-            match in_commit.validate(s, *amount, item.description.as_deref(), &context) {
-                (Ok(()), validated) => (*amount, validated, Some(in_commit)),
-                (Err(HookError::Reject(reason)), validated) => return ended(Status::Rejected, &reason, validated),
-                (Err(HookError::Fail(reason)), validated) => return ended(Status::Failed, &reason, validated),
+            let (answer, validated, answered) = in_commit.validate(index, s, *amount, item.description.as_deref(), &context);
+            *foreseen = answered;
+            match answer {
+                Ok(()) => (*amount, validated, Some(in_commit)),
+                Err(HookError::Reject(reason)) => return ended(Status::Rejected, &reason, validated),
+                Err(HookError::Fail(reason)) => return ended(Status::Failed, &reason, validated),
             }
         }
     };
@@ -790,6 +870,7 @@ fn decide(
         credit: credit_id,
         validated,
         moved: None,
+        foreseen: None,
     };
     if s.sender == s.receiver {
         return reject(Rejection::AccountsMustBeDifferent, validated);
@@ -823,6 +904,7 @@ fn decide(
         credit: Some(credit_id),
         validated,
         moved: Some((debit_id, credit_id, amount.minor())),
+        foreseen: None,
     }
 }
 

@@ -94,6 +94,12 @@ impl DebitCache {
         self.entries.get(&account_id).filter(|(v, log)| *v == version && log.covers(since)).map(|(_, log)| log.clone())
     }
 
+    /// The account's log at whatever version it was last put, if it covers
+    /// `since`: a prediction (`foresight`), never a fact the commit applies.
+    pub fn latest(&self, account_id: i64, since: DateTime<Utc>) -> Option<&DebitLog> {
+        self.entries.get(&account_id).map(|(_, log)| log).filter(|log| log.covers(since))
+    }
+
     /// Records `log` as the account's debits at `version`.
     pub fn put(&mut self, account_id: i64, version: i64, log: DebitLog) {
         self.debits += log.len();

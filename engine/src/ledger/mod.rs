@@ -2,6 +2,7 @@
 //!
 //! - `commit`: `commit_batch`, one transaction per batch: lock, decide in Rust, write set-based.
 //! - `debit_log`: senders' completed debits kept in memory for velocity windows, checked against each account's version.
+//! - `foresight`: validators asked ahead of the commit on a predicted context, their answers used where it proves exact.
 //! - `accounts`: account creation, account metadata, and the synchronous deposit/withdrawal path.
 //! - `queries`: reads (balances, a transfer with its history, an account's transfers).
 //! - `audit`: the invariants a correct ledger always satisfies, checked by queries.
@@ -12,12 +13,14 @@ mod accounts;
 pub mod audit;
 mod commit;
 mod debit_log;
+mod foresight;
 mod quarantine;
 mod queries;
 pub mod retention;
 
 pub use accounts::{AccountView, AccountWithMetadata, CreateAccountError, MoveError};
 pub use commit::{BatchResult, CommitItem, Committed, Disposition, Verdict};
+pub use foresight::Foresight;
 pub use quarantine::{KeptRecord, Quarantined};
 pub use queries::{HistoryEntry, TransferPage, TransferView};
 
@@ -25,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
 
-use debit_log::DebitCache;
+use foresight::Memory;
 
 /// Everything the ledger can fail with that is not a business outcome.
 /// Rejections are *outcomes* (recorded, returned in `Committed`), not errors.
@@ -103,13 +106,14 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
 pub struct Ledger {
     pool: PgPool,
     /// Validated senders' committed debits, used only where a locked
-    /// account's version proves them exact (see `debit_log`).
-    debits: Arc<Mutex<DebitCache>>,
+    /// account's version proves them exact (see `debit_log`), and what the
+    /// processor predicts of the accounts it validates (see `foresight`).
+    memory: Arc<Mutex<Memory>>,
 }
 
 impl Ledger {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, debits: Arc::default() }
+        Self { pool, memory: Arc::default() }
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -19,8 +19,7 @@ use tracing::{error, warn};
 
 use super::{Processor, backoff, log_commit_failure, wait_or_stop};
 use crate::domain::Reason;
-use crate::hooks::HookSet;
-use crate::ledger::{BatchResult, CommitItem, LedgerError, Verdict};
+use crate::ledger::{BatchResult, CommitItem, Foresight, LedgerError, Verdict};
 
 /// The code of a transfer that PostgreSQL refused to store as submitted.
 pub const UNSTORABLE_CODE: &str = "transfer_unstorable";
@@ -42,12 +41,13 @@ impl Processor {
     pub(super) async fn commit_isolating(
         &self,
         items: Vec<CommitItem>,
-        hooks: &HookSet,
+        foresight: &Foresight,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Isolated> {
         let mut items: Vec<Option<CommitItem>> = items.into_iter().map(Some).collect();
         let mut outcomes = vec![None; items.len()];
         let mut balances = Vec::new();
+        let (mut validated_ahead, mut validated_in_commit) = (0, 0);
         let mut poison = Vec::new();
         // Ranges still to commit, in input order: a refused range is replaced
         // by its two halves, so commits keep the order records arrived in.
@@ -55,12 +55,14 @@ impl Processor {
         pending.push_back(0..items.len());
         while let Some(range) = pending.pop_front() {
             let slice: Vec<CommitItem> = items[range.clone()].iter().flatten().cloned().collect();
-            match self.commit_until_permanent(&slice, hooks, shutdown).await? {
+            match self.commit_until_permanent(&slice, foresight, shutdown).await? {
                 Ok(result) => {
                     for (slot, outcome) in outcomes[range].iter_mut().zip(result.outcomes) {
                         *slot = Some(outcome);
                     }
                     balances.extend(result.balances);
+                    validated_ahead += result.validated_ahead;
+                    validated_in_commit += result.validated_in_commit;
                 }
                 Err(_) if range.len() > 1 => {
                     let middle = range.start + range.len() / 2;
@@ -72,7 +74,7 @@ impl Processor {
                     let item = items[index].take().expect("each item is committed once");
                     let failed = unstorable(&item, &e);
                     error!(transfer_id = %item.submission.id, error = ?e, "PostgreSQL refused to store a transfer; recording it as failed.");
-                    match self.commit_until_permanent(std::slice::from_ref(&failed), hooks, shutdown).await? {
+                    match self.commit_until_permanent(std::slice::from_ref(&failed), foresight, shutdown).await? {
                         Ok(result) => {
                             outcomes[index] = result.outcomes.into_iter().next();
                             balances.extend(result.balances);
@@ -94,7 +96,8 @@ impl Processor {
                 kept_outcomes.push(outcome);
             }
         }
-        Some(Isolated { items: kept, result: BatchResult { outcomes: kept_outcomes, balances }, poison })
+        let result = BatchResult { outcomes: kept_outcomes, balances, validated_ahead, validated_in_commit };
+        Some(Isolated { items: kept, result, poison })
     }
 
     /// Commits, retrying every error that is not the items' own fault.
@@ -102,13 +105,13 @@ impl Processor {
     async fn commit_until_permanent(
         &self,
         items: &[CommitItem],
-        hooks: &HookSet,
+        foresight: &Foresight,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Result<BatchResult, LedgerError>> {
         let mut failures = 0;
         loop {
             let started = Instant::now();
-            match self.ledger.commit_batch_validating(items, Some(&**hooks)).await {
+            match self.ledger.commit_batch_foreseen(items, foresight).await {
                 Ok(result) => {
                     self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
                     return Some(Ok(result));

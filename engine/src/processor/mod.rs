@@ -28,7 +28,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use consumer::EngineConsumer;
 pub use consumer::build_consumer;
@@ -43,7 +43,7 @@ use crate::domain::Submission;
 use crate::domain::TransferId;
 use crate::hooks::{self, HookSet};
 use crate::kafka::{self, TransferRecord};
-use crate::ledger::{BatchResult, CommitItem, Disposition, Ledger, LedgerError};
+use crate::ledger::{BatchResult, CommitItem, Disposition, Foresight, Ledger, LedgerError};
 use crate::metrics::{Metrics, PartitionLabels};
 use crate::views::TransferStatusView;
 
@@ -80,8 +80,9 @@ pub struct Processor {
 /// A batch decoded and run through the hooks, ready to commit.
 struct PreparedBatch {
     batch: Vec<OwnedMessage>,
-    /// The set the batch ran on; its validators that need context run in the commit.
-    hooks: HookSet,
+    /// The set the batch ran on, with its validators that need context
+    /// asked ahead; the commit uses their answers where they prove exact.
+    foresight: Foresight,
     items: Vec<CommitItem>,
     /// For each item, the index in `batch` of the record it came from.
     sources: Vec<usize>,
@@ -216,15 +217,16 @@ impl Processor {
         // The set as it is now; the guard must not live across the await.
         let hooks = self.hooks.borrow().clone();
         let items = run_hooks(hooks.clone(), submissions).await;
-        PreparedBatch { batch, hooks, items, sources, dead }
+        let (items, foresight) = self.foresee(items, hooks).await;
+        PreparedBatch { batch, foresight, items, sources, dead }
     }
 
     /// Commits a prepared batch (isolating items PostgreSQL refuses) and
     /// keeps its dead letters. None if shutdown interrupted it (the batch
     /// will be redelivered).
     async fn commit(&self, prepared: PreparedBatch, shutdown: &mut watch::Receiver<bool>) -> Option<CommittedBatch> {
-        let PreparedBatch { batch, hooks, items, sources, mut dead } = prepared;
-        let isolated = self.commit_isolating(items, &hooks, shutdown).await?;
+        let PreparedBatch { batch, foresight, items, sources, mut dead } = prepared;
+        let isolated = self.commit_isolating(items, &foresight, shutdown).await?;
         for (index, reason) in isolated.poison {
             dead.push(DeadLetter { reason, message: batch[sources[index]].clone() });
         }
@@ -234,6 +236,21 @@ impl Processor {
             }
         }
         Some(CommittedBatch { batch, items: isolated.items, result: isolated.result })
+    }
+
+    /// Asks the validators that need context ahead of the commit, while the
+    /// committer is busy with the batch before this one (`ledger::Foresight`).
+    async fn foresee(&self, items: Vec<CommitItem>, hooks: HookSet) -> (Vec<CommitItem>, Foresight) {
+        if !items.iter().any(|i| matches!(i.verdict, crate::ledger::Verdict::Validate(_))) {
+            return (items, Foresight::none(hooks));
+        }
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || {
+            let foresight = foresee_unless_panicked(&ledger, &items, hooks);
+            (items, foresight)
+        })
+        .await
+        .expect("foresee_unless_panicked contains panics")
     }
 
     /// Updates Redis, counts outcomes, then stores the batch's offsets.
@@ -320,6 +337,8 @@ impl Processor {
         for (outcome, n) in counts {
             self.metrics.count_outcome(outcome, n);
         }
+        self.metrics.validations_foreseen.inc_by(result.validated_ahead as u64);
+        self.metrics.validations_in_commit.inc_by(result.validated_in_commit as u64);
         debug!(transfers = result.outcomes.len(), "Batch committed.");
     }
 }
@@ -348,6 +367,15 @@ async fn run_hooks(hooks: crate::hooks::HookSet, submissions: Vec<Submission>) -
         items.extend(part.await.expect("commit_item contains panics"));
     }
     items
+}
+
+/// `Ledger::foresee`, or nothing foreseen if host code panics in it: foresight
+/// only saves work in the commit, which asks the validators itself.
+fn foresee_unless_panicked(ledger: &Ledger, items: &[CommitItem], hooks: HookSet) -> Foresight {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ledger.foresee(items, hooks.clone()))).unwrap_or_else(|_| {
+        error!("Host code panicked while foreseeing a batch's validations; the commit asks the validators itself.");
+        Foresight::none(hooks)
+    })
 }
 
 /// Runs the hooks for one submission and turns the answer into a ledger item.
@@ -521,5 +549,36 @@ mod tests {
         let crate::ledger::Verdict::Fail(reason) = item.verdict else { panic!("expected a failure, got {:?}", item.verdict) };
         assert_eq!(reason.code, "hook_failed");
         assert_eq!(item.description, None, "an unreviewed description is never stored");
+    }
+
+    /// Declares context, then panics when asked what it needs (a bug in host code).
+    struct NeedsPanics;
+
+    impl Hooks for NeedsPanics {
+        fn describe(&self, d: &str, _: &Submission, _: &mut Vec<Decision>) -> Result<String, HookError> {
+            Ok(d.to_owned())
+        }
+        fn convert(&self, _: Money, _: Currency, _: &Submission, _: Option<&str>, _: &mut Vec<Decision>) -> Result<Amount, HookError> {
+            unreachable!("no conversion asked")
+        }
+        fn validate(&self, _: &Submission, _: Amount, _: Option<&str>, _: &Context, _: &mut Vec<Decision>) -> Result<(), HookError> {
+            Ok(())
+        }
+        fn needs(&self) -> hooks::ContextNeeds {
+            panic!("a bug in host code")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_foreseeing_leaves_every_validation_to_the_commit() {
+        // Foreseeing reads only the ledger's memory: a pool that never connects will do.
+        let ledger = Ledger::new(sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap());
+        let amount = Amount::from_minor(5).unwrap();
+        let items = vec![CommitItem {
+            verdict: crate::ledger::Verdict::Validate(amount),
+            ..CommitItem::apply_as_submitted(submission(None)).unwrap()
+        }];
+        let foresight = foresee_unless_panicked(&ledger, &items, std::sync::Arc::new(NeedsPanics));
+        assert_eq!(foresight.answered(), 0);
     }
 }
