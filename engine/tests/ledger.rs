@@ -631,6 +631,26 @@ async fn debits_the_processor_did_not_commit_itself_count_in_its_next_window() {
 }
 
 #[tokio::test]
+async fn a_log_carried_past_a_batch_that_debited_its_account_without_a_window_counts_that_debit() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    seed(&ledger, 1..=4, eur(), 10_000).await;
+    let policy = DailyLimit::new(i64::MAX);
+    ledger.commit_batch_validating(&[to_validate(1, 2, 300, 0)], Some(&policy)).await.unwrap();
+    // Owner 1 is locked and debited here, but by a transfer that waits for no
+    // validator: its log is carried to the new version with this debit.
+    let (other, plain) = (to_validate(3, 4, 10, 0), new_transfer(1, 2, 500));
+    ledger.commit_batch_validating(&[other, plain], Some(&policy)).await.unwrap();
+    ledger.commit_batch_validating(&[to_validate(2, 1, 5, 0)], Some(&policy)).await.unwrap();
+    let next = to_validate(1, 2, 100, 0);
+    let result = ledger.commit_batch_validating(std::slice::from_ref(&next), Some(&policy)).await.unwrap();
+    let seen = policy.seen.lock().unwrap().iter().find(|(id, _)| *id == result.outcomes[0].transfer_id).unwrap().1.clone();
+    let total = seen.total(DailyLimit::window());
+    assert_eq!((total.count, total.sum_minor), (2, 800), "300, then the 500 of the plain transfer; the credit of 5 is no debit");
+    db.drop_database().await;
+}
+
+#[tokio::test]
 async fn account_metadata_changed_before_a_batch_decides_it_and_bad_stored_metadata_fails_closed() {
     let db = TestDb::new().await;
     let ledger = db.ledger();

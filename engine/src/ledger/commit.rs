@@ -173,6 +173,18 @@ pub(super) struct Decided {
     pub(super) moved: Option<(i64, i64, i64)>,
     /// Ahead of the commit: the validators' answer and what they were given.
     pub(super) foreseen: Option<Foreseen>,
+    /// The decision record, when it was serialised ahead of the commit.
+    record: Option<String>,
+}
+
+/// What asking the validators about one transfer came to.
+struct Asked {
+    answer: Result<(), HookError>,
+    decisions: Vec<Decision>,
+    /// In the commit, a foreseen answer's decision record.
+    record: Option<String>,
+    /// Ahead of the commit, the answer as recorded for it.
+    foreseen: Option<Foreseen>,
 }
 
 /// Threads the validators of one batch are spread over, at most, and the
@@ -339,6 +351,10 @@ impl Ledger {
         // 2b. The sender's velocity before this batch, for each transfer the
         //     validators will see: read after the locks, so every debit of
         //     these accounts that could commit before this batch has.
+        // Each account's version as locked: a log held for exactly that
+        // version is carried to the version this batch leaves.
+        let locked: Vec<(i64, i64)> =
+            if needs.windows.is_empty() { Vec::new() } else { accounts.values().map(|a| (a.account_id, a.version)).collect() };
         let (in_commit, logs) = match hooks {
             Some(hooks) if validating => {
                 let (committed, logs) = committed_totals(&mut tx, items, &known, &accounts, &needs.windows, &self.memory).await?;
@@ -389,7 +405,7 @@ impl Ledger {
         tx.commit().await?;
         let (validated_ahead, validated_in_commit) =
             foresight.map_or((0, 0), |f| (f.used.swap(0, Ordering::Relaxed), f.asked.swap(0, Ordering::Relaxed)));
-        remember(&self.memory, logs, &rows, accounts, foresight.and_then(Foresight::batch));
+        remember(&self.memory, logs, &locked, &rows, accounts, foresight.and_then(Foresight::batch));
         Ok(BatchResult { outcomes, balances, validated_ahead, validated_in_commit })
     }
 }
@@ -434,7 +450,7 @@ fn decide_all(
                 });
             }
             Entry::Vacant(slot) => {
-                let Decided { status, reason, amount_minor, debit, credit, validated, moved, .. } =
+                let Decided { status, reason, amount_minor, debit, credit, validated, moved, record, .. } =
                     decided[index].take().expect("every new item was decided");
                 if let Some((debit_id, credit_id, minor)) = moved {
                     rows.entry_transfer_id.extend([s.id.0, s.id.0]);
@@ -457,7 +473,7 @@ fn decide_all(
                 rows.reason_message.push(reason.as_ref().map(|r| r.message.clone()));
                 rows.fingerprint.push(fingerprint.clone());
                 rows.created_at.push(s.submitted_at);
-                rows.decisions.push(decisions_json(&[item.decisions.as_slice(), validated.as_slice()].concat()));
+                rows.decisions.push(record.or_else(|| decisions_json(&[item.decisions.as_slice(), validated.as_slice()].concat())));
                 rows.client_id.push(s.client_id.map(|c| c.0));
                 rows.metadata.push((!s.metadata.is_empty()).then(|| serde_json::to_string(&s.metadata).expect("metadata serialises")));
                 slot.insert(Known { fingerprint, status, version: FINAL_VERSION_NEW, reason: reason.clone(), committed_at: now });
@@ -492,8 +508,11 @@ pub(super) fn decide_new(
     in_commit: Option<&InCommit<'_>>,
 ) -> Vec<Option<Decided>> {
     let mut all: Vec<Option<Decided>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+    // Threads pay off only for the plugin calls: answers foreseen (and
+    // likely to be used) cost microseconds, less than a thread's start.
+    let calls = in_commit.map_or(0, |in_commit| new.iter().filter(|&&i| in_commit.asking.likely_calls(i, &items[i])).count());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(VALIDATION_THREADS_MAX);
-    let threads = threads.min(new.len() / VALIDATION_ITEMS_PER_THREAD_MIN).max(1);
+    let threads = threads.min(calls / VALIDATION_ITEMS_PER_THREAD_MIN).max(1);
     let Some(in_commit) = in_commit.filter(|_| threads > 1) else {
         let mut debits = Debits::new();
         for &i in new {
@@ -695,10 +714,11 @@ async fn read_debit_logs(tx: &mut sqlx::PgConnection, reach: &[(i64, DateTime<Ut
     Ok(reach.iter().filter_map(|&(id, since)| DebitLog::new(since, debits.remove(&id).unwrap_or_default()).map(|log| (id, log))).collect())
 }
 
-/// After the batch has committed: each log it summed from, with the batch's
-/// own completed debits added, is exact for its account's new version; and
-/// a foreseen batch's accounts are what the next predictions start from.
-fn remember(memory: &Mutex<Memory>, logs: Logs, rows: &NewRows, accounts: Accounts, foreseen: Option<u64>) {
+/// After the batch has committed: each log it summed from, and each log held
+/// for the version an account was `locked` at, with the batch's own completed
+/// debits added, is exact for its account's new version; and a foreseen
+/// batch's accounts are what the next predictions start from.
+fn remember(memory: &Mutex<Memory>, logs: Logs, locked: &[(i64, i64)], rows: &NewRows, accounts: Accounts, foreseen: Option<u64>) {
     let mut completed: HashMap<i64, Vec<(DateTime<Utc>, i64)>> = HashMap::new();
     for i in 0..rows.transfer_id.len() {
         if let (true, Some(debit), Some(amount)) =
@@ -713,6 +733,11 @@ fn remember(memory: &Mutex<Memory>, logs: Logs, rows: &NewRows, accounts: Accoun
         let more = completed.remove(&id).unwrap_or_default();
         if let (Some(&version), Some(log)) = (versions.get(&id), log.advanced(more, keep_since)) {
             memory.debits.put(id, version, log);
+        }
+    }
+    for &(id, locked_version) in locked {
+        if let Some(&version) = versions.get(&id) {
+            memory.debits.carry(id, locked_version, version, completed.remove(&id).unwrap_or_default());
         }
     }
     if let Some(batch) = foreseen {
@@ -770,33 +795,29 @@ impl InCommit<'_> {
     /// The validators' answer for item `index`: foreseen, if it was on
     /// exactly this context, else asked now; a panic in host code fails
     /// only this transfer. Ahead of the commit, the answer is also recorded.
-    fn validate(
-        &self,
-        index: usize,
-        s: &Submission,
-        amount: Amount,
-        description: Option<&str>,
-        context: &Context,
-    ) -> (Result<(), HookError>, Vec<Decision>, Option<Foreseen>) {
+    fn validate(&self, index: usize, item: &CommitItem, amount: Amount, context: &Context) -> Asked {
         match &self.asking {
             Asking::InCommit(Some(foresight)) => {
-                if let Some((answer, decisions)) = foresight.recall(s, amount, description, context) {
+                if let Some(recalled) = foresight.recall(item, amount, context) {
                     foresight.used.fetch_add(1, Ordering::Relaxed);
-                    return (answer, decisions, None);
+                    return Asked { answer: recalled.answer, decisions: recalled.decisions, record: recalled.record, foreseen: None };
                 }
                 foresight.asked.fetch_add(1, Ordering::Relaxed);
             }
-            Asking::Ahead { blind } if blind.contains(&index) => return (Ok(()), Vec::new(), None),
+            Asking::Ahead { blind } if blind.contains(&index) => {
+                return Asked { answer: Ok(()), decisions: Vec::new(), record: None, foreseen: None };
+            }
             Asking::InCommit(None) | Asking::Ahead { .. } => {}
         }
+        let (s, description) = (&item.submission, item.description.as_deref());
         let mut decisions = Vec::new();
         let answer = hooks::unless_panicked(s.id, || self.hooks.validate(s, amount, description, context, &mut decisions))
             .unwrap_or_else(|reason| Err(HookError::Fail(reason)));
         let foreseen = match self.asking {
-            Asking::Ahead { .. } => Foreseen::answered(s, amount, description, context, &answer, &decisions),
+            Asking::Ahead { .. } => Foreseen::answered(item, amount, context, &answer, &decisions),
             Asking::InCommit(_) => None,
         };
-        (answer, decisions, foreseen)
+        Asked { answer, decisions, record: None, foreseen }
     }
 }
 
@@ -810,12 +831,13 @@ fn decide(
     in_commit: Option<&InCommit<'_>>,
     debits: &mut Debits,
 ) -> Decided {
-    let mut foreseen = None;
-    let decided = decide_recording(index, item, accounts, in_commit, debits, &mut foreseen);
-    Decided { foreseen, ..decided }
+    let (mut foreseen, mut record) = (None, None);
+    let decided = decide_recording(index, item, accounts, in_commit, debits, &mut foreseen, &mut record);
+    Decided { foreseen, record, ..decided }
 }
 
-/// `decide`, with what the validators were asked ahead of the commit left in `foreseen`.
+/// `decide`, with what the validators were asked ahead of the commit left in
+/// `foreseen`, and a foreseen answer's decision record in `record`.
 fn decide_recording(
     index: usize,
     item: &CommitItem,
@@ -823,6 +845,7 @@ fn decide_recording(
     in_commit: Option<&InCommit<'_>>,
     debits: &mut Debits,
     foreseen: &mut Option<Foreseen>,
+    record: &mut Option<String>,
 ) -> Decided {
     let s = &item.submission;
     let debit_key = (s.sender.get(), s.currency.code());
@@ -838,6 +861,7 @@ fn decide_recording(
         validated,
         moved: None,
         foreseen: None,
+        record: None,
     };
     let (amount, validated, in_commit) = match (&item.verdict, in_commit) {
         (Verdict::Apply(amount), in_commit) => (*amount, Vec::new(), in_commit),
@@ -853,12 +877,12 @@ fn decide_recording(
                 Ok(context) => context,
                 Err(reason) => return ended(Status::Failed, &reason, Vec::new()),
             };
-            let (answer, validated, answered) = in_commit.validate(index, s, *amount, item.description.as_deref(), &context);
-            *foreseen = answered;
-            match answer {
-                Ok(()) => (*amount, validated, Some(in_commit)),
-                Err(HookError::Reject(reason)) => return ended(Status::Rejected, &reason, validated),
-                Err(HookError::Fail(reason)) => return ended(Status::Failed, &reason, validated),
+            let asked = in_commit.validate(index, item, *amount, &context);
+            (*foreseen, *record) = (asked.foreseen, asked.record);
+            match asked.answer {
+                Ok(()) => (*amount, asked.decisions, Some(in_commit)),
+                Err(HookError::Reject(reason)) => return ended(Status::Rejected, &reason, asked.decisions),
+                Err(HookError::Fail(reason)) => return ended(Status::Failed, &reason, asked.decisions),
             }
         }
     };
@@ -871,6 +895,7 @@ fn decide_recording(
         validated,
         moved: None,
         foreseen: None,
+        record: None,
     };
     if s.sender == s.receiver {
         return reject(Rejection::AccountsMustBeDifferent, validated);
@@ -905,11 +930,12 @@ fn decide_recording(
         validated,
         moved: Some((debit_id, credit_id, amount.minor())),
         foreseen: None,
+        record: None,
     }
 }
 
 /// The decision record as stored: a JSON array, or NULL when no plugin ran.
-fn decisions_json(decisions: &[Decision]) -> Option<String> {
+pub(super) fn decisions_json(decisions: &[Decision]) -> Option<String> {
     if decisions.is_empty() {
         return None;
     }

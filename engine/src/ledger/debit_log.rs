@@ -100,6 +100,24 @@ impl DebitCache {
         self.entries.get(&account_id).map(|(_, log)| log).filter(|log| log.covers(since))
     }
 
+    /// Carries an entry taken at exactly version `from` over to version `to`,
+    /// with the `more` debits that committed in between: for an account a
+    /// batch changed under its lock without summing its window (a receiver,
+    /// a sender of a transfer that needed no window). Any other entry is left
+    /// as it is, stale for the new version.
+    pub fn carry(&mut self, account_id: i64, from: i64, to: i64, more: Vec<(DateTime<Utc>, i64)>) {
+        let Some((version, log)) = self.entries.get(&account_id) else { return };
+        if *version != from || from == to {
+            return;
+        }
+        let since = log.since;
+        let (_, log) = self.entries.remove(&account_id).expect("looked up above");
+        self.debits -= log.len();
+        if let Some(log) = log.advanced(more, since) {
+            self.put(account_id, to, log);
+        }
+    }
+
     /// Records `log` as the account's debits at `version`.
     pub fn put(&mut self, account_id: i64, version: i64, log: DebitLog) {
         self.debits += log.len();
@@ -170,6 +188,18 @@ mod tests {
         cache.put(7, 4, log(0, &[(10, 5), (11, 6)]));
         assert_eq!(cache.debits(), 2, "the newer entry replaced the older");
         assert!(cache.get(7, 3, at(0)).is_none());
+    }
+
+    #[test]
+    fn an_entry_is_carried_to_a_new_version_only_from_the_version_it_was_taken_at() {
+        let mut cache = DebitCache::default();
+        cache.put(7, 3, log(0, &[(10, 5)]));
+        cache.carry(7, 2, 9, vec![(at(20), 1)]);
+        assert_eq!(cache.get(7, 3, at(0)), Some(log(0, &[(10, 5)])), "taken at 3, not 2: left alone");
+        cache.carry(7, 3, 5, vec![(at(20), 1)]);
+        assert_eq!(cache.get(7, 3, at(0)), None);
+        assert_eq!(cache.get(7, 5, at(0)).map(|l| l.total(at(0))), Some(WindowTotal { count: 2, sum_minor: 6 }));
+        assert_eq!(cache.debits(), 2);
     }
 
     #[test]

@@ -23,13 +23,13 @@
 //! (its wall-clock backstop), so it is asked again where it counts.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::PoisonError;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 
 use super::Ledger;
-use super::commit::{AccountKey, Accounts, CommitItem, InCommit, LockedAccount, Verdict, decide_new};
+use super::commit::{AccountKey, Accounts, CommitItem, InCommit, LockedAccount, Verdict, decide_new, decisions_json};
 use super::debit_log::DebitCache;
 use crate::domain::{Amount, Submission};
 use crate::hooks::{Context, Decision, HookError, HookSet, WindowTotal};
@@ -46,7 +46,8 @@ pub struct Foresight {
     hooks: HookSet,
     /// This batch's number among the ones foreseen; None if nothing was.
     batch: Option<u64>,
-    answers: HashMap<uuid::Uuid, Foreseen>,
+    /// Taken by the commit that uses them (a retried commit asks again).
+    answers: HashMap<uuid::Uuid, Mutex<Option<Foreseen>>>,
     /// Answers the commit used, and validations it ran itself.
     pub(super) used: AtomicUsize,
     pub(super) asked: AtomicUsize,
@@ -55,21 +56,33 @@ pub struct Foresight {
 /// What the validators answered for one transfer, and on what.
 #[derive(Debug)]
 pub(super) struct Foreseen {
-    fingerprint: [u8; 32],
-    amount: Amount,
+    /// The item as it was asked about: the submission, its description and
+    /// the decisions of the hooks before validation.
+    submission: Submission,
     description: Option<String>,
+    earlier: Vec<Decision>,
+    amount: Amount,
     context: Context,
     /// Allowed or rejected: failures are not kept.
     answer: Result<(), HookError>,
     decisions: Vec<Decision>,
+    /// The decision record as the commit stores it (`earlier` then `decisions`),
+    /// serialised here rather than while the locks are held.
+    record: Option<String>,
+}
+
+/// A foreseen answer as the commit uses it.
+pub(super) struct Recalled {
+    pub(super) answer: Result<(), HookError>,
+    pub(super) decisions: Vec<Decision>,
+    pub(super) record: Option<String>,
 }
 
 impl Foreseen {
     /// The record of an answer, None for a failure.
     pub(super) fn answered(
-        s: &Submission,
+        item: &CommitItem,
         amount: Amount,
-        description: Option<&str>,
         context: &Context,
         answer: &Result<(), HookError>,
         decisions: &[Decision],
@@ -78,12 +91,14 @@ impl Foreseen {
             return None;
         }
         Some(Self {
-            fingerprint: s.fingerprint(),
+            submission: item.submission.clone(),
+            description: item.description.clone(),
+            earlier: item.decisions.clone(),
             amount,
-            description: description.map(str::to_owned),
             context: context.clone(),
             answer: answer.clone(),
             decisions: decisions.to_vec(),
+            record: decisions_json(&[item.decisions.as_slice(), decisions].concat()),
         })
     }
 }
@@ -103,24 +118,27 @@ impl Foresight {
         self.answers.len()
     }
 
+    /// Whether an answer was foreseen for this transfer (on some context).
+    pub(super) fn has_answer(&self, item: &CommitItem) -> bool {
+        self.answers.contains_key(&item.submission.id.0)
+    }
+
     pub(super) fn batch(&self) -> Option<u64> {
         self.batch
     }
 
-    /// The answer foreseen for exactly this transfer on exactly this context.
-    pub(super) fn recall(
-        &self,
-        s: &Submission,
-        amount: Amount,
-        description: Option<&str>,
-        context: &Context,
-    ) -> Option<(Result<(), HookError>, Vec<Decision>)> {
-        let foreseen = self.answers.get(&s.id.0)?;
-        let same = foreseen.amount == amount
-            && foreseen.description.as_deref() == description
-            && foreseen.context == *context
-            && foreseen.fingerprint == s.fingerprint();
-        same.then(|| (foreseen.answer.clone(), foreseen.decisions.clone()))
+    /// The answer foreseen for exactly this item on exactly this context.
+    pub(super) fn recall(&self, item: &CommitItem, amount: Amount, context: &Context) -> Option<Recalled> {
+        let mut slot = self.answers.get(&item.submission.id.0)?.lock().unwrap_or_else(PoisonError::into_inner);
+        let same = slot.as_ref().is_some_and(|foreseen| {
+            foreseen.amount == amount
+                && foreseen.context == *context
+                && foreseen.submission == item.submission
+                && foreseen.description == item.description
+                && foreseen.earlier == item.decisions
+        });
+        let foreseen = slot.take_if(|_| same)?;
+        Some(Recalled { answer: foreseen.answer, decisions: foreseen.decisions, record: foreseen.record })
     }
 }
 
@@ -131,6 +149,18 @@ pub(super) enum Asking<'a> {
     /// Foreseeing: the validators, with each answer recorded. The items in
     /// `blind` have no predicted context; they are taken to pass, unasked.
     Ahead { blind: HashSet<usize> },
+}
+
+impl Asking<'_> {
+    /// Whether the validators are likely to be called for item `index`
+    /// (in the commit, unless the answer foreseen proves exact).
+    pub(super) fn likely_calls(&self, index: usize, item: &CommitItem) -> bool {
+        matches!(item.verdict, Verdict::Validate(_))
+            && match self {
+                Self::InCommit(foresight) => !foresight.is_some_and(|f| f.has_answer(item)),
+                Self::Ahead { blind } => !blind.contains(&index),
+            }
+    }
 }
 
 /// What this processor's commits and predictions say of the accounts it
@@ -288,7 +318,7 @@ impl Ledger {
                 debits.push((debit, items[i].submission.submitted_at, minor));
             }
             if let Some(foreseen) = decided.foreseen {
-                answers.insert(items[i].submission.id.0, foreseen);
+                answers.insert(items[i].submission.id.0, Mutex::new(Some(foreseen)));
             }
         }
         self.memory.lock().unwrap_or_else(PoisonError::into_inner).outlook.predict(batch, accounts, debits);
