@@ -76,7 +76,19 @@ fn fresh_per_call(sandbox: &Arc<Sandbox>) {
     println!("  limits.validate     {:>6.2} us", per_call_us(|| drop(limits.validate(&transfer, &context).unwrap())));
     println!("  fx.convert          {:>6.2} us", per_call_us(|| drop(fx.convert(&usd, &eur, &transfer).unwrap())));
     println!("  description.rewrite {:>6.2} us", per_call_us(|| drop(description.rewrite(&text, &transfer).unwrap())));
-    for plugin in [&limits, &fx, &description] {
+    // velocity (WIT 0.2) with the context the commit gives it: both accounts and one 24 h window.
+    let velocity = load(sandbox, "velocity", PluginKind::Validator);
+    let account = |owner_id| types::Account {
+        owner_id,
+        balance_minor: 1_000_000,
+        floor_minor: 0,
+        opened_at_ms: 1_700_000_000_000,
+        metadata: Vec::new(),
+    };
+    let window = types::WindowTotal { window_seconds: 86_400, count: 12, sum_minor: 30_000 };
+    let full = types::Context { sender: Some(account(1)), receiver: Some(account(2)), velocity: vec![window] };
+    println!("  velocity.validate   {:>6.2} us", per_call_us(|| drop(velocity.validate(&transfer, &full).unwrap())));
+    for plugin in [&limits, &fx, &description, &velocity] {
         let (call, configure) = plugin.fuel_used_max();
         println!("  {:<19} fuel: {call} a call, {configure} for instantiate + configure", plugin.meta.name);
     }

@@ -355,12 +355,12 @@ impl Ledger {
         // version is carried to the version this batch leaves.
         let locked: Vec<(i64, i64)> =
             if needs.windows.is_empty() { Vec::new() } else { accounts.values().map(|a| (a.account_id, a.version)).collect() };
-        let (in_commit, logs) = match hooks {
+        let (in_commit, logs, hits) = match hooks {
             Some(hooks) if validating => {
-                let (committed, logs) = committed_totals(&mut tx, items, &known, &accounts, &needs.windows, &self.memory).await?;
-                (Some(InCommit::new(hooks, needs, committed, Asking::InCommit(foresight))), logs)
+                let (committed, logs, hits) = committed_totals(&mut tx, items, &known, &accounts, &needs.windows, &self.memory).await?;
+                (Some(InCommit::new(hooks, needs, committed, Asking::InCommit(foresight))), logs, hits)
             }
-            _ => (None, Logs::new()),
+            _ => (None, Logs::new(), Hits::new()),
         };
 
         // 3. Decide each transfer in order. Validators are plugin calls (CPU,
@@ -405,7 +405,7 @@ impl Ledger {
         tx.commit().await?;
         let (validated_ahead, validated_in_commit) =
             foresight.map_or((0, 0), |f| (f.used.swap(0, Ordering::Relaxed), f.asked.swap(0, Ordering::Relaxed)));
-        remember(&self.memory, logs, &locked, &rows, accounts, foresight.and_then(Foresight::batch));
+        remember(&self.memory, logs, &locked, &hits, &rows, accounts, foresight.and_then(Foresight::batch));
         Ok(BatchResult { outcomes, balances, validated_ahead, validated_in_commit })
     }
 }
@@ -594,9 +594,13 @@ fn groups_sharing_no_account(items: &[CommitItem], new: &[usize]) -> Vec<Vec<usi
 /// The ledger's velocity totals before this batch, per (item index, window).
 type Totals = HashMap<(usize, VelocityWindow), WindowTotal>;
 
-/// The debit logs a batch summed from, by account id, each with how far
-/// back to keep it once the batch's own debits are added.
+/// The debit logs a batch read from the ledger and summed from, by account
+/// id, each with how far back to keep it once the batch's own debits are added.
 type Logs = HashMap<i64, (DebitLog, DateTime<Utc>)>;
+
+/// The accounts whose held log a batch summed from, each with how far back
+/// to keep it when it is carried to the version the batch leaves.
+type Hits = HashMap<i64, DateTime<Utc>>;
 
 /// The ledger's velocity totals before this batch, for every new item that
 /// waits for validation and every window the validators declared, summed
@@ -611,7 +615,7 @@ async fn committed_totals(
     accounts: &HashMap<AccountKey, LockedAccount>,
     windows: &[VelocityWindow],
     memory: &Mutex<Memory>,
-) -> Result<(Totals, Logs), LedgerError> {
+) -> Result<(Totals, Logs, Hits), LedgerError> {
     let Some(widest) = windows.iter().copied().max_by_key(|w| w.seconds()) else { return Ok(Default::default()) };
     // (item index, sender's account id, time reference), and per sender its
     // version and the oldest window start any of its items reaches.
@@ -627,27 +631,35 @@ async fn committed_totals(
         let since = widest.since(s.submitted_at);
         reach.entry(debit.account_id).and_modify(|(_, oldest)| *oldest = (*oldest).min(since)).or_insert((debit.version, since));
     }
-    let mut logs: Logs = {
+    // Summed in place from the logs held for exactly the locked version.
+    let mut committed = HashMap::with_capacity(wanted.len() * windows.len());
+    let mut hits = Hits::new();
+    {
         let memory = memory.lock().unwrap_or_else(PoisonError::into_inner);
-        reach
-            .iter()
-            .filter_map(|(&id, &(version, since))| {
-                memory.debits.get(id, version, since).map(|log| (id, (log, since - debit_log::reach_back())))
-            })
-            .collect()
-    };
+        for &(index, account_id, at) in &wanted {
+            let (version, oldest) = reach[&account_id];
+            let Some(log) = memory.debits.get(account_id, version, oldest) else { continue };
+            hits.insert(account_id, oldest - debit_log::reach_back());
+            for window in windows {
+                committed.insert((index, *window), log.total(window.since(at)));
+            }
+        }
+    }
     let misses: Vec<(i64, DateTime<Utc>)> =
-        reach.iter().filter(|(id, _)| !logs.contains_key(id)).map(|(&id, &(_, since))| (id, since - debit_log::reach_back())).collect();
+        reach.iter().filter(|(id, _)| !hits.contains_key(id)).map(|(&id, &(_, since))| (id, since - debit_log::reach_back())).collect();
+    let mut logs = Logs::new();
     if !misses.is_empty() {
         for (id, log) in read_debit_logs(tx, &misses).await? {
             logs.insert(id, (log, reach[&id].1 - debit_log::reach_back()));
         }
     }
 
-    let mut committed = HashMap::with_capacity(wanted.len() * windows.len());
     let mut unlogged = Vec::new();
     let (mut account_ids, mut since) = (Vec::new(), Vec::new());
     for (index, account_id, at) in wanted {
+        if hits.contains_key(&account_id) {
+            continue;
+        }
         for window in windows {
             match logs.get(&account_id) {
                 Some((log, _)) => drop(committed.insert((index, *window), log.total(window.since(at)))),
@@ -660,7 +672,7 @@ async fn committed_totals(
         }
     }
     if unlogged.is_empty() {
-        return Ok((committed, logs));
+        return Ok((committed, logs, hits));
     }
     // LATERAL keeps it one index probe per row whatever the planner thinks
     // of the join; the sum is numeric in PostgreSQL and is clamped to i64.
@@ -682,7 +694,7 @@ async fn committed_totals(
         let count = u64::try_from(count).map_err(|_| LedgerError::Corrupt(format!("velocity count {count}")))?;
         committed.insert(*key, WindowTotal { count, sum_minor });
     }
-    Ok((committed, logs))
+    Ok((committed, logs, hits))
 }
 
 /// Each account's completed debits after its start, as a log; accounts with
@@ -714,11 +726,20 @@ async fn read_debit_logs(tx: &mut sqlx::PgConnection, reach: &[(i64, DateTime<Ut
     Ok(reach.iter().filter_map(|&(id, since)| DebitLog::new(since, debits.remove(&id).unwrap_or_default()).map(|log| (id, log))).collect())
 }
 
-/// After the batch has committed: each log it summed from, and each log held
-/// for the version an account was `locked` at, with the batch's own completed
-/// debits added, is exact for its account's new version; and a foreseen
-/// batch's accounts are what the next predictions start from.
-fn remember(memory: &Mutex<Memory>, logs: Logs, locked: &[(i64, i64)], rows: &NewRows, accounts: Accounts, foreseen: Option<u64>) {
+/// After the batch has committed: each log it read, and each log held for the
+/// version an account was `locked` at (pruned as `hits` says for those it
+/// summed from), with the batch's own completed debits added, is exact for
+/// its account's new version; and a foreseen batch's accounts are what the
+/// next predictions start from.
+fn remember(
+    memory: &Mutex<Memory>,
+    logs: Logs,
+    locked: &[(i64, i64)],
+    hits: &Hits,
+    rows: &NewRows,
+    accounts: Accounts,
+    foreseen: Option<u64>,
+) {
     let mut completed: HashMap<i64, Vec<(DateTime<Utc>, i64)>> = HashMap::new();
     for i in 0..rows.transfer_id.len() {
         if let (true, Some(debit), Some(amount)) =
@@ -737,7 +758,7 @@ fn remember(memory: &Mutex<Memory>, logs: Logs, locked: &[(i64, i64)], rows: &Ne
     }
     for &(id, locked_version) in locked {
         if let Some(&version) = versions.get(&id) {
-            memory.debits.carry(id, locked_version, version, completed.remove(&id).unwrap_or_default());
+            memory.debits.carry(id, locked_version, version, completed.remove(&id).unwrap_or_default(), hits.get(&id).copied());
         }
     }
     if let Some(batch) = foreseen {

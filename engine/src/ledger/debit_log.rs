@@ -90,8 +90,8 @@ pub struct DebitCache {
 
 impl DebitCache {
     /// The account's log, if one is held for exactly this version and covers `since`.
-    pub fn get(&self, account_id: i64, version: i64, since: DateTime<Utc>) -> Option<DebitLog> {
-        self.entries.get(&account_id).filter(|(v, log)| *v == version && log.covers(since)).map(|(_, log)| log.clone())
+    pub fn get(&self, account_id: i64, version: i64, since: DateTime<Utc>) -> Option<&DebitLog> {
+        self.entries.get(&account_id).filter(|(v, log)| *v == version && log.covers(since)).map(|(_, log)| log)
     }
 
     /// The account's log at whatever version it was last put, if it covers
@@ -101,21 +101,31 @@ impl DebitCache {
     }
 
     /// Carries an entry taken at exactly version `from` over to version `to`,
-    /// with the `more` debits that committed in between: for an account a
-    /// batch changed under its lock without summing its window (a receiver,
-    /// a sender of a transfer that needed no window). Any other entry is left
-    /// as it is, stale for the new version.
-    pub fn carry(&mut self, account_id: i64, from: i64, to: i64, more: Vec<(DateTime<Utc>, i64)>) {
-        let Some((version, log)) = self.entries.get(&account_id) else { return };
-        if *version != from || from == to {
+    /// in place, with the `more` debits that committed in between, keeping
+    /// only those after `keep_since` (if given and later than its start): for
+    /// an account a batch locked at `from`, summed from this entry or not (a
+    /// receiver, a sender of a transfer that needed no window). Any other
+    /// entry is left as it is, stale for the new version.
+    pub fn carry(&mut self, account_id: i64, from: i64, to: i64, more: Vec<(DateTime<Utc>, i64)>, keep_since: Option<DateTime<Utc>>) {
+        let Some((version, log)) = self.entries.get_mut(&account_id) else { return };
+        if *version != from {
             return;
         }
-        let since = log.since;
-        let (_, log) = self.entries.remove(&account_id).expect("looked up above");
-        self.debits -= log.len();
-        if let Some(log) = log.advanced(more, since) {
-            self.put(account_id, to, log);
+        let before = log.len();
+        if let Some(keep_since) = keep_since.filter(|k| *k > log.since) {
+            log.since = keep_since;
+            log.debits.retain(|(at, _)| *at > keep_since);
         }
+        let since = log.since;
+        log.debits.extend(more.into_iter().filter(|(at, _)| *at > since));
+        *version = to;
+        let after = log.len();
+        self.debits = self.debits - before + after;
+        if after > DEBITS_PER_ACCOUNT_MAX {
+            self.entries.remove(&account_id);
+            self.debits -= after;
+        }
+        self.keep_within_bound();
     }
 
     /// Records `log` as the account's debits at `version`.
@@ -124,6 +134,10 @@ impl DebitCache {
         if let Some((_, old)) = self.entries.insert(account_id, (version, log)) {
             self.debits -= old.len();
         }
+        self.keep_within_bound();
+    }
+
+    fn keep_within_bound(&mut self) {
         if self.debits > DEBITS_CACHED_MAX {
             // Any entries will do: a dropped one costs one read when its
             // account is next validated, as it did before it was cached.
@@ -194,11 +208,16 @@ mod tests {
     fn an_entry_is_carried_to_a_new_version_only_from_the_version_it_was_taken_at() {
         let mut cache = DebitCache::default();
         cache.put(7, 3, log(0, &[(10, 5)]));
-        cache.carry(7, 2, 9, vec![(at(20), 1)]);
-        assert_eq!(cache.get(7, 3, at(0)), Some(log(0, &[(10, 5)])), "taken at 3, not 2: left alone");
-        cache.carry(7, 3, 5, vec![(at(20), 1)]);
+        cache.carry(7, 2, 9, vec![(at(20), 1)], None);
+        assert_eq!(cache.get(7, 3, at(0)), Some(&log(0, &[(10, 5)])), "taken at 3, not 2: left alone");
+        cache.carry(7, 3, 5, vec![(at(20), 1)], None);
         assert_eq!(cache.get(7, 3, at(0)), None);
         assert_eq!(cache.get(7, 5, at(0)).map(|l| l.total(at(0))), Some(WindowTotal { count: 2, sum_minor: 6 }));
+        assert_eq!(cache.debits(), 2);
+        // Carried again, keeping only what a later window start still needs.
+        cache.carry(7, 5, 6, vec![(at(30), 2)], Some(at(15)));
+        assert_eq!(cache.get(7, 6, at(15)).map(|l| l.total(at(15))), Some(WindowTotal { count: 2, sum_minor: 3 }));
+        assert!(cache.get(7, 6, at(0)).is_none(), "no longer covers what it dropped");
         assert_eq!(cache.debits(), 2);
     }
 
