@@ -551,7 +551,7 @@ mod tests {
         assert_eq!(item.description, None, "an unreviewed description is never stored");
     }
 
-    /// Declares context, then panics when asked what it needs (a bug in host code).
+    /// Panics when asked what it needs (a bug in host code).
     struct NeedsPanics;
 
     impl Hooks for NeedsPanics {
