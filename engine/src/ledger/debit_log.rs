@@ -72,11 +72,16 @@ impl DebitLog {
     /// The log after `more` debits completed, keeping only those after
     /// `keep_since` (or after its own start, if later); None if it no longer fits.
     pub fn advanced(mut self, more: impl IntoIterator<Item = (DateTime<Utc>, i64)>, keep_since: DateTime<Utc>) -> Option<Self> {
+        self.advance(more, keep_since).then_some(self)
+    }
+
+    /// `advanced`, in place; false if the log no longer fits.
+    fn advance(&mut self, more: impl IntoIterator<Item = (DateTime<Utc>, i64)>, keep_since: DateTime<Utc>) -> bool {
         self.since = self.since.max(keep_since);
         let since = self.since;
-        self.debits.extend(more.into_iter().filter(|(at, _)| *at > since));
         self.debits.retain(|(at, _)| *at > since);
-        (self.debits.len() <= DEBITS_PER_ACCOUNT_MAX).then_some(self)
+        self.debits.extend(more.into_iter().filter(|(at, _)| *at > since));
+        self.debits.len() <= DEBITS_PER_ACCOUNT_MAX
     }
 }
 
@@ -112,16 +117,11 @@ impl DebitCache {
             return;
         }
         let before = log.len();
-        if let Some(keep_since) = keep_since.filter(|k| *k > log.since) {
-            log.since = keep_since;
-            log.debits.retain(|(at, _)| *at > keep_since);
-        }
-        let since = log.since;
-        log.debits.extend(more.into_iter().filter(|(at, _)| *at > since));
+        let fits = log.advance(more, keep_since.unwrap_or(DateTime::<Utc>::MIN_UTC));
         *version = to;
         let after = log.len();
         self.debits = self.debits - before + after;
-        if after > DEBITS_PER_ACCOUNT_MAX {
+        if !fits {
             self.entries.remove(&account_id);
             self.debits -= after;
         }

@@ -322,7 +322,7 @@ impl Ledger {
             }
         }
         self.memory.lock().unwrap_or_else(PoisonError::into_inner).outlook.predict(batch, accounts, debits);
-        Foresight { hooks, batch: Some(batch), answers, used: AtomicUsize::new(0), asked: AtomicUsize::new(0) }
+        Foresight { batch: Some(batch), answers, ..Foresight::none(hooks) }
     }
 }
 
