@@ -15,6 +15,7 @@ use transfer_engine::plugins::bindings::{down, types};
 use transfer_engine::plugins::guard::LogBudget;
 use transfer_engine::plugins::loaded::Prepared;
 use transfer_engine::plugins::sandbox::HostState;
+use transfer_engine::plugins::wasi::CallStamp;
 use transfer_engine::plugins::{LoadedPlugin, PluginKind, PluginMeta, Sandbox, SandboxLimits};
 use wasmtime::Store;
 
@@ -31,8 +32,10 @@ fn config(file: &str) -> String {
 }
 
 fn load(sandbox: &Arc<Sandbox>, file: &str, kind: PluginKind) -> LoadedPlugin {
-    let component = sandbox.compile(&plugin(file)).unwrap();
-    let meta = PluginMeta { name: file.into(), version: 1, kind, sha256: [0; 32], config: config(file) };
+    let bytes = plugin(file);
+    let component = sandbox.compile(&bytes).unwrap();
+    let limits = sandbox.limits.defaults_for(bytes.len());
+    let meta = PluginMeta { name: file.into(), version: 1, kind, sha256: [0; 32], config: config(file), limits };
     let loaded = LoadedPlugin::new(sandbox.clone(), meta, &component).unwrap();
     loaded.check().unwrap();
     loaded
@@ -98,7 +101,8 @@ fn fresh_per_call(sandbox: &Arc<Sandbox>) {
 fn live_instance(sandbox: &Arc<Sandbox>) {
     let component = sandbox.compile(&plugin("limits")).unwrap();
     let Prepared::Validator01(pre) = Prepared::new(sandbox, &component, PluginKind::Validator).unwrap() else { unreachable!() };
-    let state = HostState::new("limits@1".into(), sandbox.limits.memory_bytes_max, Arc::new(LogBudget::default()));
+    let state =
+        HostState::new("limits@1".into(), sandbox.limits.memory_bytes_max as u64, Arc::new(LogBudget::default()), CallStamp::NO_TRANSFER);
     let mut store = Store::new(&sandbox.engine, state);
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(u64::MAX / 2);
@@ -112,7 +116,12 @@ fn live_instance(sandbox: &Arc<Sandbox>) {
     println!("  limits.configure    {:>6.2} us", per_call_us(|| live.call_configure(&mut store, &limits_config).unwrap().unwrap()));
     // Instantiation without configure: what a configure snapshot could save at most.
     let bare = per_call_us(|| {
-        let state = HostState::new("limits@1".into(), sandbox.limits.memory_bytes_max, Arc::new(LogBudget::default()));
+        let state = HostState::new(
+            "limits@1".into(),
+            sandbox.limits.memory_bytes_max as u64,
+            Arc::new(LogBudget::default()),
+            CallStamp::NO_TRANSFER,
+        );
         let mut store = Store::new(&sandbox.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(u64::MAX / 2);
@@ -122,12 +131,81 @@ fn live_instance(sandbox: &Arc<Sandbox>) {
     println!("  new store + instantiate only {bare:>6.2} us");
 }
 
+/// One policy (`limits`) in each language: what the component weighs, what
+/// compiling it at upload costs, and what its calls cost.
+fn languages(sandbox: &Arc<Sandbox>) {
+    println!("limits by language (fresh instance + configure + call; 200 calls each after 20 to warm up):");
+    println!("  {:<10} {:>12} {:>12} {:>14} {:>12}", "language", "size bytes", "compile ms", "first call us", "per call us");
+    let transfer = transfer();
+    let context = types::Context { sender: None, receiver: None, velocity: Vec::new() };
+    for (language, file) in [("Rust", "limits"), ("Python", "limits_py"), ("JavaScript", "limits_js")] {
+        let bytes = plugin(file);
+        let started = Instant::now();
+        let component = sandbox.compile(&bytes).unwrap();
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        let limits = sandbox.limits.defaults_for(bytes.len());
+        let meta =
+            PluginMeta { name: file.into(), version: 1, kind: PluginKind::Validator, sha256: [0; 32], config: config("limits"), limits };
+        let loaded = LoadedPlugin::new(sandbox.clone(), meta, &component).unwrap();
+        let started = Instant::now();
+        drop(loaded.validate(&transfer, &context).unwrap());
+        let first_us = started.elapsed().as_secs_f64() * 1e6;
+        for _ in 0..20 {
+            drop(loaded.validate(&transfer, &context).unwrap());
+        }
+        let started = Instant::now();
+        for _ in 0..200 {
+            drop(loaded.validate(&transfer, &context).unwrap());
+        }
+        let per_call_us = started.elapsed().as_secs_f64() * 1e6 / 200.0;
+        println!("  {language:<10} {:>12} {compile_ms:>12.0} {first_us:>14.0} {per_call_us:>12.1}", bytes.len());
+        if let Prepared::Validator02(pre) = Prepared::new(sandbox, &component, PluginKind::Validator).unwrap() {
+            // Where a call's time goes: instantiation, configure and the hook on a live instance.
+            let store = || {
+                let memory = limits.memory_bytes_max;
+                let mut store = Store::new(&sandbox.engine, HostState::new(file.into(), memory, Arc::default(), CallStamp::NO_TRANSFER));
+                store.limiter(|state| &mut state.limiter);
+                store.set_epoch_deadline(u64::MAX / 2);
+                store.set_fuel(u64::MAX / 2).unwrap();
+                store
+            };
+            let timed = |mut f: Box<dyn FnMut() + '_>| {
+                let started = Instant::now();
+                for _ in 0..200 {
+                    f();
+                }
+                started.elapsed().as_secs_f64() * 1e6 / 200.0
+            };
+            let instantiate_us = timed(Box::new(|| {
+                std::hint::black_box(pre.instantiate(&mut store()).unwrap());
+            }));
+            let mut live_store = store();
+            let live = pre.instantiate(&mut live_store).unwrap();
+            let limits_config = config("limits");
+            let configure_us = timed(Box::new(|| drop(live.call_configure(&mut live_store, &limits_config).unwrap())));
+            let mut live_store = store();
+            let live = pre.instantiate(&mut live_store).unwrap();
+            live.call_configure(&mut live_store, &limits_config).unwrap().unwrap();
+            let validate_us = timed(Box::new(|| drop(live.call_validate(&mut live_store, &transfer, &context).unwrap())));
+            println!(
+                "  {:<10} of which: instantiate {instantiate_us:.1} us, configure (live) {configure_us:.1} us, validate (live) {validate_us:.1} us",
+                ""
+            );
+        }
+    }
+}
+
 fn main() {
     println!(
         "Pool slots reset only the pages a call wrote (PAGEMAP_SCAN): {}",
         if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() { "yes" } else { "no, this kernel cannot say which" }
     );
     let sandbox = Sandbox::new(SandboxLimits { instances_max: 8, ..SandboxLimits::default() }).unwrap();
+    if std::env::args().any(|a| a == "languages") {
+        languages(&sandbox);
+        return;
+    }
     fresh_per_call(&sandbox);
     live_instance(&sandbox);
+    languages(&sandbox);
 }

@@ -14,7 +14,28 @@ use sha2::{Digest, Sha256};
 use crate::api::transfers::{SubmitTransfer, validate};
 use crate::hooks;
 use crate::ledger::Verdict;
-use crate::plugins::{LoadedPlugin, PluginKind, PluginMeta, PluginSet, Sandbox, SandboxLimits};
+use crate::plugins::{LimitsRequest, LoadedPlugin, PluginKind, PluginMeta, PluginSet, Sandbox, SandboxLimits};
+
+/// A plugin version's own limits, each optional: the defaults depend on the
+/// component's size (a Python or JavaScript component gets more).
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct LimitsArgs {
+    /// Linear memory one instance may grow to, in bytes.
+    #[arg(long)]
+    memory_bytes_max: Option<u64>,
+    /// Fuel (about one unit per WebAssembly instruction) one call may burn.
+    #[arg(long)]
+    call_fuel_max: Option<u64>,
+    /// Fuel instantiation plus `configure` may burn.
+    #[arg(long)]
+    configure_fuel_max: Option<u64>,
+}
+
+impl From<LimitsArgs> for LimitsRequest {
+    fn from(args: LimitsArgs) -> Self {
+        Self { memory_bytes_max: args.memory_bytes_max, call_fuel_max: args.call_fuel_max, configure_fuel_max: args.configure_fuel_max }
+    }
+}
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
@@ -36,6 +57,8 @@ pub enum PluginCommand {
         /// A validator whose rejections and faults are recorded, never enforced (validators only).
         #[arg(long)]
         advisory: bool,
+        #[command(flatten)]
+        limits: LimitsArgs,
     },
     /// List every version of every plugin.
     List,
@@ -56,11 +79,15 @@ pub enum PluginCommand {
         /// The plugin's JSON configuration, or @path.
         #[arg(long, default_value = "{}")]
         config: String,
-        /// One transfer per line, as the API takes it (`{"sender_id": 1, "receiver_id": 2, "amount": "5", "currency": "EUR"}`).
+        /// One transfer per line, as the API takes it (`{"sender_id": 1, "receiver_id": 2, "amount": "5", "currency": "EUR"}`),
+        /// with an optional `"context"` and an optional `"expect"` (`"allow"`, `"reject"`, `"fail"`, or
+        /// `{"verdict": "reject", "code": "..."}`): any expectation not met makes the command fail.
         #[arg(long)]
         transfers: PathBuf,
         #[arg(long)]
         kind: Option<String>,
+        #[command(flatten)]
+        limits: LimitsArgs,
     },
 }
 
@@ -135,16 +162,21 @@ fn kind(kind: Option<&str>) -> anyhow::Result<Option<PluginKind>> {
 }
 
 pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
-    if let PluginCommand::Test { file, config, transfers, kind: k } = command {
-        return test_offline(&file, &read_config(&config)?, &transfers, kind(k.as_deref())?);
+    if let PluginCommand::Test { file, config, transfers, kind: k, limits } = command {
+        let (config, kind) = (read_config(&config)?, kind(k.as_deref())?);
+        // Off the async runtime: a plugin's WASI calls may block on it.
+        return tokio::task::spawn_blocking(move || test_offline(&file, &config, &transfers, kind, limits.into()))
+            .await
+            .context("the offline test panicked")?;
     }
     let client = reqwest::Client::new();
     let url = |path: &str| remote.url(path);
     let request = match command {
-        PluginCommand::Push { file, name, kind: k, config, activate, advisory } => {
+        PluginCommand::Push { file, name, kind: k, config, activate, advisory, limits } => {
             kind(k.as_deref())?;
             let bytes = std::fs::read(&file).with_context(|| format!("could not read {}", file.display()))?;
             let body = json!({"name": name, "kind": k, "config": read_config(&config)?, "activate": activate, "advisory": advisory,
+                              "limits": LimitsRequest::from(limits),
                               "component": base64::engine::general_purpose::STANDARD.encode(bytes)});
             client.post(url("/v1/admin/plugins")).json(&body)
         }
@@ -160,7 +192,7 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
 }
 
 /// Runs one plugin in the same sandbox the engine uses, without any service.
-fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<PluginKind>) -> anyhow::Result<()> {
+fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<PluginKind>, limits: LimitsRequest) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
     let sandbox = Sandbox::new(SandboxLimits { instances_max: 4, ..SandboxLimits::default() })?;
     let component = sandbox.compile(&bytes)?;
@@ -169,7 +201,8 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
         None => sandbox.detect_kind(&component).context("the component exports none of the validator, converter or describer worlds")?,
     };
     let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
-    let meta = PluginMeta { name, version: 0, kind, sha256: Sha256::digest(&bytes).into(), config: config.to_string() };
+    let limits = sandbox.limits.resolve(bytes.len(), limits)?;
+    let meta = PluginMeta { name, version: 0, kind, sha256: Sha256::digest(&bytes).into(), config: config.to_string(), limits };
     let plugin = Arc::new(LoadedPlugin::new(sandbox.clone(), meta, &component)?);
     plugin.check()?;
     let description_chars_max = crate::config::Settings::default().description_chars_max;
@@ -181,10 +214,14 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
     }
     let needs = hooks::Hooks::needs(&set);
     let lines = std::fs::read_to_string(transfers).with_context(|| format!("could not read {}", transfers.display()))?;
+    let (mut checked, mut mismatched) = (0, Vec::new());
     for (number, line) in lines.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let parsed = offline_line(line, description_chars_max, &needs);
-        let report = match parsed {
-            Err(error) => json!({"line": number + 1, "error": error}),
+        let (expect, parsed) = match take_expect(line) {
+            Ok((expect, rest)) => (expect, offline_line(&rest, description_chars_max, &needs)),
+            Err(error) => (None, Err(error)),
+        };
+        let (mut report, got) = match parsed {
+            Err(error) => (json!({"line": number + 1, "error": error}), None),
             Ok((submission, context)) => {
                 let outcome = hooks::run_in_context(&set, &submission, &context);
                 let (verdict, reason) = match &outcome.verdict {
@@ -192,13 +229,73 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
                     Verdict::Reject(r) => ("reject", Some(r)),
                     Verdict::Fail(r) => ("fail", Some(r)),
                 };
-                json!({"line": number + 1, "verdict": verdict, "reason": reason, "amount_minor": outcome.amount.map(|a| a.minor()),
-                       "description": outcome.description, "decisions": outcome.decisions})
+                let got = (verdict, reason.map(|r| r.code.clone()));
+                let report = json!({"line": number + 1, "verdict": verdict, "reason": reason, "amount_minor": outcome.amount.map(|a| a.minor()),
+                       "description": outcome.description, "decisions": outcome.decisions});
+                (report, Some(got))
             }
         };
+        if let Some(expect) = expect {
+            checked += 1;
+            let matched = got.as_ref().is_some_and(|(verdict, code)| expect.matches(verdict, code.as_deref()));
+            report["expect"] = json!(expect);
+            report["matched"] = json!(matched);
+            if !matched {
+                mismatched.push(number + 1);
+            }
+        }
         println!("{report}");
     }
+    if !mismatched.is_empty() {
+        bail!("{} of {checked} expectations were not met, on lines {mismatched:?}", mismatched.len());
+    }
+    if checked > 0 {
+        eprintln!("{checked} expectations met.");
+    }
     Ok(())
+}
+
+/// A line's `"expect"`: `"allow"`, `"reject"` or `"fail"`, or
+/// `{"verdict": "reject", "code": "amount_over_limit"}` to pin the code too.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+enum Expect {
+    Verdict(ExpectedVerdict),
+    WithCode { verdict: ExpectedVerdict, code: Option<String> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ExpectedVerdict {
+    Allow,
+    Reject,
+    Fail,
+}
+
+impl Expect {
+    fn matches(&self, verdict: &str, code: Option<&str>) -> bool {
+        let (expected, expected_code) = match self {
+            Self::Verdict(v) => (*v, None),
+            Self::WithCode { verdict, code } => (*verdict, code.as_deref()),
+        };
+        let expected = match expected {
+            ExpectedVerdict::Allow => "allow",
+            ExpectedVerdict::Reject => "reject",
+            ExpectedVerdict::Fail => "fail",
+        };
+        expected == verdict && expected_code.is_none_or(|c| Some(c) == code)
+    }
+}
+
+/// Splits a line's `"expect"` off the transfer body.
+fn take_expect(line: &str) -> Result<(Option<Expect>, String), String> {
+    let mut body: serde_json::Map<String, Value> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let expect = body
+        .remove("expect")
+        .map(serde_json::from_value::<Expect>)
+        .transpose()
+        .map_err(|e| format!("expect: {e} (\"allow\", \"reject\", \"fail\", or {{\"verdict\": ..., \"code\": ...}})"))?;
+    Ok((expect, Value::Object(body).to_string()))
 }
 
 /// The `"context"` of an offline test line: what the processor would read
@@ -272,4 +369,26 @@ fn offline_line(
     let context =
         hooks::Context { sender: facts(submission.sender, given.sender), receiver: facts(submission.receiver, given.receiver), velocity };
     Ok((submission, context))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expectation_is_split_off_the_line_and_matches_the_verdict_and_optionally_the_code() {
+        let (expect, rest) =
+            take_expect(r#"{"sender_id": 1, "receiver_id": 2, "amount": "5", "currency": "EUR", "expect": "reject"}"#).unwrap();
+        let expect = expect.unwrap();
+        assert!(!rest.contains("expect"), "{rest}");
+        assert!(expect.matches("reject", Some("amount_over_limit")) && expect.matches("reject", None));
+        assert!(!expect.matches("allow", None) && !expect.matches("fail", Some("plugin_failed")));
+        let (expect, _) = take_expect(r#"{"expect": {"verdict": "reject", "code": "owner_blocked"}}"#).unwrap();
+        let expect = expect.unwrap();
+        assert!(expect.matches("reject", Some("owner_blocked")));
+        assert!(!expect.matches("reject", Some("amount_over_limit")) && !expect.matches("reject", None));
+        assert!(take_expect(r#"{"sender_id": 1}"#).unwrap().0.is_none(), "no expectation: the line is only reported");
+        let error = take_expect(r#"{"expect": "allowed"}"#).err().unwrap();
+        assert!(error.contains("\"allow\""), "a typo is an error that names the choices: {error}");
+    }
 }

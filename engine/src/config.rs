@@ -105,17 +105,26 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Fuel one plugin hook call may burn before it fails with `fuel_exhausted`:
     /// about one unit per WebAssembly instruction executed, so the limit is
-    /// the same on a busy machine as on an idle one (it is not a time).
+    /// the same on a busy machine as on an idle one (it is not a time). The
+    /// default for a compiled-language plugin (Rust, C); a Python or
+    /// JavaScript one gets more, and an upload may set its own.
     pub plugin_call_fuel_max: u64,
     /// Fuel a plugin's instantiation and `configure` may burn (both run
-    /// before every call: each call gets a fresh instance).
+    /// before every call: each call gets a fresh instance); the default, as above.
     pub plugin_configure_fuel_max: u64,
-    /// Linear memory one plugin instance may grow to.
+    /// Linear memory one plugin instance may grow to; the default, as above.
     pub plugin_memory_bytes_max: usize,
+    /// The most linear memory any plugin may be given, by default (128 MiB
+    /// for a Python or JavaScript component) or at upload: the pool's slot
+    /// size. Reserves address space, not memory.
+    pub plugin_slot_memory_bytes_max: usize,
     /// Plugin instances live at once (pooling allocator slots).
     pub plugin_instances_max: u32,
     /// Largest component an upload may carry (the body limit of the upload route).
     pub plugin_upload_bytes_max: usize,
+    /// The longest an upload may take, compiling included (seconds for a
+    /// Python or JavaScript component), before it answers `503 request_timeout`.
+    pub plugin_upload_timeout_ms: u64,
     /// Removed (policy always fails closed): `closed` is accepted with a
     /// warning, `open` is refused at start-up (see `plugins::settings`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,8 +192,10 @@ impl Default for Settings {
             plugin_call_fuel_max: SandboxLimits::default().call_fuel_max,
             plugin_configure_fuel_max: SandboxLimits::default().configure_fuel_max,
             plugin_memory_bytes_max: SandboxLimits::default().memory_bytes_max,
+            plugin_slot_memory_bytes_max: SandboxLimits::default().slot_memory_bytes_max,
             plugin_instances_max: SandboxLimits::default().instances_max,
             plugin_upload_bytes_max: 32 << 20,
+            plugin_upload_timeout_ms: 300_000,
             plugin_failure_mode: None,
             plugin_call_ms_max: None,
             plugin_configure_ms_max: None,
@@ -291,9 +302,15 @@ impl Settings {
         require(self.plugin_call_fuel_max >= 1, "plugin_call_fuel_max", "must be at least 1")?;
         require(self.plugin_configure_fuel_max >= 1, "plugin_configure_fuel_max", "must be at least 1")?;
         require(self.plugin_memory_bytes_max >= 1, "plugin_memory_bytes_max", "must be at least 1")?;
+        require(
+            self.plugin_slot_memory_bytes_max >= self.plugin_memory_bytes_max,
+            "plugin_slot_memory_bytes_max",
+            "must be at least plugin_memory_bytes_max",
+        )?;
         // The sandbox's pool counts four core instances per slot in a u32.
         require((1..=u32::MAX / 4).contains(&self.plugin_instances_max), "plugin_instances_max", "must be from 1 to 1073741823")?;
         require(self.plugin_upload_bytes_max >= 1, "plugin_upload_bytes_max", "must be at least 1")?;
+        require(self.plugin_upload_timeout_ms >= 1, "plugin_upload_timeout_ms", "must be at least 1")?;
         require(self.plugin_poll_ms >= 1, "plugin_poll_ms", "must be at least 1")?;
         Ok(())
     }
@@ -303,6 +320,7 @@ impl Settings {
             call_fuel_max: self.plugin_call_fuel_max,
             configure_fuel_max: self.plugin_configure_fuel_max,
             memory_bytes_max: self.plugin_memory_bytes_max,
+            slot_memory_bytes_max: self.plugin_slot_memory_bytes_max,
             instances_max: self.plugin_instances_max,
         }
     }
@@ -400,9 +418,11 @@ mod tests {
             ("plugin_call_fuel_max", Settings { plugin_call_fuel_max: 0, ..d() }),
             ("plugin_configure_fuel_max", Settings { plugin_configure_fuel_max: 0, ..d() }),
             ("plugin_memory_bytes_max", Settings { plugin_memory_bytes_max: 0, ..d() }),
+            ("plugin_slot_memory_bytes_max", Settings { plugin_slot_memory_bytes_max: 1 << 20, ..d() }),
             ("plugin_instances_max", Settings { plugin_instances_max: 0, ..d() }),
             ("plugin_instances_max", Settings { plugin_instances_max: u32::MAX, ..d() }),
             ("plugin_upload_bytes_max", Settings { plugin_upload_bytes_max: 0, ..d() }),
+            ("plugin_upload_timeout_ms", Settings { plugin_upload_timeout_ms: 0, ..d() }),
             ("plugin_poll_ms", Settings { plugin_poll_ms: 0, ..d() }),
         ];
         for (setting, settings) in cases {

@@ -15,7 +15,10 @@ use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, Uns
 use super::schema::{self, PluginNameSchema};
 use super::{Admin, ApiError, AppState, whole};
 use crate::config::Settings;
-use crate::plugins::{PluginError, PluginInfo, PluginKind, valid_name};
+use crate::plugins::{LimitsRequest, PluginError, PluginInfo, PluginKind, valid_name};
+
+/// Plugin uploads in progress at once; one more answers `503 overloaded`.
+pub const UPLOADS_CONCURRENT_MAX: usize = 4;
 
 /// The upload route's body limit: the component, base64-encoded, plus its JSON envelope.
 pub fn upload_body_bytes_max(settings: &Settings) -> usize {
@@ -29,6 +32,7 @@ impl From<PluginError> for ApiError {
             PluginError::AdvisoryNotValidator(_) => ApiError::invalid("plugin_advisory_not_validator", message),
             PluginError::Invalid(_) => ApiError::invalid("plugin_invalid", message),
             PluginError::ConfigRefused(_) => ApiError::invalid("plugin_config_refused", message),
+            PluginError::LimitsInvalid(_) => ApiError::invalid("plugin_limits_invalid", message),
             PluginError::BadName => ApiError::invalid("plugin_name_invalid", message),
             PluginError::NotFound(_) => ApiError::NotFound { code: "plugin_not_found", message },
             PluginError::KindAlreadyActive { .. } => ApiError::Conflict { code: "plugin_kind_already_active", message },
@@ -59,6 +63,12 @@ pub struct UploadPlugin {
     /// binds: asking is `422 plugin_advisory_not_validator`.
     #[serde(default)]
     pub advisory: bool,
+    /// This version's memory and fuel, each optional. Absent: the defaults
+    /// for the component's size (a Python or JavaScript component, 2 MiB or
+    /// more, gets more of both than a compiled one). Past a ceiling:
+    /// `422 plugin_limits_invalid`.
+    #[serde(default)]
+    pub limits: LimitsRequest,
 }
 
 #[utoipa::path(post, path = "/v1/admin/plugins", operation_id = "upload_plugin", tag = "plugins", request_body = UploadPlugin,
@@ -74,11 +84,14 @@ pub struct UploadPlugin {
         (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
         (status = 409, body = ErrorBody, description = "`plugin_kind_already_active` (with `activate`): another converter or \
             describer is active"),
-        (status = 413, response = PayloadTooLarge),
+        (status = 413, body = ErrorBody, description = "`body_too_large`: the body is past the route's limit (the component's \
+            base64 at `plugin_upload_bytes_max`, 32 MiB by default, plus 64 KiB); `plugin_too_large`: the decoded component is \
+            past `plugin_upload_bytes_max`"),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, body = ErrorBody, description = "`invalid_body`, `plugin_name_invalid`, `plugin_invalid` (not base64, \
             not a component, the wrong world, or not the given `kind`), `plugin_config_refused` (its `configure` said no) or \
-            `plugin_advisory_not_validator` (`advisory` asked for a describer or converter)"),
+            `plugin_advisory_not_validator` (`advisory` asked for a describer or converter) or `plugin_limits_invalid` (a limit \
+            past its ceiling)"),
         (status = 503, response = Unavailable),
     ))]
 pub async fn upload(
@@ -89,8 +102,20 @@ pub async fn upload(
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(req.component.as_bytes())
         .map_err(|e| ApiError::invalid("plugin_invalid", format!("`component` is not base64: {e}")))?;
+    // The body limit lets the JSON envelope through; the component itself is held to the setting exactly.
+    let upload_bytes_max = state.settings.plugin_upload_bytes_max;
+    if bytes.len() > upload_bytes_max {
+        return Err(ApiError::Invalid {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "plugin_too_large",
+            message: format!(
+                "the component is {} bytes; the largest accepted is {upload_bytes_max} (plugin_upload_bytes_max)",
+                bytes.len()
+            ),
+        });
+    }
     let config = if req.config.is_null() { "{}".to_owned() } else { req.config.to_string() };
-    let mut info = state.plugins.upload(&req.name, req.kind, config, bytes, req.advisory).await?;
+    let mut info = state.plugins.upload(&req.name, req.kind, config, bytes, req.advisory, req.limits).await?;
     if req.activate {
         state.plugins.activate(&info.name, info.version).await?;
         info.active = true;

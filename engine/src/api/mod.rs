@@ -105,10 +105,7 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/v1/accounts/{owner_id}/{currency}/transfers", get(accounts::transfers))
         .route("/v1/deposits", post(accounts::deposit))
         .route("/v1/withdrawals", post(accounts::withdraw))
-        .route(
-            "/v1/admin/plugins",
-            get(admin::list).post(admin::upload).layer(DefaultBodyLimit::max(admin::upload_body_bytes_max(&state.settings))),
-        )
+        .route("/v1/admin/plugins", get(admin::list))
         .route("/v1/admin/plugins/{name}/activate", post(admin::activate))
         .route("/v1/admin/plugins/{name}/deactivate", post(admin::deactivate))
         .route("/v1/admin/validation-order", axum::routing::put(admin::set_validation_order))
@@ -127,13 +124,22 @@ fn api_routes(state: &AppState) -> Router<AppState> {
     // reading its body. Only the API's routes: `/healthz`,
     // `/readyz` and `/metrics` must answer when the API is saturated.
     let settings = &state.settings;
-    routes.layer(
+    let limits = |concurrent_max: usize, timeout_ms: u64| {
         tower::ServiceBuilder::new()
             .layer(HandleErrorLayer::new(limit_refusal))
             .layer(LoadShedLayer::new())
-            .layer(GlobalConcurrencyLimitLayer::new(settings.http_requests_concurrent_max))
-            .layer(TimeoutLayer::new(Duration::from_millis(settings.http_request_timeout_ms))),
-    )
+            .layer(GlobalConcurrencyLimitLayer::new(concurrent_max))
+            .layer(TimeoutLayer::new(Duration::from_millis(timeout_ms)))
+    };
+    // An upload compiles its component on the blocking pool: milliseconds for
+    // a compiled language, seconds for a Python or JavaScript one. So uploads
+    // have their own time limit, and only a few run at once, so that they
+    // cannot take every core from the processor. (Merged, the path's GET
+    // keeps the shared limits and its POST gets these.)
+    let uploads = Router::new()
+        .route("/v1/admin/plugins", post(admin::upload).layer(DefaultBodyLimit::max(admin::upload_body_bytes_max(settings))))
+        .layer(limits(admin::UPLOADS_CONCURRENT_MAX, settings.plugin_upload_timeout_ms));
+    routes.layer(limits(settings.http_requests_concurrent_max, settings.http_request_timeout_ms)).merge(uploads)
 }
 
 /// The answer for a request that the limits in `api_routes` stopped.

@@ -364,12 +364,19 @@ impl Ledger {
         };
 
         // 3. Decide each transfer in order. Validators are plugin calls (CPU,
-        //    tens of microseconds each): off the async workers when the
-        //    runtime has others to carry on with.
+        //    tens of microseconds each, and a plugin's WASI calls may block
+        //    on the runtime): never on an async worker. On a single-threaded
+        //    runtime (tests) `block_in_place` is not allowed, so a scoped thread.
         let now = Utc::now();
         let mut decide_batch = || decide_all(items, &mut known, &mut accounts, in_commit.as_ref(), now);
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
-        let (rows, outcomes) = if validating && multi_thread { tokio::task::block_in_place(decide_batch) } else { decide_batch() };
+        let (rows, outcomes) = match (validating, multi_thread) {
+            (false, _) => decide_batch(),
+            (true, true) => tokio::task::block_in_place(decide_batch),
+            (true, false) => {
+                std::thread::scope(|scope| scope.spawn(decide_batch).join()).unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }
+        };
 
         // 4. Write, one statement per table.
         write_rows(&mut tx, &rows, now).await?;

@@ -16,7 +16,8 @@ use wasmtime::component::Component;
 
 use super::bindings::{WitVersion, down, types, v0_1, v0_2};
 use super::guard::{self, LogBudget};
-use super::sandbox::{HostState, Sandbox, WALL_CLOCK_BACKSTOP_MS};
+use super::sandbox::{HostState, PluginLimits, Sandbox, WALL_CLOCK_BACKSTOP_MS};
+use super::wasi::CallStamp;
 use super::{PluginError, PluginKind};
 use crate::hooks::ContextNeeds;
 
@@ -32,6 +33,8 @@ pub struct PluginMeta {
     pub sha256: [u8; 32],
     /// The operator's JSON, passed to `configure` before every call.
     pub config: String,
+    /// This version's memory and fuel.
+    pub limits: PluginLimits,
 }
 
 impl PluginMeta {
@@ -55,12 +58,7 @@ pub enum Prepared {
 impl Prepared {
     /// Tries the current interface version, then the older one.
     pub fn new(sandbox: &Sandbox, component: &Component, kind: PluginKind) -> Result<Self, PluginError> {
-        let pre = sandbox.linker.instantiate_pre(component).map_err(|e| {
-            PluginError::Invalid(format!(
-                "imports something the sandbox does not offer (only transfer:plugin/host): {}",
-                guard::clean(&format!("{e:#}"), 1_000)
-            ))
-        })?;
+        let pre = sandbox.linker.instantiate_pre(component).map_err(|e| unoffered_import(sandbox, component, &e))?;
         let wrong_world = |current: wasmtime::Error, old: wasmtime::Error| {
             PluginError::Invalid(format!(
                 "does not export the {kind} world of transfer:plugin@0.2.0 ({}) nor of 0.1.0 ({})",
@@ -92,6 +90,38 @@ impl Prepared {
     }
 }
 
+/// Why a component cannot be linked, saying what to change: the usual
+/// cause is a language toolchain's default build importing an interface the
+/// sandbox does not offer (wasi:http in componentize-js's default features).
+fn unoffered_import(sandbox: &Sandbox, component: &Component, error: &wasmtime::Error) -> PluginError {
+    let offered = |name: &str| {
+        ["transfer:plugin/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:cli/", "wasi:filesystem/", "wasi:sockets/"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+    };
+    let component_type = component.component_type();
+    let unoffered: Vec<&str> = component_type.imports(&sandbox.engine).map(|(name, _)| name).filter(|name| !offered(name)).collect();
+    let hint = if unoffered.iter().any(|name| name.starts_with("wasi:http/")) {
+        " Plugins make no network calls: with componentize-js, build with disableFeatures: ['http', 'fetch-event'] \
+         (plugins/toolchain/componentize.mjs does); with componentize-py, do not import wasi:http."
+    } else {
+        ""
+    };
+    let what = if unoffered.is_empty() {
+        String::new()
+    } else {
+        format!(" It imports {}, which the sandbox does not offer.", unoffered.iter().take(5).copied().collect::<Vec<_>>().join(", "))
+    };
+    PluginError::Invalid(guard::clean(
+        &format!(
+            "cannot be linked: a plugin may import transfer:plugin/host and WASI 0.2 (io, clocks, random, cli, filesystem, \
+             sockets: present, granting nothing).{what}{hint} ({e:#})",
+            e = error
+        ),
+        1_500,
+    ))
+}
+
 enum Bindings {
     Validator01(v0_1::validator::Validator),
     Converter01(v0_1::converter::Converter),
@@ -119,7 +149,7 @@ pub enum Fault {
     #[error("was stopped by the wall-clock backstop (wall_clock_backstop) after {ms} ms in {stage}")]
     WallClockBackstop { stage: Stage, ms: u64 },
     #[error("exceeded its memory limit (memory_exceeded) of {bytes_max} bytes")]
-    MemoryExceeded { bytes_max: usize },
+    MemoryExceeded { bytes_max: u64 },
     #[error("trapped (trap): {0}")]
     Trap(String),
     #[error("answered nonsense (nonsense): {0}")]
@@ -196,7 +226,7 @@ impl LoadedPlugin {
         // What a validator needs comes from `configure`. If it faults here it
         // faults on every call too, and fails closed there: no context needed.
         if let Prepared::Validator02(_) = plugin.prepared {
-            plugin.needs = plugin.instantiate(false).map(|(_, _, needs)| needs).unwrap_or_default();
+            plugin.needs = plugin.instantiate(false, CallStamp::NO_TRANSFER).map(|(_, _, needs)| needs).unwrap_or_default();
         }
         Ok(plugin)
     }
@@ -218,7 +248,7 @@ impl LoadedPlugin {
 
     /// Instantiates and configures once, so a bad config is refused at upload.
     pub fn check(&self) -> Result<(), PluginError> {
-        match self.instantiate(true) {
+        match self.instantiate(true, CallStamp::NO_TRANSFER) {
             Ok(_) => Ok(()),
             Err(Fault::ConfigRefused(message)) => Err(PluginError::ConfigRefused(message)),
             Err(fault) => Err(PluginError::Invalid(fault.to_string())),
@@ -233,9 +263,9 @@ impl LoadedPlugin {
     /// A fresh store and instance, configured with the operator's JSON, and
     /// what the plugin declared it needs (a 0.2 validator's `configure` answer).
     /// `configure` may log only when `log_configure` (at load, not before every call).
-    fn instantiate(&self, log_configure: bool) -> Result<(Store<HostState>, Bindings, ContextNeeds), Fault> {
-        let limits = self.sandbox.limits;
-        let mut state = HostState::new(self.label.clone(), limits.memory_bytes_max, self.log_budget.clone());
+    fn instantiate(&self, log_configure: bool, stamp: CallStamp<'_>) -> Result<(Store<HostState>, Bindings, ContextNeeds), Fault> {
+        let limits = self.meta.limits;
+        let mut state = HostState::new(self.label.clone(), limits.memory_bytes_max, self.log_budget.clone(), stamp);
         state.quiet = !log_configure;
         let mut store = Store::new(&self.sandbox.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -269,6 +299,7 @@ impl LoadedPlugin {
                 Ok((Bindings::Describer02(b), none(configured)))
             }),
         };
+        store.data_mut().flush_output();
         let (bindings, configured) = instantiated.map_err(|e| self.classify(e, &store, Stage::Configure))?;
         let declared = configured.map_err(|message| Fault::ConfigRefused(guard::clean(&message, FAULT_TEXT_CHARS_MAX)))?;
         let needs = match declared {
@@ -284,19 +315,26 @@ impl LoadedPlugin {
 
     /// Runs `call` on a fresh, configured instance under the per-call fuel
     /// budget; the instance and its store are dropped afterwards, fault or not.
-    fn fresh<R>(&self, call: impl FnOnce(&mut Store<HostState>, &Bindings) -> wasmtime::Result<R>) -> Result<R, Fault> {
-        let (mut store, bindings, _) = self.instantiate(false)?;
-        let call_fuel_max = self.sandbox.limits.call_fuel_max;
+    fn fresh<R>(
+        &self,
+        transfer: &types::Transfer,
+        call: impl FnOnce(&mut Store<HostState>, &Bindings) -> wasmtime::Result<R>,
+    ) -> Result<R, Fault> {
+        let stamp = CallStamp { transfer_id: &transfer.id, time_reference_ms: transfer.submitted_at_ms };
+        let (mut store, bindings, _) = self.instantiate(false, stamp)?;
+        let call_fuel_max = self.meta.limits.call_fuel_max;
         store.set_fuel(call_fuel_max).expect("the sandbox's engine meters fuel");
         store.set_epoch_deadline(Sandbox::backstop_ticks());
-        let answer = call(&mut store, &bindings).map_err(|e| self.classify(e, &store, Stage::Call))?;
+        let answer = call(&mut store, &bindings);
+        store.data_mut().flush_output();
+        let answer = answer.map_err(|e| self.classify(e, &store, Stage::Call))?;
         let used = call_fuel_max.saturating_sub(store.get_fuel().unwrap_or(0));
         self.call_fuel_used_max.fetch_max(used, Ordering::Relaxed);
         Ok(answer)
     }
 
     fn classify(&self, e: wasmtime::Error, store: &Store<HostState>, stage: Stage) -> Fault {
-        let limits = self.sandbox.limits;
+        let limits = self.meta.limits;
         if store.data().limiter.memory_refused {
             return Fault::MemoryExceeded { bytes_max: limits.memory_bytes_max };
         }
@@ -315,7 +353,7 @@ impl LoadedPlugin {
     /// Some(rejection) or None (allow). A 0.1 validator sees the transfer
     /// without what 0.2 added, and no context.
     pub fn validate(&self, transfer: &types::Transfer, context: &types::Context) -> Result<Option<types::Rejection>, Fault> {
-        self.fresh(|store, bindings| match bindings {
+        self.fresh(transfer, |store, bindings| match bindings {
             Bindings::Validator02(b) => Ok(match b.call_validate(store, transfer, context)? {
                 v0_2::validator::Verdict::Allow => None,
                 v0_2::validator::Verdict::Reject(r) => Some(r),
@@ -334,7 +372,7 @@ impl LoadedPlugin {
         target: &types::Currency,
         transfer: &types::Transfer,
     ) -> Result<Result<Conversion, types::Rejection>, Fault> {
-        self.fresh(|store, bindings| match bindings {
+        self.fresh(transfer, |store, bindings| match bindings {
             Bindings::Converter02(b) => b.call_convert(store, source, target, transfer),
             Bindings::Converter01(b) => Ok(b
                 .call_convert(store, &down::money(source), &down::currency(target))?
@@ -345,7 +383,7 @@ impl LoadedPlugin {
     }
 
     pub fn rewrite(&self, description: &str, transfer: &types::Transfer) -> Result<Result<String, types::Rejection>, Fault> {
-        self.fresh(|store, bindings| match bindings {
+        self.fresh(transfer, |store, bindings| match bindings {
             Bindings::Describer02(b) => b.call_rewrite(store, description, transfer),
             Bindings::Describer01(b) => Ok(b.call_rewrite(store, description, &down::transfer(transfer))?.map_err(down::rejection)),
             _ => unreachable!("a describer plugin holds describer bindings"),

@@ -2,6 +2,7 @@
 //!
 //! - `bindings`: the one `bindgen!` site, for `wit/plugin.wit` (0.2.0) and the frozen `wit/0.1.0/plugin.wit`.
 //! - `sandbox`: the wasmtime engine, linker and limits (fuel, memory) every plugin runs under.
+//! - `wasi`: the WASI a plugin sees: present, granting nothing, deterministic.
 //! - `guard`: bounds and cleans what a plugin hands back (texts, log lines, log rate).
 //! - `loaded`: one plugin version, instantiated fresh for every call.
 //! - `set`: the active plugins as a `Hooks` implementation, recording decisions.
@@ -16,12 +17,13 @@ pub mod registry;
 pub mod sandbox;
 pub mod set;
 pub mod settings;
+pub mod wasi;
 
 use std::fmt;
 
 pub use loaded::{Fault, LoadedPlugin, PluginMeta};
 pub use registry::{PluginInfo, Registry};
-pub use sandbox::{Sandbox, SandboxLimits};
+pub use sandbox::{LimitsRequest, PluginLimits, Sandbox, SandboxLimits};
 pub use set::PluginSet;
 
 /// Which hook a plugin serves, that is, which WIT world it exports.
@@ -59,6 +61,8 @@ impl fmt::Display for PluginKind {
 pub enum PluginError {
     #[error("the plugin was refused: {0}")]
     Invalid(String),
+    #[error("the plugin's limits were refused: {0}")]
+    LimitsInvalid(String),
     #[error("the plugin refused its configuration: {0}")]
     ConfigRefused(String),
     #[error("plugin names are 1 to 63 characters of a-z, 0-9, '_' and '-', starting with a letter")]

@@ -18,7 +18,7 @@ use wasmtime::component::Component;
 use super::bindings::WitVersion;
 use super::compiled::{CompiledCache, INACTIVE_COMPONENTS_MAX};
 use super::set::PluginSet;
-use super::{LoadedPlugin, PluginError, PluginKind, PluginMeta, Sandbox, valid_name};
+use super::{LimitsRequest, LoadedPlugin, PluginError, PluginKind, PluginLimits, PluginMeta, Sandbox, valid_name};
 use crate::hooks::{ContextNeeds, HookSet};
 
 /// The NOTIFY channel every change is announced on.
@@ -47,6 +47,8 @@ pub struct PluginInfo {
     /// validates before the batch's transaction, else in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs: Option<NeedsInfo>,
+    /// This version's memory and fuel.
+    pub limits: PluginLimits,
 }
 
 /// A validator's declared context, as listed.
@@ -77,11 +79,24 @@ pub struct Registry {
     loaded: Mutex<HashMap<(String, i32), Arc<LoadedPlugin>>>,
 }
 
-/// (name, version, kind, sha256, component or empty when already loaded, config, advisory)
-type ActiveRow = (String, i32, String, Vec<u8>, Vec<u8>, String, bool);
-/// (name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at)
-type ListRow =
-    (String, i32, String, Vec<u8>, i64, String, bool, bool, Option<i32>, DateTime<Utc>, String, Option<sqlx::types::Json<NeedsInfo>>);
+/// (name, version, kind, sha256, component or empty when already loaded, config, advisory, limits, size_bytes)
+type ActiveRow = (String, i32, String, Vec<u8>, Vec<u8>, String, bool, Option<sqlx::types::Json<PluginLimits>>, i64);
+/// (name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at, wit_version, needs, limits)
+type ListRow = (
+    String,
+    i32,
+    String,
+    Vec<u8>,
+    i64,
+    String,
+    bool,
+    bool,
+    Option<i32>,
+    DateTime<Utc>,
+    String,
+    Option<sqlx::types::Json<NeedsInfo>>,
+    Option<sqlx::types::Json<PluginLimits>>,
+);
 
 impl Registry {
     pub fn new(pool: PgPool, sandbox: Arc<Sandbox>, description_chars_max: usize) -> Self {
@@ -113,9 +128,16 @@ impl Registry {
         Ok(component)
     }
 
+    /// A stored version's limits: as fixed at its upload, or for a version
+    /// of the previous release (none stored), the defaults for its size.
+    fn stored_limits(&self, limits: Option<sqlx::types::Json<PluginLimits>>, size_bytes: i64) -> PluginLimits {
+        limits.map(|l| l.0).unwrap_or_else(|| self.sandbox.limits.defaults_for(usize::try_from(size_bytes).unwrap_or(usize::MAX)))
+    }
+
     /// Checks, compiles and stores a new version of `name` (inactive). `kind`
     /// is detected from the component's exports when not given. `advisory`
-    /// (validators only) stores it in shadow mode.
+    /// (validators only) stores it in shadow mode. `limits` overrides the
+    /// defaults for the component's size.
     pub async fn upload(
         self: &Arc<Self>,
         name: &str,
@@ -123,10 +145,12 @@ impl Registry {
         config: String,
         bytes: Vec<u8>,
         advisory: bool,
+        limits: LimitsRequest,
     ) -> Result<PluginInfo, PluginError> {
         if !valid_name(name) {
             return Err(PluginError::BadName);
         }
+        let limits = self.sandbox.limits.resolve(bytes.len(), limits)?;
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
         let this = self.clone();
         let checked_name = name.to_owned();
@@ -140,7 +164,7 @@ impl Registry {
                     .ok_or_else(|| PluginError::Invalid("exports none of the validator, converter or describer worlds".into()))?,
             };
             // Version 0: the upload check, before a version is assigned.
-            let meta = PluginMeta { name: checked_name, version: 0, kind, sha256, config: config.clone() };
+            let meta = PluginMeta { name: checked_name, version: 0, kind, sha256, config: config.clone(), limits };
             let plugin = LoadedPlugin::new(this.sandbox.clone(), meta, &component)?.with_advisory(advisory)?;
             plugin.check()?;
             Ok((kind, bytes, config, plugin.wit_version(), NeedsInfo::of(&plugin.needs)))
@@ -153,8 +177,8 @@ impl Registry {
         let (version,): (i32,) =
             sqlx::query_as("SELECT coalesce(max(version), 0) + 1 FROM plugins WHERE name = $1").bind(name).fetch_one(&mut *tx).await?;
         let (uploaded_at,): (DateTime<Utc>,) = sqlx::query_as(
-            "INSERT INTO plugins (name, version, kind, sha256, component, config, advisory, wit_version, needs)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO plugins (name, version, kind, sha256, component, config, advisory, wit_version, needs, limits)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              RETURNING uploaded_at",
         )
         .bind(name)
@@ -166,6 +190,7 @@ impl Registry {
         .bind(advisory)
         .bind(wit_version.as_str())
         .bind(needs.clone().map(sqlx::types::Json))
+        .bind(sqlx::types::Json(limits))
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -183,13 +208,14 @@ impl Registry {
             uploaded_at,
             wit_version,
             needs,
+            limits,
         })
     }
 
     pub async fn list(&self) -> Result<Vec<PluginInfo>, PluginError> {
         let rows: Vec<ListRow> = sqlx::query_as(
             "SELECT p.name, p.version, p.kind, p.sha256, length(p.component)::bigint, p.config, p.advisory, p.active,
-                    CASE WHEN p.active THEN o.position END, p.uploaded_at, p.wit_version, p.needs
+                    CASE WHEN p.active THEN o.position END, p.uploaded_at, p.wit_version, p.needs, p.limits
                FROM plugins p LEFT JOIN validation_order o USING (name)
               ORDER BY p.name, p.version",
         )
@@ -197,25 +223,28 @@ impl Registry {
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at, wit_version, needs)| {
-                Some(PluginInfo {
-                    name,
-                    version,
-                    kind: PluginKind::parse(&kind)?,
-                    sha256: hex::encode(sha256),
-                    size_bytes,
-                    config,
-                    advisory,
-                    active,
-                    position,
-                    uploaded_at,
-                    wit_version: match wit_version.as_str() {
-                        "0.2.0" => WitVersion::V0_2,
-                        _ => WitVersion::V0_1,
-                    },
-                    needs: needs.map(|n| n.0),
-                })
-            })
+            .filter_map(
+                |(name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at, wit_version, needs, limits)| {
+                    Some(PluginInfo {
+                        name,
+                        version,
+                        kind: PluginKind::parse(&kind)?,
+                        sha256: hex::encode(sha256),
+                        size_bytes,
+                        config,
+                        advisory,
+                        active,
+                        position,
+                        uploaded_at,
+                        wit_version: match wit_version.as_str() {
+                            "0.2.0" => WitVersion::V0_2,
+                            _ => WitVersion::V0_1,
+                        },
+                        needs: needs.map(|n| n.0),
+                        limits: self.stored_limits(limits, size_bytes),
+                    })
+                },
+            )
             .collect())
     }
 
@@ -323,7 +352,8 @@ impl Registry {
         let known: Vec<String> = self.loaded.lock().expect("not poisoned").keys().map(|(n, v)| format!("{n}@{v}")).collect();
         let rows: Vec<ActiveRow> = sqlx::query_as(
             "SELECT p.name, p.version, p.kind, p.sha256,
-                    CASE WHEN (p.name || '@' || p.version) = ANY($1) THEN ''::bytea ELSE p.component END, p.config, p.advisory
+                    CASE WHEN (p.name || '@' || p.version) = ANY($1) THEN ''::bytea ELSE p.component END, p.config, p.advisory,
+                    p.limits, length(p.component)::bigint
                FROM plugins p LEFT JOIN validation_order o USING (name)
               WHERE p.active
               ORDER BY o.position NULLS LAST, p.name",
@@ -340,7 +370,7 @@ impl Registry {
         let mut set = PluginSet::empty(self.description_chars_max);
         set.generation = generation;
         let mut keep = HashMap::new();
-        for (name, version, kind, sha256, bytes, config, advisory) in rows {
+        for (name, version, kind, sha256, bytes, config, advisory, limits, size_bytes) in rows {
             let kind = PluginKind::parse(&kind).ok_or_else(|| PluginError::Invalid(format!("stored kind {kind:?}")))?;
             let sha256: [u8; 32] = sha256.try_into().map_err(|_| PluginError::Invalid("stored sha256 is not 32 bytes".into()))?;
             let key = (name.clone(), version);
@@ -349,7 +379,7 @@ impl Registry {
                 Some(p) => p,
                 None => {
                     let component = self.compile(sha256, &bytes)?;
-                    let meta = PluginMeta { name, version, kind, sha256, config };
+                    let meta = PluginMeta { name, version, kind, sha256, config, limits: self.stored_limits(limits, size_bytes) };
                     // A row that says advisory for a non-validator cannot come from an upload;
                     // with_advisory refuses it rather than let a describer or converter be skipped.
                     Arc::new(LoadedPlugin::new(self.sandbox.clone(), meta, &component)?.with_advisory(advisory)?)

@@ -1,7 +1,8 @@
 //! The sandbox every plugin runs in: one wasmtime `Engine` with the pooling
 //! allocator (copy-on-write memory images), fuel metering and, as a backstop,
-//! epoch interruption; one `Linker` that offers nothing but `host.log` (of each interface version); and
-//! per-store limits on memory. No WASI, no clock, no I/O.
+//! epoch interruption; one `Linker` that offers `host.log` (of each interface
+//! version) and a WASI that grants nothing and is deterministic (`wasi`);
+//! and per-store limits on memory. No real clock, no randomness, no I/O.
 //!
 //! The limit on a call is **fuel**, not time: wasmtime charges about one unit
 //! per WebAssembly instruction executed, so a call's budget is the same on an
@@ -22,6 +23,7 @@ use wasmtime::{
 
 use super::bindings::{v0_1, v0_2};
 use super::guard::{self, LogBudget, LogPermit};
+use super::wasi::{self, CallStamp, WasiState};
 use super::{PluginError, PluginKind};
 
 /// How often the epoch advances: the granularity of the wall-clock backstop.
@@ -46,21 +48,49 @@ const KEEP_RESIDENT_BYTES: usize = 64 << 10;
 /// plugin writes a few pages of stack near 1 MiB and a few of heap above it.
 const KEEP_RESIDENT_WRITTEN_BYTES: usize = 4 << 20;
 
-/// Limits on every plugin call, configurable with safe defaults.
+/// The sandbox's limits: the defaults each plugin version's own limits
+/// (`PluginLimits`) start from, and the ceilings they may not pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxLimits {
-    /// Fuel (about one unit per WebAssembly instruction) one hook call may
-    /// burn before it is stopped with `fuel_exhausted`.
+    /// Fuel (about one unit per WebAssembly instruction) one hook call of a
+    /// compiled-language plugin may burn by default before it is stopped
+    /// with `fuel_exhausted`.
     pub call_fuel_max: u64,
-    /// Fuel instantiation plus `configure` may burn (start functions and
-    /// parsing the operator's JSON; runs before every call).
+    /// Fuel instantiation plus `configure` may burn by default (start
+    /// functions and parsing the operator's JSON; runs before every call).
     pub configure_fuel_max: u64,
-    /// Linear memory one plugin instance may grow to.
+    /// Linear memory one instance of a compiled-language plugin may grow to by default.
     pub memory_bytes_max: usize,
+    /// The most linear memory any plugin may be given, by default or at
+    /// upload: the size of a pool slot (address space reserved, not memory used).
+    pub slot_memory_bytes_max: usize,
     /// Plugin instances that can be live at once (pool slots): each call
     /// holds one while it runs.
     pub instances_max: u32,
+}
+
+/// One plugin version's limits, fixed at upload and stored with it, so a
+/// version decides the same way whatever the engine's settings are later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Linear memory one instance may grow to.
+    pub memory_bytes_max: u64,
+    /// Fuel one hook call may burn.
+    pub call_fuel_max: u64,
+    /// Fuel instantiation plus `configure` may burn.
+    pub configure_fuel_max: u64,
+}
+
+/// What an operator may set at upload: any of the three; the others are
+/// the defaults for the component's size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    pub memory_bytes_max: Option<u64>,
+    pub call_fuel_max: Option<u64>,
+    pub configure_fuel_max: Option<u64>,
 }
 
 impl SandboxLimits {
@@ -73,6 +103,62 @@ impl SandboxLimits {
     /// of CPU here, which bounds what a looping plugin costs a transfer.
     pub const CALL_FUEL_MAX_DEFAULT: u64 = 10_000_000;
     pub const CONFIGURE_FUEL_MAX_DEFAULT: u64 = 20_000_000;
+    /// A component at least this large carries a language runtime (CPython
+    /// in a componentize-py component, about 18 MB; SpiderMonkey in a
+    /// componentize-js one, about 12 MB); compiled-language plugins are a
+    /// few hundred KB at most.
+    pub const RUNTIME_COMPONENT_BYTES_MIN: usize = 2 << 20;
+    /// Defaults for a component with a language runtime. Measured
+    /// (`a_python_and_a_javascript_plugin_run_within_their_default_limits` in
+    /// tests/plugin_parity.rs): RUNTIME_FUEL_MEASURED.
+    pub const RUNTIME_MEMORY_BYTES_DEFAULT: u64 = 128 << 20;
+    pub const RUNTIME_CALL_FUEL_MAX_DEFAULT: u64 = 200_000_000;
+    pub const RUNTIME_CONFIGURE_FUEL_MAX_DEFAULT: u64 = 400_000_000;
+    /// The most fuel an operator may give a call. The wall-clock backstop
+    /// (`WALL_CLOCK_BACKSTOP_MS`) stops a call long before it burns this much.
+    pub const FUEL_MAX_CEILING: u64 = 100_000_000_000;
+
+    /// The limits a component of `component_bytes` gets unless the operator says otherwise.
+    pub fn defaults_for(&self, component_bytes: usize) -> PluginLimits {
+        let slot = self.slot_memory_bytes_max as u64;
+        if component_bytes >= Self::RUNTIME_COMPONENT_BYTES_MIN {
+            PluginLimits {
+                memory_bytes_max: Self::RUNTIME_MEMORY_BYTES_DEFAULT.min(slot),
+                call_fuel_max: Self::RUNTIME_CALL_FUEL_MAX_DEFAULT.max(self.call_fuel_max),
+                configure_fuel_max: Self::RUNTIME_CONFIGURE_FUEL_MAX_DEFAULT.max(self.configure_fuel_max),
+            }
+        } else {
+            PluginLimits {
+                memory_bytes_max: (self.memory_bytes_max as u64).min(slot),
+                call_fuel_max: self.call_fuel_max,
+                configure_fuel_max: self.configure_fuel_max,
+            }
+        }
+    }
+
+    /// The defaults for the component's size, with what the operator asked
+    /// for in their place; refused past a ceiling.
+    pub fn resolve(&self, component_bytes: usize, request: LimitsRequest) -> Result<PluginLimits, PluginError> {
+        let defaults = self.defaults_for(component_bytes);
+        let limits = PluginLimits {
+            memory_bytes_max: request.memory_bytes_max.unwrap_or(defaults.memory_bytes_max),
+            call_fuel_max: request.call_fuel_max.unwrap_or(defaults.call_fuel_max),
+            configure_fuel_max: request.configure_fuel_max.unwrap_or(defaults.configure_fuel_max),
+        };
+        let slot = self.slot_memory_bytes_max as u64;
+        if !(1..=slot).contains(&limits.memory_bytes_max) {
+            return Err(PluginError::LimitsInvalid(format!(
+                "memory_bytes_max {} is outside 1 to {slot} (plugin_slot_memory_bytes_max)",
+                limits.memory_bytes_max
+            )));
+        }
+        for (name, fuel) in [("call_fuel_max", limits.call_fuel_max), ("configure_fuel_max", limits.configure_fuel_max)] {
+            if !(1..=Self::FUEL_MAX_CEILING).contains(&fuel) {
+                return Err(PluginError::LimitsInvalid(format!("{name} {fuel} is outside 1 to {}", Self::FUEL_MAX_CEILING)));
+            }
+        }
+        Ok(limits)
+    }
 }
 
 impl Default for SandboxLimits {
@@ -81,6 +167,7 @@ impl Default for SandboxLimits {
             call_fuel_max: Self::CALL_FUEL_MAX_DEFAULT,
             configure_fuel_max: Self::CONFIGURE_FUEL_MAX_DEFAULT,
             memory_bytes_max: 16 << 20,
+            slot_memory_bytes_max: 256 << 20,
             instances_max: 64,
         }
     }
@@ -141,14 +228,36 @@ pub struct HostState {
     /// Drops the plugin's log lines: set while `configure` runs before a
     /// call (it runs before every call; what it says was logged at load).
     pub quiet: bool,
+    /// The call's WASI, derived from the transfer it decides.
+    pub wasi: WasiState,
 }
 
 impl HostState {
-    pub fn new(label: Arc<str>, memory_bytes_max: usize, log_budget: Arc<LogBudget>) -> Self {
+    pub fn new(label: Arc<str>, memory_bytes_max: u64, log_budget: Arc<LogBudget>, stamp: CallStamp<'_>) -> Self {
+        let memory_bytes_max = usize::try_from(memory_bytes_max).unwrap_or(usize::MAX);
         let inner =
             StoreLimitsBuilder::new().memory_size(memory_bytes_max).trap_on_grow_failure(true).instances(32).tables(32).memories(8).build();
         let limiter = Limiter { inner, memory_refused: false };
-        Self { limiter, label, log_lines_left: LOG_LINES_PER_CALL_MAX, log_budget, quiet: false }
+        Self { limiter, label, log_lines_left: LOG_LINES_PER_CALL_MAX, log_budget, quiet: false, wasi: WasiState::new(stamp) }
+    }
+
+    /// Writes what the plugin printed to stdout (info) and stderr (warn) to
+    /// the log, under the same bounds as `host.log`; drops it while `quiet`.
+    pub fn flush_output(&mut self) {
+        let Some((lines, dropped_bytes)) = self.wasi.take_output() else { return };
+        for (stream, line) in lines {
+            let level = match stream {
+                wasi::Stream::Stdout => LogLevel::Info,
+                wasi::Stream::Stderr => LogLevel::Warn,
+            };
+            self.log(level, line);
+        }
+        if dropped_bytes > 0 {
+            self.log(
+                LogLevel::Warn,
+                format!("({dropped_bytes} more bytes of output dropped: over {} a call)", wasi::OUTPUT_BYTES_PER_CALL_MAX),
+            );
+        }
     }
 }
 
@@ -224,7 +333,7 @@ impl Sandbox {
             .total_core_instances(limits.instances_max * 4)
             .total_memories(limits.instances_max * 2)
             .total_tables(limits.instances_max * 4)
-            .max_memory_size(limits.memory_bytes_max)
+            .max_memory_size(limits.slot_memory_bytes_max)
             .pagemap_scan(if pagemap { Enabled::Yes } else { Enabled::No })
             .linear_memory_keep_resident(keep_resident)
             .table_keep_resident(keep_resident);
@@ -236,7 +345,7 @@ impl Sandbox {
             // Each call starts from the module's initial memory image, mapped copy-on-write.
             .memory_init_cow(true)
             // Reserve only what a plugin may use: many engines (tests) share one address space.
-            .memory_reservation(limits.memory_bytes_max as u64)
+            .memory_reservation(limits.slot_memory_bytes_max as u64)
             .memory_reservation_for_growth(0)
             // Bounds are checked by the compiled code, not by guard pages and
             // signals. With guard pages, the pages a plugin grows into are
@@ -255,6 +364,7 @@ impl Sandbox {
             .map_err(|e| PluginError::Sandbox(format!("{e:#}")))?;
         v0_2::validator::Validator::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Sandbox(format!("{e:#}")))?;
+        wasi::add_to_linker(&mut linker).map_err(|e| PluginError::Sandbox(format!("{e:#}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticking, stop) = (engine.clone(), ticker_stop.clone());
         std::thread::Builder::new()
