@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds every plugin crate as a WebAssembly component and copies the results
-# to dist/<name>.wasm (the stable place to load them from). Needs Debian's rustc-web toolchain (see README.md) and
-# crates.io, nothing else. Cargo's own caching makes a rebuild with no changes
+# to dist/<name>.wasm (the stable place to load them from), then the Python
+# and JavaScript plugins (below). Needs Debian's rustc-web toolchain (see
+# README.md), python3 and node with npm, and crates.io, PyPI and npm. Cargo's own caching makes a rebuild with no changes
 # take about a second; dist/ files are only rewritten when they changed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -39,11 +40,67 @@ for member in $(sed -n '/^members = \[/,/^\]/s/^ *"\([^"]*\)",\{0,1\}$/\1/p' Car
         echo "build.sh: $built is not a WebAssembly component" >&2
         exit 1
     fi
-    # The engine links nothing but transfer:plugin/host; a WASI import would fail there.
+    # The engine would link a WASI import (see README.md, the sandbox), but
+    # the Rust examples need none; keeping them free of it keeps them the
+    # smallest and cheapest, and this catches a dependency that pulls it in.
     if grep -aqE 'wasi:|wasi_snapshot' "$built"; then
-        echo "build.sh: $built imports WASI; plugins must import only transfer:plugin/host" >&2
+        echo "build.sh: $built imports WASI; the Rust examples import only transfer:plugin/host" >&2
         exit 1
     fi
     cmp -s "$built" "dist/$name.wasm" || cp "$built" "dist/$name.wasm"
-    printf '%-28s %7d bytes\n' "dist/$name.wasm" "$(stat -c %s "dist/$name.wasm")"
+    printf '%-28s %8d bytes\n' "dist/$name.wasm" "$(stat -c %s "dist/$name.wasm")"
+done
+
+# Python (componentize-py) and JavaScript (componentize-js) plugins: each
+# directory named *-py or *-js holds one validator (app.py or <name>.js).
+# The tools are pinned (toolchain/) and installed once, outside the clone, in
+# PLUGIN_TOOLS_DIR; a plugin is rebuilt only when its inputs changed (the
+# sha256 of its sources, the WIT and the pins, kept beside its output).
+tools_dir="${PLUGIN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/transfer-engine/plugin-tools}"
+pins_sha="$(cat toolchain/requirements.txt toolchain/package-lock.json | sha256sum | cut -c1-16)"
+py_tools="$tools_dir/py-$pins_sha"
+js_tools="$tools_dir/js-$pins_sha"
+
+ensure_py_tools() {
+    [[ -x "$py_tools/bin/componentize-py" ]] && return
+    command -v python3 >/dev/null || { echo "build.sh: python3 is needed for the Python plugins" >&2; exit 1; }
+    rm -rf "$py_tools" && mkdir -p "$tools_dir"
+    python3 -m venv "$py_tools" || { echo "build.sh: could not create a venv (apt-get install python3-venv)" >&2; exit 1; }
+    "$py_tools/bin/pip" install -q --require-hashes -r toolchain/requirements.txt \
+        || { echo "build.sh: pip install componentize-py failed (is PyPI reachable?)" >&2; rm -rf "$py_tools"; exit 1; }
+}
+
+ensure_js_tools() {
+    [[ -d "$js_tools/node_modules/@bytecodealliance/componentize-js" ]] && return
+    command -v npm >/dev/null || { echo "build.sh: node and npm are needed for the JavaScript plugins (apt-get install nodejs npm)" >&2; exit 1; }
+    rm -rf "$js_tools" && mkdir -p "$js_tools"
+    cp toolchain/package.json toolchain/package-lock.json toolchain/componentize.mjs "$js_tools/"
+    (cd "$js_tools" && npm ci --no-audit --no-fund --loglevel=error >&2) \
+        || { echo "build.sh: npm ci failed (is the npm registry reachable?)" >&2; rm -rf "$js_tools"; exit 1; }
+}
+
+shopt -s nullglob
+for dir in *-py *-js; do
+    [[ -d "$dir" ]] || continue
+    name="${dir//-/_}"
+    out="dist/$name.wasm"
+    sources=("$dir"/*.py "$dir"/*.js)
+    inputs="$(cat "${sources[@]}" ../wit/plugin.wit toolchain/* | sha256sum | cut -c1-64)"
+    if [[ -f "$out" && "$(cat "dist/.$name.inputs" 2>/dev/null)" == "$inputs" ]]; then
+        printf '%-28s %8d bytes (up to date)\n' "$out" "$(stat -c %s "$out")"
+        continue
+    fi
+    case "$dir" in
+        *-py)
+            ensure_py_tools
+            "$py_tools/bin/componentize-py" -d ../wit -w validator componentize -p "$dir" app -o "$out.tmp" >/dev/null
+            ;;
+        *-js)
+            ensure_js_tools
+            node "$js_tools/componentize.mjs" "${sources[0]}" ../wit validator "$out.tmp"
+            ;;
+    esac
+    mv "$out.tmp" "$out"
+    echo "$inputs" > "dist/.$name.inputs"
+    printf '%-28s %8d bytes\n' "$out" "$(stat -c %s "$out")"
 done

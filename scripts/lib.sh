@@ -166,7 +166,11 @@ ensure_broker() {
 }
 
 ensure_plugins() {
-  step "Plugin toolchain (Debian rustc-web) and example plugins"
+  step "Plugin toolchains (Debian rustc-web; componentize-py, componentize-js) and example plugins"
   apt_install rustc-web cargo-web rust-web-src rust-web-llvm lld-22
+  # Python and JavaScript plugins: plugins/build.sh installs the pinned tools
+  # (pip, npm) into PLUGIN_TOOLS_DIR, outside the clone; it needs these.
+  python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+  { command -v node >/dev/null && command -v npm >/dev/null; } || apt_install nodejs npm
   "$ROOT/plugins/build.sh" || die "building the example plugins failed"
 }

@@ -21,7 +21,8 @@ use transfer_engine::plugins::{LoadedPlugin, PluginError, PluginKind, PluginMeta
 fn unchecked(sandbox: &Arc<Sandbox>, file_stem: &str, kind: PluginKind, version: i32, config: Value) -> LoadedPlugin {
     let bytes = plugin_bytes(file_stem);
     let component = sandbox.compile(&bytes).unwrap();
-    let meta = PluginMeta { name: file_stem.replace('_', "-"), version, kind, sha256: [7; 32], config: config.to_string() };
+    let limits = sandbox.limits.defaults_for(bytes.len());
+    let meta = PluginMeta { name: file_stem.replace('_', "-"), version, kind, sha256: [7; 32], config: config.to_string(), limits };
     LoadedPlugin::new(sandbox.clone(), meta, &component).unwrap()
 }
 
@@ -704,5 +705,83 @@ async fn account_and_transfer_metadata_set_over_the_api_decide_the_0_2_examples_
     let listed = app.wait_final(&submit(&app, transfer(3, "1.00", json!({}))).await).await;
     assert_eq!(listed["reason"]["code"], "country_blocked", "{listed}");
     assert_audit_passes(&app.ledger()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn python_and_javascript_validators_uploaded_over_the_api_get_limits_by_size_and_decide_transfers_end_to_end() {
+    use base64::Engine as _;
+    let app = TestApp::spawn().await;
+    app.open_account(1, "EUR", "100.00").await;
+    app.open_account(2, "EUR", "0").await;
+    // An 18 MB component is a 25 MB base64 body: far past the API's 16 KiB, within the upload route's limit.
+    // Compiling an 18 MB component takes seconds (more with other tests on the cores): past the
+    // test client's 30 s, within the upload route's own time limit.
+    let patient = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap();
+    let upload = |body: Value| {
+        let request = patient.post(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status();
+            let answer: Value = r.json().await.unwrap();
+            assert_eq!(status, 201, "{answer}");
+            answer
+        }
+    };
+    let python = upload(json!({"name": "limits-py", "kind": "validator", "config": {"max_amount_minor": {"EUR": 5_000}}, "activate": true,
+                               "component": base64::engine::general_purpose::STANDARD.encode(plugin_bytes("limits_py"))}))
+    .await;
+    assert_eq!(python["wit_version"], "0.2.0");
+    assert_eq!(python["limits"]["memory_bytes_max"], 128 << 20, "a component with a language runtime gets runtime defaults: {python}");
+    let component = base64::engine::general_purpose::STANDARD.encode(plugin_bytes("limits_js"));
+    let body = json!({"name": "limits-js", "component": component, "activate": true, "config": {"blocked_owners": [3]},
+                      "limits": {"call_fuel_max": 300_000_000}});
+    let javascript = upload(body).await;
+    assert_eq!(javascript["limits"]["call_fuel_max"], 300_000_000, "the operator's limit is kept: {javascript}");
+    assert_eq!(javascript["limits"]["memory_bytes_max"], 128 << 20, "the others are the defaults: {javascript}");
+    let rust = app.upload_plugin("limits", "limits", "validator", json!({}), false).await;
+    assert_eq!(rust["limits"], json!({"memory_bytes_max": 16 << 20, "call_fuel_max": 10_000_000, "configure_fuel_max": 20_000_000}));
+    let listed: Value =
+        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let listed_js = listed["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "limits-js").unwrap();
+    assert_eq!(listed_js["limits"], javascript["limits"], "the limits are stored with the version");
+    wait_for_plugins(&app, &["limits-py", "limits-js"]).await;
+
+    let over = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "60.00", "currency": "EUR"})).await;
+    let over = app.wait_final(&over).await;
+    assert_eq!((&over["status"], &over["reason"]["code"]), (&json!("rejected"), &json!("amount_over_limit")), "{over}");
+    assert_eq!(over["reason"]["message"], "The amount 60.00 EUR is over the limit of 50.00 EUR per transfer.", "{over}");
+    let within = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "10.00", "currency": "EUR"})).await;
+    let within = app.wait_final(&within).await;
+    assert_eq!(within["status"], "completed", "{within}");
+    let decided: Vec<&str> = within["decisions"].as_array().unwrap().iter().map(|d| d["plugin"].as_str().unwrap()).collect();
+    assert!(decided.contains(&"limits-py") && decided.contains(&"limits-js"), "{within}");
+    assert_audit_passes(&app.ledger()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn limits_past_their_ceilings_and_components_past_the_upload_limit_are_refused_with_codes() {
+    use base64::Engine as _;
+    let db = common::TestDb::new().await;
+    let mut settings = common::test_settings(&db);
+    settings.plugin_upload_bytes_max = 100_000;
+    let app = TestApp::spawn_with(db, settings, transfer_engine::startup::Role::All).await;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let limits = b64(&plugin_bytes("limits"));
+    let cases = [
+        (json!({"name": "limits", "component": limits, "limits": {"memory_bytes_max": 1u64 << 40}}), 422, "plugin_limits_invalid"),
+        (json!({"name": "limits", "component": limits, "limits": {"call_fuel_max": 0}}), 422, "plugin_limits_invalid"),
+        (json!({"name": "limits", "component": limits, "limits": {"fuel": 5}}), 422, "invalid_body"),
+        // Within the body limit (the envelope has slack), past the component limit by one byte.
+        (json!({"name": "limits", "component": b64(&vec![0; 100_001])}), 413, "plugin_too_large"),
+        // Past the body limit: refused before it is read whole.
+        (json!({"name": "limits-py", "component": b64(&plugin_bytes("limits_py"))}), 413, "body_too_large"),
+    ];
+    for (body, status, code) in cases {
+        let r = app.admin_post("/v1/admin/plugins", &body).await;
+        assert_eq!(r.status().as_u16(), status, "{}", body["limits"]);
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code, "{}", body["limits"]);
+    }
     app.stop().await;
 }

@@ -144,7 +144,12 @@ impl fmt::Display for Refusal {
 impl Limits {
     /// Parses and checks the operator's JSON config.
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_json::from_str(json).map_err(ConfigError::Json)?;
+        // Through a map first: serde would also read a struct from a JSON
+        // array (by position), and a config that is not an object is a mistake.
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(json).map_err(ConfigError::Json)?;
+        let raw: RawConfig = serde_json::from_value(serde_json::Value::Object(object))
+            .map_err(ConfigError::Json)?;
         for (currency, &max_amount_minor) in &raw.max_amount_minor {
             if !is_currency_code(currency) {
                 return Err(ConfigError::BadCurrencyCode(currency.clone()));
@@ -239,6 +244,14 @@ mod tests {
 
     fn limits() -> Limits {
         Limits::from_json(CONFIG).unwrap()
+    }
+
+    #[test]
+    fn refuses_a_config_that_is_not_an_object() {
+        for config in ["[]", "[{}, []]", "null", "5"] {
+            assert!(Limits::from_json(config).is_err(), "{config}");
+        }
+        assert!(Limits::from_json("{}").is_ok());
     }
 
     #[test]
