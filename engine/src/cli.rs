@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::api::transfers::{SubmitTransfer, validate};
 use crate::hooks;
 use crate::ledger::Verdict;
+use crate::plugins::scaffold::{self, Lang};
 use crate::plugins::{LimitsRequest, LoadedPlugin, PluginKind, PluginMeta, PluginSet, Sandbox, SandboxLimits};
 
 /// A plugin version's own limits, each optional: the defaults depend on the
@@ -72,6 +73,20 @@ pub enum PluginCommand {
     Deactivate { name: String },
     /// Set the order validators run in (first runs first).
     Order { names: Vec<String> },
+    /// Write a new plugin folder NAME/: a working policy stub, a README, sample
+    /// transfers with their expected verdicts, and `./build.sh`, which writes dist/NAME.wasm.
+    New {
+        name: String,
+        /// rust, python or js.
+        #[arg(long)]
+        lang: String,
+        /// validator, converter or describer.
+        #[arg(long, default_value = "validator")]
+        world: String,
+        /// Where to create the folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Run a plugin offline against sample transfers and print each decision.
     Test {
         /// The component (.wasm).
@@ -162,6 +177,17 @@ fn kind(kind: Option<&str>) -> anyhow::Result<Option<PluginKind>> {
 }
 
 pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
+    if let PluginCommand::New { name, lang, world, dir } = command {
+        let lang = Lang::parse(&lang).with_context(|| format!("unknown language {lang:?}: rust, python or js"))?;
+        let world = PluginKind::parse(&world).with_context(|| format!("unknown world {world:?}: validator, converter or describer"))?;
+        let written = scaffold::write(&dir, &name, lang, world)?;
+        eprintln!("Wrote a {lang} {world} in {}:", dir.join(&name).display());
+        for file in written {
+            eprintln!("  {}", file.display());
+        }
+        eprintln!("Next:\n{}", scaffold::next_steps(&name, lang));
+        return Ok(());
+    }
     if let PluginCommand::Test { file, config, transfers, kind: k, limits } = command {
         let (config, kind) = (read_config(&config)?, kind(k.as_deref())?);
         // Off the async runtime: a plugin's WASI calls may block on it.
@@ -186,7 +212,7 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
         }
         PluginCommand::Deactivate { name } => client.post(url(&format!("/v1/admin/plugins/{name}/deactivate"))),
         PluginCommand::Order { names } => client.put(url("/v1/admin/validation-order")).json(&json!({"names": names})),
-        PluginCommand::Test { .. } => unreachable!("handled above"),
+        PluginCommand::Test { .. } | PluginCommand::New { .. } => unreachable!("handled above"),
     };
     remote.send(request).await
 }

@@ -6,6 +6,7 @@
 //! - `guard`: bounds and cleans what a plugin hands back (texts, log lines, log rate).
 //! - `loaded`: one plugin version, instantiated fresh for every call.
 //! - `set`: the active plugins as a `Hooks` implementation, recording decisions.
+//! - `scaffold`: `plugins new`, a new plugin folder in Rust, Python or JavaScript.
 //! - `registry`: plugins in PostgreSQL: upload, activate, order, hot reload,
 //!   and a bounded cache of compiled components.
 
@@ -15,6 +16,7 @@ pub mod guard;
 pub mod loaded;
 pub mod registry;
 pub mod sandbox;
+pub mod scaffold;
 pub mod set;
 pub mod settings;
 pub mod wasi;
