@@ -138,7 +138,12 @@ fn languages(sandbox: &Arc<Sandbox>) {
     println!("  {:<10} {:>12} {:>12} {:>14} {:>12}", "language", "size bytes", "compile ms", "first call us", "per call us");
     let transfer = transfer();
     let context = types::Context { sender: None, receiver: None, velocity: Vec::new() };
+    // `-- languages python` (or rust, javascript) measures only those.
+    let only: Vec<String> = std::env::args().skip_while(|a| a != "languages").skip(1).map(|a| a.to_lowercase()).collect();
     for (language, file) in [("Rust", "limits"), ("Python", "limits_py"), ("JavaScript", "limits_js")] {
+        if !only.is_empty() && !only.contains(&language.to_lowercase()) {
+            continue;
+        }
         let bytes = plugin(file);
         let started = Instant::now();
         let component = sandbox.compile(&bytes).unwrap();
