@@ -35,6 +35,8 @@ mkdir -p dist
 for member in $(sed -n '/^members = \[/,/^\]/s/^ *"\([^"]*\)",\{0,1\}$/\1/p' Cargo.toml); do
     name="${member//-/_}"
     built="$target_dir/wasm32-unknown-unknown/release/$name.wasm"
+    # A library member (the transfer-plugin SDK) builds no component.
+    grep -q '"cdylib"' "$member/Cargo.toml" || continue
     # A component starts with "\0asm", version 0x0d, layer 1 (a core module has layer 0).
     if [[ "$(head -c 8 "$built" | od -An -tx1 | tr -d ' \n')" != 0061736d0d000100 ]]; then
         echo "build.sh: $built is not a WebAssembly component" >&2

@@ -4,12 +4,8 @@ use std::sync::Mutex;
 
 use crate::policy::{Refusal, TransferFacts, Velocity, WindowSum};
 
-wit_bindgen::generate!({
-    world: "validator",
-    path: "../../wit",
-});
-
-use transfer::plugin::host::{Level, log};
+use transfer_plugin::validator::{Context, Guest, Needs, Rejection, Transfer, Verdict};
+use transfer_plugin::{Level, log};
 
 /// The checked config. `None` until `configure` succeeds; the engine always
 /// configures an instance before use, and until then every transfer is
@@ -60,4 +56,4 @@ impl Guest for Plugin {
     }
 }
 
-export!(Plugin);
+transfer_plugin::validator::export_validator!(Plugin);

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
+use transfer_plugin::money::{format_minor, is_currency_code};
 
 /// The one velocity window this plugin declares: 24 hours.
 pub const DAILY_WINDOW_SECONDS: u32 = 86_400;
@@ -322,25 +323,6 @@ fn is_metadata_key(key: &str) -> bool {
         && key.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
         })
-}
-
-fn is_currency_code(code: &str) -> bool {
-    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
-}
-
-/// Writes minor units as a plain decimal in major units: (123456, 2) is
-/// "1234.56", (5, 3) is "0.005", (100000, 0) is "100000". Integer-only.
-pub fn format_minor(amount_minor: i64, exponent: u8) -> String {
-    let digits = amount_minor.unsigned_abs().to_string();
-    let sign = if amount_minor < 0 { "-" } else { "" };
-    let exponent = usize::from(exponent);
-    if exponent == 0 {
-        return format!("{sign}{digits}");
-    }
-    // Left-pad so there is at least one digit before the decimal point.
-    let padded = format!("{digits:0>width$}", width = exponent + 1);
-    let (major, minor) = padded.split_at(padded.len() - exponent);
-    format!("{sign}{major}.{minor}")
 }
 
 #[cfg(test)]
@@ -716,14 +698,5 @@ mod tests {
             );
             assert!(Velocity::from_json(&config).is_ok(), "{key:?}");
         }
-    }
-
-    #[test]
-    fn formats_minor_units_for_exponents_zero_two_and_three() {
-        assert_eq!(format_minor(100_000, 0), "100000");
-        assert_eq!(format_minor(123_456, 2), "1234.56");
-        assert_eq!(format_minor(5, 2), "0.05");
-        assert_eq!(format_minor(5, 3), "0.005");
-        assert_eq!(format_minor(-1_500, 3), "-1.500");
     }
 }
