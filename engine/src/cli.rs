@@ -243,7 +243,7 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
     let (mut checked, mut mismatched) = (0, Vec::new());
     for (number, line) in lines.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let (expect, parsed) = match take_expect(line) {
-            Ok((expect, rest)) => (expect, offline_line(&rest, description_chars_max, &needs)),
+            Ok((expect, body)) => (expect, offline_line(body, description_chars_max, &needs)),
             Err(error) => (None, Err(error)),
         };
         let (mut report, got) = match parsed {
@@ -251,9 +251,9 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
             Ok((submission, context)) => {
                 let outcome = hooks::run_in_context(&set, &submission, &context);
                 let (verdict, reason) = match &outcome.verdict {
-                    Verdict::Apply(_) | Verdict::Validate(_) => ("allow", None),
-                    Verdict::Reject(r) => ("reject", Some(r)),
-                    Verdict::Fail(r) => ("fail", Some(r)),
+                    Verdict::Apply(_) | Verdict::Validate(_) => (VerdictKind::Allow, None),
+                    Verdict::Reject(r) => (VerdictKind::Reject, Some(r)),
+                    Verdict::Fail(r) => (VerdictKind::Fail, Some(r)),
                 };
                 let got = (verdict, reason.map(|r| r.code.clone()));
                 let report = json!({"line": number + 1, "verdict": verdict, "reason": reason, "amount_minor": outcome.amount.map(|a| a.minor()),
@@ -263,7 +263,7 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
         };
         if let Some(expect) = expect {
             checked += 1;
-            let matched = got.as_ref().is_some_and(|(verdict, code)| expect.matches(verdict, code.as_deref()));
+            let matched = got.as_ref().is_some_and(|(verdict, code)| expect.matches(*verdict, code.as_deref()));
             report["expect"] = json!(expect);
             report["matched"] = json!(matched);
             if !matched {
@@ -286,42 +286,38 @@ fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<Plug
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(untagged)]
 enum Expect {
-    Verdict(ExpectedVerdict),
-    WithCode { verdict: ExpectedVerdict, code: Option<String> },
+    Verdict(VerdictKind),
+    WithCode { verdict: VerdictKind, code: Option<String> },
 }
 
+/// What a line's hooks decided, as reported (`"verdict"`) and as expected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-enum ExpectedVerdict {
+enum VerdictKind {
     Allow,
     Reject,
     Fail,
 }
 
 impl Expect {
-    fn matches(&self, verdict: &str, code: Option<&str>) -> bool {
+    fn matches(&self, verdict: VerdictKind, code: Option<&str>) -> bool {
         let (expected, expected_code) = match self {
             Self::Verdict(v) => (*v, None),
             Self::WithCode { verdict, code } => (*verdict, code.as_deref()),
-        };
-        let expected = match expected {
-            ExpectedVerdict::Allow => "allow",
-            ExpectedVerdict::Reject => "reject",
-            ExpectedVerdict::Fail => "fail",
         };
         expected == verdict && expected_code.is_none_or(|c| Some(c) == code)
     }
 }
 
-/// Splits a line's `"expect"` off the transfer body.
-fn take_expect(line: &str) -> Result<(Option<Expect>, String), String> {
+/// Parses a line and splits its `"expect"` off the rest (the transfer body and its `"context"`).
+fn take_expect(line: &str) -> Result<(Option<Expect>, serde_json::Map<String, Value>), String> {
     let mut body: serde_json::Map<String, Value> = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let expect = body
         .remove("expect")
         .map(serde_json::from_value::<Expect>)
         .transpose()
         .map_err(|e| format!("expect: {e} (\"allow\", \"reject\", \"fail\", or {{\"verdict\": ..., \"code\": ...}})"))?;
-    Ok((expect, Value::Object(body).to_string()))
+    Ok((expect, body))
 }
 
 /// The `"context"` of an offline test line: what the processor would read
@@ -362,11 +358,10 @@ struct OfflineDebit {
 /// One JSONL line: the API's transfer body, plus an optional `"context"`,
 /// from which the declared windows are summed by the processor's own code.
 fn offline_line(
-    line: &str,
+    mut body: serde_json::Map<String, Value>,
     description_chars_max: usize,
     needs: &hooks::ContextNeeds,
 ) -> Result<(crate::domain::Submission, hooks::Context), String> {
-    let mut body: serde_json::Map<String, Value> = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let given = body.remove("context").map(serde_json::from_value::<OfflineContext>).transpose().map_err(|e| format!("context: {e}"))?;
     let request: SubmitTransfer = serde_json::from_value(Value::Object(body)).map_err(|e| e.to_string())?;
     let mut submission = validate(request, &Default::default(), description_chars_max).map_err(|e| e.to_string())?;
@@ -406,13 +401,13 @@ mod tests {
         let (expect, rest) =
             take_expect(r#"{"sender_id": 1, "receiver_id": 2, "amount": "5", "currency": "EUR", "expect": "reject"}"#).unwrap();
         let expect = expect.unwrap();
-        assert!(!rest.contains("expect"), "{rest}");
-        assert!(expect.matches("reject", Some("amount_over_limit")) && expect.matches("reject", None));
-        assert!(!expect.matches("allow", None) && !expect.matches("fail", Some("plugin_failed")));
+        assert!(!rest.contains_key("expect"), "{rest:?}");
+        assert!(expect.matches(VerdictKind::Reject, Some("amount_over_limit")) && expect.matches(VerdictKind::Reject, None));
+        assert!(!expect.matches(VerdictKind::Allow, None) && !expect.matches(VerdictKind::Fail, Some("plugin_failed")));
         let (expect, _) = take_expect(r#"{"expect": {"verdict": "reject", "code": "owner_blocked"}}"#).unwrap();
         let expect = expect.unwrap();
-        assert!(expect.matches("reject", Some("owner_blocked")));
-        assert!(!expect.matches("reject", Some("amount_over_limit")) && !expect.matches("reject", None));
+        assert!(expect.matches(VerdictKind::Reject, Some("owner_blocked")));
+        assert!(!expect.matches(VerdictKind::Reject, Some("amount_over_limit")) && !expect.matches(VerdictKind::Reject, None));
         assert!(take_expect(r#"{"sender_id": 1}"#).unwrap().0.is_none(), "no expectation: the line is only reported");
         let error = take_expect(r#"{"expect": "allowed"}"#).err().unwrap();
         assert!(error.contains("\"allow\""), "a typo is an error that names the choices: {error}");
