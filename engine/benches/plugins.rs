@@ -97,16 +97,22 @@ fn fresh_per_call(sandbox: &Arc<Sandbox>) {
     }
 }
 
-/// The validator on one live instance, configured once (the previous design).
-fn live_instance(sandbox: &Arc<Sandbox>) {
-    let component = sandbox.compile(&plugin("limits")).unwrap();
-    let Prepared::Validator01(pre) = Prepared::new(sandbox, &component, PluginKind::Validator).unwrap() else { unreachable!() };
-    let state =
-        HostState::new("limits@1".into(), sandbox.limits.memory_bytes_max as u64, Arc::new(LogBudget::default()), CallStamp::NO_TRANSFER);
+/// A store as the engine makes one, with fuel and time enough for any number of calls.
+fn unbounded_store(sandbox: &Sandbox, label: &str, memory_bytes_max: u64) -> Store<HostState> {
+    let state = HostState::new(label.into(), memory_bytes_max, Arc::new(LogBudget::default()), CallStamp::NO_TRANSFER);
     let mut store = Store::new(&sandbox.engine, state);
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(u64::MAX / 2);
     store.set_fuel(u64::MAX / 2).unwrap();
+    store
+}
+
+/// The validator on one live instance, configured once (the previous design).
+fn live_instance(sandbox: &Arc<Sandbox>) {
+    let component = sandbox.compile(&plugin("limits")).unwrap();
+    let Prepared::Validator01(pre) = Prepared::new(sandbox, &component, PluginKind::Validator).unwrap() else { unreachable!() };
+    let memory_bytes_max = sandbox.limits.memory_bytes_max as u64;
+    let mut store = unbounded_store(sandbox, "limits@1", memory_bytes_max);
     let live = pre.instantiate(&mut store).unwrap();
     live.call_configure(&mut store, &config("limits")).unwrap().unwrap();
     let transfer = transfer();
@@ -116,17 +122,7 @@ fn live_instance(sandbox: &Arc<Sandbox>) {
     println!("  limits.configure    {:>6.2} us", per_call_us(|| live.call_configure(&mut store, &limits_config).unwrap().unwrap()));
     // Instantiation without configure: what a configure snapshot could save at most.
     let bare = per_call_us(|| {
-        let state = HostState::new(
-            "limits@1".into(),
-            sandbox.limits.memory_bytes_max as u64,
-            Arc::new(LogBudget::default()),
-            CallStamp::NO_TRANSFER,
-        );
-        let mut store = Store::new(&sandbox.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(u64::MAX / 2);
-        store.set_fuel(u64::MAX / 2).unwrap();
-        std::hint::black_box(pre.instantiate(&mut store).unwrap());
+        std::hint::black_box(pre.instantiate(&mut unbounded_store(sandbox, "limits@1", memory_bytes_max)).unwrap());
     });
     println!("  new store + instantiate only {bare:>6.2} us");
 }
@@ -166,14 +162,7 @@ fn languages(sandbox: &Arc<Sandbox>) {
         println!("  {language:<10} {:>12} {compile_ms:>12.0} {first_us:>14.0} {per_call_us:>12.1}", bytes.len());
         if let Prepared::Validator02(pre) = Prepared::new(sandbox, &component, PluginKind::Validator).unwrap() {
             // Where a call's time goes: instantiation, configure and the hook on a live instance.
-            let store = || {
-                let memory = limits.memory_bytes_max;
-                let mut store = Store::new(&sandbox.engine, HostState::new(file.into(), memory, Arc::default(), CallStamp::NO_TRANSFER));
-                store.limiter(|state| &mut state.limiter);
-                store.set_epoch_deadline(u64::MAX / 2);
-                store.set_fuel(u64::MAX / 2).unwrap();
-                store
-            };
+            let store = || unbounded_store(sandbox, file, limits.memory_bytes_max);
             let timed = |mut f: Box<dyn FnMut() + '_>| {
                 let started = Instant::now();
                 for _ in 0..200 {
