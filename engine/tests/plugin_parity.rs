@@ -7,19 +7,17 @@
 //! Plain `#[test]`s, off any async runtime: that is where plugin calls run
 //! (a plugin's WASI calls may block on the runtime).
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use common::plugin_bytes;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use transfer_engine::domain::{Amount, Currency};
 use transfer_engine::plugins::bindings::types;
 use transfer_engine::plugins::{LoadedPlugin, PluginKind, PluginMeta, Sandbox, SandboxLimits};
-
-fn plugin_bytes(file_stem: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/dist/{file_stem}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run plugins/build.sh)", path.display()))
-}
 
 /// One sandbox for the whole binary, and each component compiled once in it:
 /// compiling an 18 MB Python component takes seconds.
