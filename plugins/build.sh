@@ -60,6 +60,8 @@ done
 # sha256 of its sources, the WIT and the pins, kept beside its output).
 tools_dir="${PLUGIN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/transfer-engine/plugin-tools}"
 pins_sha="$(cat toolchain/requirements.txt toolchain/package-lock.json | sha256sum | cut -c1-16)"
+# The build script `plugins new` gives JavaScript plugins, used here too.
+componentize_mjs=../engine/templates/plugin/js/componentize.mjs
 py_tools="$tools_dir/py-$pins_sha"
 js_tools="$tools_dir/js-$pins_sha"
 
@@ -76,7 +78,7 @@ ensure_js_tools() {
     [[ -d "$js_tools/node_modules/@bytecodealliance/componentize-js" ]] && return
     command -v npm >/dev/null || { echo "build.sh: node and npm are needed for the JavaScript plugins (apt-get install nodejs npm)" >&2; exit 1; }
     rm -rf "$js_tools" && mkdir -p "$js_tools"
-    cp toolchain/package.json toolchain/package-lock.json toolchain/componentize.mjs "$js_tools/"
+    cp toolchain/package.json toolchain/package-lock.json "$js_tools/"
     (cd "$js_tools" && npm ci --no-audit --no-fund --loglevel=error >&2) \
         || { echo "build.sh: npm ci failed (is the npm registry reachable?)" >&2; rm -rf "$js_tools"; exit 1; }
 }
@@ -87,7 +89,7 @@ for dir in *-py *-js; do
     name="${dir//-/_}"
     out="dist/$name.wasm"
     sources=("$dir"/*.py "$dir"/*.js)
-    inputs="$(cat "${sources[@]}" ../wit/plugin.wit toolchain/* | sha256sum | cut -c1-64)"
+    inputs="$(cat "${sources[@]}" ../wit/plugin.wit toolchain/* "$componentize_mjs" | sha256sum | cut -c1-64)"
     if [[ -f "$out" && "$(cat "dist/.$name.inputs" 2>/dev/null)" == "$inputs" ]]; then
         printf '%-28s %8d bytes (up to date)\n' "$out" "$(stat -c %s "$out")"
         continue
@@ -99,6 +101,8 @@ for dir in *-py *-js; do
             ;;
         *-js)
             ensure_js_tools
+            # Beside node_modules, where its import resolves; copied on every build so it is never stale.
+            cp "$componentize_mjs" "$js_tools/componentize.mjs"
             node "$js_tools/componentize.mjs" "${sources[0]}" ../wit validator "$out.tmp"
             ;;
     esac

@@ -103,7 +103,7 @@ fn unoffered_import(sandbox: &Sandbox, component: &Component, error: &wasmtime::
     let unoffered: Vec<&str> = component_type.imports(&sandbox.engine).map(|(name, _)| name).filter(|name| !offered(name)).collect();
     let hint = if unoffered.iter().any(|name| name.starts_with("wasi:http/")) {
         " Plugins make no network calls: with componentize-js, build with disableFeatures: ['http', 'fetch-event'] \
-         (plugins/toolchain/componentize.mjs does); with componentize-py, do not import wasi:http."
+         (the componentize.mjs that `plugins new` writes does); with componentize-py, do not import wasi:http."
     } else {
         ""
     };
