@@ -129,13 +129,20 @@ fn live_instance(sandbox: &Arc<Sandbox>) {
 
 /// One policy (`limits`) in each language: what the component weighs, what
 /// compiling it at upload costs, and what its calls cost.
+/// `-- languages [rust|python|javascript]... [--calls N]`: N (200 unless given)
+/// calls each. A large N leaves time to attach a profiler to the calls alone
+/// (`perf record -g -p PID` once "calls start" is printed), after compilation.
 fn languages(sandbox: &Arc<Sandbox>) {
-    println!("limits by language (fresh instance + configure + call; 200 calls each after 20 to warm up):");
+    let args: Vec<String> = std::env::args().skip_while(|a| a != "languages").skip(1).collect();
+    let calls = match args.iter().position(|a| a == "--calls") {
+        Some(i) => args.get(i + 1).and_then(|n| n.parse::<u32>().ok()).filter(|n| *n > 0).expect("--calls needs a positive number"),
+        None => 200,
+    };
+    println!("limits by language (fresh instance + configure + call; {calls} calls each after 20 to warm up):");
     println!("  {:<10} {:>12} {:>12} {:>14} {:>12}", "language", "size bytes", "compile ms", "first call us", "per call us");
     let transfer = transfer();
     let context = types::Context { sender: None, receiver: None, velocity: Vec::new() };
-    // `-- languages python` (or rust, javascript) measures only those.
-    let only: Vec<String> = std::env::args().skip_while(|a| a != "languages").skip(1).map(|a| a.to_lowercase()).collect();
+    let only: Vec<String> = args.iter().filter(|a| !a.starts_with("--") && a.parse::<u32>().is_err()).map(|a| a.to_lowercase()).collect();
     for (language, file) in [("Rust", "limits"), ("Python", "limits_py"), ("JavaScript", "limits_js")] {
         if !only.is_empty() && !only.contains(&language.to_lowercase()) {
             continue;
@@ -154,11 +161,12 @@ fn languages(sandbox: &Arc<Sandbox>) {
         for _ in 0..20 {
             drop(loaded.validate(&transfer, &context).unwrap());
         }
+        eprintln!("{language}: calls start");
         let started = Instant::now();
-        for _ in 0..200 {
+        for _ in 0..calls {
             drop(loaded.validate(&transfer, &context).unwrap());
         }
-        let per_call_us = started.elapsed().as_secs_f64() * 1e6 / 200.0;
+        let per_call_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(calls);
         println!("  {language:<10} {:>12} {compile_ms:>12.0} {first_us:>14.0} {per_call_us:>12.1}", bytes.len());
         if let Prepared::Validator02(pre) = Prepared::new(sandbox, &component, PluginKind::Validator).unwrap() {
             // Where a call's time goes: instantiation, configure and the hook on a live instance.
