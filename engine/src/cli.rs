@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::api::transfers::{SubmitTransfer, validate};
 use crate::hooks;
 use crate::ledger::Verdict;
+use crate::plugins::registry::ShadowReport;
 use crate::plugins::scaffold::{self, Lang};
 use crate::plugins::{LimitsRequest, LoadedPlugin, PluginKind, PluginMeta, PluginSet, Sandbox, SandboxLimits};
 
@@ -69,8 +70,27 @@ pub enum PluginCommand {
         #[arg(long)]
         version: i32,
     },
-    /// Stop running a plugin.
+    /// Stop running a plugin (and its shadow, if one runs).
     Deactivate { name: String },
+    /// Run a version beside the active one on every live transfer: its
+    /// decisions are recorded with role shadow, never enforced.
+    Shadow {
+        name: String,
+        #[arg(long, required_unless_present = "off", conflicts_with = "off")]
+        version: Option<i32>,
+        /// Stop the shadow.
+        #[arg(long)]
+        off: bool,
+    },
+    /// How a version compared with the active one while in shadow.
+    Report {
+        name: String,
+        #[arg(long)]
+        version: i32,
+        /// The report as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set the order validators run in (first runs first).
     Order { names: Vec<String> },
     /// Write a new plugin folder NAME/: a working policy stub, a README, sample
@@ -138,16 +158,29 @@ impl Remote {
 
     /// Sends an admin request and prints the answer; an error status is an error.
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<()> {
+        let text = self.answer(request).await?;
+        let shown = serde_json::from_str::<Value>(&text).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or(text);
+        println!("{}", if shown.is_empty() { "ok".to_owned() } else { shown });
+        Ok(())
+    }
+
+    /// Sends an admin request and returns its JSON answer.
+    async fn fetch(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let text = self.answer(request).await?;
+        serde_json::from_str(&text).with_context(|| format!("the engine answered something other than JSON: {text}"))
+    }
+
+    /// The body of a successful answer; an error status is an error.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> anyhow::Result<String> {
         let token = self.token.as_deref().context("the admin token is needed: --token or TRANSFER_ENGINE_ADMIN_TOKEN")?;
         let response = request.bearer_auth(token).send().await.with_context(|| format!("could not reach the engine at {}", self.url))?;
         let status = response.status();
         let text = response.text().await?;
-        let shown = serde_json::from_str::<Value>(&text).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or(text);
         if !status.is_success() {
+            let shown = serde_json::from_str::<Value>(&text).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or(text);
             bail!("the engine answered {status}: {shown}");
         }
-        println!("{}", if shown.is_empty() { "ok".to_owned() } else { shown });
-        Ok(())
+        Ok(text)
     }
 }
 
@@ -211,10 +244,50 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
             client.post(url(&format!("/v1/admin/plugins/{name}/activate"))).json(&json!({"version": version}))
         }
         PluginCommand::Deactivate { name } => client.post(url(&format!("/v1/admin/plugins/{name}/deactivate"))),
+        PluginCommand::Shadow { name, off: true, .. } => client.delete(url(&format!("/v1/admin/plugins/{name}/shadow"))),
+        PluginCommand::Shadow { name, version, .. } => {
+            client.post(url(&format!("/v1/admin/plugins/{name}/shadow"))).json(&json!({"version": version}))
+        }
+        PluginCommand::Report { name, version, json } => {
+            let report = remote.fetch(client.get(url(&format!("/v1/admin/plugins/{name}/versions/{version}/report")))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let report: ShadowReport = serde_json::from_value(report).context("the engine answered a report this CLI cannot read")?;
+                print!("{}", report_text(&report));
+            }
+            return Ok(());
+        }
         PluginCommand::Order { names } => client.put(url("/v1/admin/validation-order")).json(&json!({"names": names})),
         PluginCommand::Test { .. } | PluginCommand::New { .. } => unreachable!("handled above"),
     };
     remote.send(request).await
+}
+
+/// A shadow report for a terminal.
+fn report_text(r: &ShadowReport) -> String {
+    let us = |v: Option<i32>| v.map_or("-".to_owned(), |v| v.to_string());
+    let latency = |p: &crate::plugins::registry::Percentiles| {
+        format!("p50 {} / p90 {} / p99 {} / max {} µs", us(p.p50), us(p.p90), us(p.p99), us(p.max))
+    };
+    let mut text = format!(
+        "{} v{} in shadow: {} evaluated, {} agreed, {} disagreed, {} faults\nlatency: active {}; candidate {}\n",
+        r.name,
+        r.version,
+        r.evaluated,
+        r.agreed,
+        r.disagreed,
+        r.faults,
+        latency(&r.active_latency_us),
+        latency(&r.candidate_latency_us)
+    );
+    if !r.disagreements.is_empty() {
+        text.push_str(&format!("newest {} disagreements (transfer, active, candidate, code):\n", r.disagreements.len()));
+        for d in &r.disagreements {
+            text.push_str(&format!("  {} {} {} {}\n", d.transfer_id, d.active, d.candidate, d.code.as_deref().unwrap_or("-")));
+        }
+    }
+    text
 }
 
 /// Runs one plugin in the same sandbox the engine uses, without any service.

@@ -280,6 +280,9 @@ static ROUTES: &[Route] = &[
     route("POST", "/v1/admin/plugins", Need::Admin),
     route("POST", "/v1/admin/plugins/{name}/activate", Need::Admin),
     route("POST", "/v1/admin/plugins/{name}/deactivate", Need::Admin),
+    route("POST", "/v1/admin/plugins/{name}/shadow", Need::Admin),
+    route("DELETE", "/v1/admin/plugins/{name}/shadow", Need::Admin),
+    route("GET", "/v1/admin/plugins/{name}/versions/{version}/report", Need::Admin),
     route("PUT", "/v1/admin/validation-order", Need::Admin),
     route("GET", "/v1/admin/clients", Need::Admin),
     route("POST", "/v1/admin/clients", Need::Admin),
@@ -564,7 +567,7 @@ struct Footprint {
     ledger: Option<(i64, String)>,
     /// (clients, revoked clients).
     clients: (i64, i64),
-    /// Digests of the plugin versions (with which is active) and of the validation order, and the plugin generation.
+    /// Digests of the plugin versions (with which is active) and of the validation order and the shadows, and the plugin generation.
     plugins: (String, String, i64),
 }
 
@@ -577,7 +580,9 @@ async fn footprint(pool: &PgPool, with_ledger: bool) -> Footprint {
                 (SELECT count(*) FROM api_clients),
                 (SELECT count(*) FROM api_clients WHERE revoked_at IS NOT NULL),
                 (SELECT coalesce(md5(string_agg(name || ':' || version || ':' || active, ',' ORDER BY name, version)), '') FROM plugins),
-                (SELECT coalesce(md5(string_agg(name || ':' || position, ',' ORDER BY name)), '') FROM validation_order),
+                (SELECT coalesce(md5(string_agg(name || ':' || position, ',' ORDER BY name)), '') FROM validation_order)
+                    || (SELECT coalesce(md5(string_agg(name || ':' || version || ':' || (stopped_at IS NULL), ',' ORDER BY name, version, started_at)), '')
+                          FROM plugin_shadows),
                 (SELECT generation FROM plugin_generation)",
     )
     .fetch_one(pool)
@@ -1842,6 +1847,8 @@ fn every_route_refuses_unfit_credentials_with_exact_codes_and_no_change_then_ser
         app.open_account(1, "EUR", "10.00").await;
         app.open_account(2, "EUR", "0").await;
         app.upload_plugin("limits", "limits", "validator", json!({}), true).await;
+        // Version 2, for the fit shadow requests.
+        app.upload_plugin("limits", "limits", "validator", json!({}), false).await;
         let deposit = json!({"owner_id": 1, "currency": "EUR", "amount": "1.00", "reference": "read-me"});
         let deposited: Value = app.admin_post("/v1/deposits", &deposit).await.json().await.unwrap();
         let victim = create_client(&app.db.pool, "victim", &[Scope::AccountsRead], None).await;
@@ -1947,6 +1954,30 @@ fn every_route_refuses_unfit_credentials_with_exact_codes_and_no_change_then_ser
             Credentials::Admin,
             204,
             Some(("/v1/admin/plugins/limits/activate", not_json, 400, "malformed_json")),
+        ),
+        by_hand(
+            "POST /v1/admin/plugins/{name}/shadow",
+            "/v1/admin/plugins/limits/shadow",
+            Some(json!({"version": 2})),
+            Credentials::Admin,
+            204,
+            Some(("/v1/admin/plugins/limits/shadow", not_json, 400, "malformed_json")),
+        ),
+        by_hand(
+            "GET /v1/admin/plugins/{name}/versions/{version}/report",
+            "/v1/admin/plugins/limits/versions/2/report",
+            None,
+            Credentials::Admin,
+            200,
+            Some(("/v1/admin/plugins/limits/versions/x/report", b"", 404, "plugin_not_found")),
+        ),
+        by_hand(
+            "DELETE /v1/admin/plugins/{name}/shadow",
+            "/v1/admin/plugins/limits/shadow",
+            None,
+            Credentials::Admin,
+            204,
+            Some(("/v1/admin/plugins/%FF/shadow", b"", 400, "invalid_path")),
         ),
         by_hand(
             "PUT /v1/admin/validation-order",

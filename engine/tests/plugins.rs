@@ -785,3 +785,128 @@ async fn limits_past_their_ceilings_and_components_past_the_upload_limit_are_ref
     }
     app.stop().await;
 }
+
+/// The limits versions that decided a finished transfer, as (version, role, outcome).
+fn limits_decisions(done: &Value) -> Vec<(i64, String, String)> {
+    done["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["plugin"] == "limits")
+        .map(|d| (d["version"].as_i64().unwrap(), d["role"].as_str().unwrap().to_owned(), d["outcome"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// Submits probes until one's limits decisions satisfy `done`.
+async fn wait_for_decisions(app: &TestApp, done: impl Fn(&[(i64, String, String)]) -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let id = submit(app, json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
+        if done(&limits_decisions(&app.wait_final(&id).await)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
+    }
+}
+
+#[tokio::test]
+async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_outcome_and_is_reported() {
+    let app = TestApp::spawn().await;
+    app.open_account(1, "EUR", "1000.00").await;
+    app.open_account(2, "EUR", "0").await;
+    app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100000}}), true).await;
+    // v2 refuses anything over 1.00 EUR; v3 is a describer stored under the same name; v4 loops.
+    app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100}}), false).await;
+    app.upload_plugin("limits", "description", "describer", json!({}), false).await;
+    app.upload_plugin("limits", "hostile_loop", "validator", json!({}), false).await;
+    app.upload_plugin("idle", "limits", "validator", json!({}), false).await;
+    let shadow = |name: &str, version: i64| {
+        app.client
+            .post(app.url(&format!("/v1/admin/plugins/{name}/shadow")))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .json(&json!({"version": version}))
+            .send()
+    };
+    for (name, version, status, code) in [
+        ("limits", 9, 404, "plugin_not_found"),
+        ("limits", 1, 409, "plugin_version_active"),
+        ("limits", 3, 409, "plugin_kind_mismatch"),
+        ("idle", 1, 409, "plugin_not_active"),
+    ] {
+        let r = shadow(name, version).await.unwrap();
+        assert_eq!(r.status(), status, "{name} v{version}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code, "{name} v{version}");
+    }
+    assert_eq!(shadow("limits", 2).await.unwrap().status(), 204);
+    let list: Value =
+        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let shadowing: Vec<(&str, i64)> = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["shadow"] == true)
+        .map(|p| (p["name"].as_str().unwrap(), p["version"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(shadowing, [("limits", 2)]);
+    wait_for_decisions(&app, |d| d.iter().any(|(v, role, _)| *v == 2 && role == "shadow"), "v2 in shadow").await;
+
+    // 5.00 is allowed by v1 and refused by v2, 0.50 by both: every one completes.
+    let mut ids = Vec::new();
+    for amount in ["5.00", "5.00", "5.00", "0.50", "0.50"] {
+        ids.push((amount, submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": amount, "currency": "EUR"})).await));
+    }
+    for (amount, id) in &ids {
+        let done = app.wait_final(id).await;
+        assert_eq!(done["status"], "completed", "a shadow never changes an outcome: {done}");
+        let shadowed = if *amount == "5.00" { "rejected" } else { "allowed" };
+        assert_eq!(
+            limits_decisions(&done),
+            [(1, "active".to_owned(), "allowed".to_owned()), (2, "shadow".to_owned(), shadowed.to_owned())],
+            "{done}"
+        );
+    }
+    let report: Value = app
+        .client
+        .get(app.url("/v1/admin/plugins/limits/versions/2/report"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The probes of 0.01 agreed too.
+    assert!(report["evaluated"].as_i64().unwrap() >= 5, "{report}");
+    assert_eq!(report["disagreed"], 3, "{report}");
+    assert_eq!(report["faults"], 0, "{report}");
+    assert_eq!(report["agreed"].as_i64().unwrap() + 3, report["evaluated"].as_i64().unwrap(), "{report}");
+    let newest = &report["disagreements"][0];
+    assert_eq!(newest["transfer_id"], ids[2].1.as_str(), "newest first: {report}");
+    assert_eq!((newest["active"].as_str(), newest["candidate"].as_str()), (Some("allowed"), Some("rejected")), "{report}");
+    assert!(newest["code"].is_string(), "{report}");
+    assert!(report["candidate_latency_us"]["p50"].is_i64() && report["active_latency_us"]["max"].is_i64(), "{report}");
+
+    // A shadow that faults is recorded as failed and fails nothing.
+    assert_eq!(shadow("limits", 4).await.unwrap().status(), 204);
+    wait_for_decisions(&app, |d| d.iter().any(|(v, role, outcome)| *v == 4 && role == "shadow" && outcome == "failed"), "v4 failing").await;
+    let id = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "5.00", "currency": "EUR"})).await;
+    assert_eq!(app.wait_final(&id).await["status"], "completed");
+    let report: Value = app
+        .client
+        .get(app.url("/v1/admin/plugins/limits/versions/4/report"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(report["faults"].as_i64().unwrap() >= 2 && report["disagreed"] == 0, "{report}");
+
+    // Off: the active version decides alone again.
+    let r = app.client.delete(app.url("/v1/admin/plugins/limits/shadow")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    wait_for_decisions(&app, |d| d.len() == 1 && d[0].1 == "active", "the shadow stop").await;
+    assert_audit_passes(&app.ledger()).await;
+    app.stop().await;
+}

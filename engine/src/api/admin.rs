@@ -15,6 +15,7 @@ use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, Uns
 use super::schema::{self, PluginNameSchema};
 use super::{Admin, ApiError, AppState, whole};
 use crate::config::Settings;
+use crate::plugins::registry::ShadowReport;
 use crate::plugins::{LimitsRequest, PluginError, PluginInfo, PluginKind, valid_name};
 
 /// Plugin uploads in progress at once; one more answers `503 overloaded`.
@@ -36,6 +37,7 @@ impl From<PluginError> for ApiError {
             PluginError::BadName => ApiError::invalid("plugin_name_invalid", message),
             PluginError::NotFound(_) => ApiError::NotFound { code: "plugin_not_found", message },
             PluginError::KindAlreadyActive { .. } => ApiError::Conflict { code: "plugin_kind_already_active", message },
+            PluginError::Rollout { refusal, .. } => ApiError::Conflict { code: refusal.code(), message },
             PluginError::Database(ref db) if crate::ledger::is_unavailable(db) => ApiError::database_unavailable(),
             PluginError::Sandbox(_) | PluginError::Database(_) => ApiError::Unexpected(anyhow::Error::from(e)),
         }
@@ -190,6 +192,72 @@ pub async fn deactivate(State(state): State<AppState>, _: Admin, PathParams(name
     let name = existing_name(name)?;
     state.plugins.deactivate(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/admin/plugins/{name}/shadow", operation_id = "shadow_plugin", tag = "plugins",
+    request_body = Activate, security(("bearer" = [])),
+    params(("name" = PluginNameSchema, Path)),
+    responses(
+        (status = 204, description = "The version runs in shadow beside the active one, in place of any earlier shadow: its decisions \
+            are recorded with role `shadow`, never enforced; every engine follows within about a second"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 404, body = ErrorBody, description = "`plugin_not_found`: no such name and version (a name outside the pattern names none)"),
+        (status = 409, body = ErrorBody, description = "`plugin_not_active`: no version of the name is active; `plugin_kind_mismatch`: \
+            not a validator beside an active validator; `plugin_version_active`: the version is the active one"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, body = ErrorBody, description = "`invalid_body`"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn shadow(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParams(name): PathParams<String>,
+    JsonBody(req): JsonBody<Activate>,
+) -> Result<StatusCode, ApiError> {
+    let name = existing_name(name)?;
+    state.plugins.shadow(&name, req.version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/v1/admin/plugins/{name}/shadow", operation_id = "unshadow_plugin", tag = "plugins",
+    security(("bearer" = [])),
+    params(("name" = PluginNameSchema, Path)),
+    responses(
+        (status = 204, description = "No version of it runs in shadow (stopping where none runs changes nothing); its decisions stay for the report"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 404, body = ErrorBody, description = "`plugin_not_found` (a name outside the pattern names none)"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn unshadow(State(state): State<AppState>, _: Admin, PathParams(name): PathParams<String>) -> Result<StatusCode, ApiError> {
+    let name = existing_name(name)?;
+    state.plugins.unshadow(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/admin/plugins/{name}/versions/{version}/report", operation_id = "report_plugin", tag = "plugins",
+    security(("bearer" = [])),
+    params(("name" = PluginNameSchema, Path), ("version" = i32, Path, description = "A stored version of the plugin")),
+    responses(
+        (status = 200, body = ShadowReport, description = "How the version compared with the active one while in shadow (all zero if it never ran in shadow)"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 404, body = ErrorBody, description = "`plugin_not_found`: no such name and version"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn report(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParams((name, version)): PathParams<(String, String)>,
+) -> Result<Json<ShadowReport>, ApiError> {
+    let name = existing_name(name)?;
+    let version: i32 = version.parse().map_err(|_| PluginError::NotFound(format!("{name} v{}", bounded(&version))))?;
+    Ok(Json(state.plugins.report(&name, version).await?))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

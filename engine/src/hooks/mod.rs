@@ -75,6 +75,23 @@ pub struct Decision {
     /// `config_refused`, `instantiate_failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<String>,
+    /// Which version decided: the name's active one, or a shadow beside it
+    /// (recorded, never enforced). Records written before roles existed have
+    /// none and were all `active`.
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// The part a plugin version played in a decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The name's active version: its decision is enforced.
+    #[default]
+    Active,
+    /// Run beside the active version (`plugins shadow`): recorded, never
+    /// enforced, and its faults never fail a transfer.
+    Shadow,
 }
 
 /// The policy hooks. Implementations must be cheap to call and must never

@@ -75,10 +75,34 @@ pub enum PluginError {
     AdvisoryNotValidator(PluginKind),
     #[error("another {kind} plugin ({name}) is active; deactivate it first")]
     KindAlreadyActive { kind: PluginKind, name: String },
+    /// A shadow the plugin's state does not allow.
+    #[error("{message}")]
+    Rollout { refusal: RolloutRefusal, message: String },
     #[error("the plugin sandbox could not be set up: {0}")]
     Sandbox(String),
     #[error("the plugin registry's database is unavailable")]
     Database(#[from] sqlx::Error),
+}
+
+/// Why a shadow was refused, each with its own API code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutRefusal {
+    /// The name has no active version to run beside (`plugin_not_active`).
+    NotActive,
+    /// Not a validator, or not the active version's kind (`plugin_kind_mismatch`).
+    KindMismatch,
+    /// The version is the active one (`plugin_version_active`).
+    VersionActive,
+}
+
+impl RolloutRefusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NotActive => "plugin_not_active",
+            Self::KindMismatch => "plugin_kind_mismatch",
+            Self::VersionActive => "plugin_version_active",
+        }
+    }
 }
 
 /// Names as the database accepts them (see the CHECK in the migration).

@@ -18,7 +18,7 @@ use wasmtime::component::Component;
 use super::bindings::WitVersion;
 use super::compiled::{CompiledCache, INACTIVE_COMPONENTS_MAX};
 use super::set::PluginSet;
-use super::{LimitsRequest, LoadedPlugin, PluginError, PluginKind, PluginLimits, PluginMeta, Sandbox, valid_name};
+use super::{LimitsRequest, LoadedPlugin, PluginError, PluginKind, PluginLimits, PluginMeta, RolloutRefusal, Sandbox, valid_name};
 use crate::hooks::{ContextNeeds, HookSet};
 
 /// The NOTIFY channel every change is announced on.
@@ -38,6 +38,9 @@ pub struct PluginInfo {
     /// A validator in shadow mode: its rejections and faults are recorded, not enforced.
     pub advisory: bool,
     pub active: bool,
+    /// Running in shadow beside the name's active version (`plugins shadow`).
+    #[serde(default)]
+    pub shadow: bool,
     /// Position among active validators (first runs first), if one.
     pub position: Option<i32>,
     pub uploaded_at: DateTime<Utc>,
@@ -67,6 +70,82 @@ impl NeedsInfo {
     }
 }
 
+/// How a version running in shadow compared with the active version, from
+/// the decisions recorded with the transfers (`plugins report`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ShadowReport {
+    pub name: String,
+    pub version: i32,
+    /// Transfers the version decided in shadow.
+    pub evaluated: i64,
+    /// Same outcome and code as the active version.
+    pub agreed: i64,
+    /// Another outcome or code (a shadow fault is counted in `faults` instead).
+    pub disagreed: i64,
+    /// Calls that failed (fuel, memory, trap, nonsense): never enforced.
+    pub faults: i64,
+    /// Newest first, at most `SHADOW_DISAGREEMENTS_MAX`.
+    pub disagreements: Vec<Disagreement>,
+    /// Call durations of both versions over the same transfers.
+    pub active_latency_us: Percentiles,
+    pub candidate_latency_us: Percentiles,
+}
+
+/// One transfer the two versions decided differently.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Disagreement {
+    pub transfer_id: String,
+    /// The active version's outcome (allowed, rejected or failed): what took effect.
+    pub active: String,
+    /// The shadow's outcome.
+    pub candidate: String,
+    /// The rejection code of whichever rejected (the shadow's if both did).
+    pub code: Option<String>,
+}
+
+/// Nearest-rank percentiles of call durations in microseconds (absent with no calls).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Percentiles {
+    pub p50: Option<i32>,
+    pub p90: Option<i32>,
+    pub p99: Option<i32>,
+    pub max: Option<i32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DisagreementRow {
+    transfer_id: uuid::Uuid,
+    active: Option<String>,
+    candidate: Option<String>,
+    code: Option<String>,
+}
+
+/// Disagreements a report lists; the counts cover them all.
+pub const SHADOW_DISAGREEMENTS_MAX: i64 = 100;
+
+/// (evaluated, agreed, disagreed, faults, active p50, p90, p99, max, candidate p50, p90, p99, max)
+type ReportCounts =
+    (i64, i64, i64, i64, Option<i32>, Option<i32>, Option<i32>, Option<i32>, Option<i32>, Option<i32>, Option<i32>, Option<i32>);
+
+/// The shadow's and the active version's decisions of each transfer the
+/// shadow decided, from its first start on ($1 name, $2 version).
+const SHADOWED: &str = "
+    WITH pairs AS (
+        SELECT t.seq, t.transfer_id,
+               (SELECT d FROM jsonb_array_elements(t.decisions) d
+                 WHERE d->>'role' = 'shadow' AND d->>'plugin' = $1 AND (d->>'version')::int = $2 LIMIT 1) AS candidate,
+               (SELECT d FROM jsonb_array_elements(t.decisions) d
+                 WHERE coalesce(d->>'role', 'active') = 'active' AND d->>'plugin' = $1 AND d->>'hook' = 'validate' LIMIT 1) AS active
+          FROM transfers t
+         WHERE t.seq > (SELECT min(from_seq) FROM plugin_shadows WHERE name = $1 AND version = $2)
+           AND t.decisions @> jsonb_build_array(jsonb_build_object('plugin', $1::text, 'version', $2::int, 'role', 'shadow'))
+    ), judged AS (
+        SELECT seq, transfer_id, active, candidate,
+               candidate->>'outcome' = 'failed' AS fault,
+               (candidate->>'outcome', candidate->>'code') IS NOT DISTINCT FROM (active->>'outcome', active->>'code') AS agreed
+          FROM pairs
+    )";
+
 pub struct Registry {
     pool: PgPool,
     sandbox: Arc<Sandbox>,
@@ -79,9 +158,9 @@ pub struct Registry {
     loaded: Mutex<HashMap<(String, i32), Arc<LoadedPlugin>>>,
 }
 
-/// (name, version, kind, sha256, component or empty when already loaded, config, advisory, limits, size_bytes)
-type ActiveRow = (String, i32, String, Vec<u8>, Vec<u8>, String, bool, Option<sqlx::types::Json<PluginLimits>>, i64);
-/// (name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at, wit_version, needs, limits)
+/// (name, version, kind, sha256, component or empty when already loaded, config, advisory, limits, size_bytes, shadow)
+type ActiveRow = (String, i32, String, Vec<u8>, Vec<u8>, String, bool, Option<sqlx::types::Json<PluginLimits>>, i64, bool);
+/// (name, version, kind, sha256, size_bytes, config, advisory, active, shadow, position, uploaded_at, wit_version, needs, limits)
 type ListRow = (
     String,
     i32,
@@ -89,6 +168,7 @@ type ListRow = (
     Vec<u8>,
     i64,
     String,
+    bool,
     bool,
     bool,
     Option<i32>,
@@ -204,6 +284,7 @@ impl Registry {
             config,
             advisory,
             active: false,
+            shadow: false,
             position: None,
             uploaded_at,
             wit_version,
@@ -215,8 +296,9 @@ impl Registry {
     pub async fn list(&self) -> Result<Vec<PluginInfo>, PluginError> {
         let rows: Vec<ListRow> = sqlx::query_as(
             "SELECT p.name, p.version, p.kind, p.sha256, length(p.component)::bigint, p.config, p.advisory, p.active,
-                    CASE WHEN p.active THEN o.position END, p.uploaded_at, p.wit_version, p.needs, p.limits
+                    s.name IS NOT NULL, CASE WHEN p.active THEN o.position END, p.uploaded_at, p.wit_version, p.needs, p.limits
                FROM plugins p LEFT JOIN validation_order o USING (name)
+                    LEFT JOIN plugin_shadows s ON s.name = p.name AND s.version = p.version AND s.stopped_at IS NULL
               ORDER BY p.name, p.version",
         )
         .fetch_all(&self.pool)
@@ -224,7 +306,22 @@ impl Registry {
         Ok(rows
             .into_iter()
             .filter_map(
-                |(name, version, kind, sha256, size_bytes, config, advisory, active, position, uploaded_at, wit_version, needs, limits)| {
+                |(
+                    name,
+                    version,
+                    kind,
+                    sha256,
+                    size_bytes,
+                    config,
+                    advisory,
+                    active,
+                    shadow,
+                    position,
+                    uploaded_at,
+                    wit_version,
+                    needs,
+                    limits,
+                )| {
                     Some(PluginInfo {
                         name,
                         version,
@@ -234,6 +331,7 @@ impl Registry {
                         config,
                         advisory,
                         active,
+                        shadow,
                         position,
                         uploaded_at,
                         wit_version: match wit_version.as_str() {
@@ -275,6 +373,12 @@ impl Registry {
             .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE plugins SET active = true WHERE name = $1 AND version = $2").bind(name).bind(version).execute(&mut *tx).await?;
+        // A shadow made active is promoted: it stops shadowing itself.
+        sqlx::query("UPDATE plugin_shadows SET stopped_at = now() WHERE name = $1 AND version = $2 AND stopped_at IS NULL")
+            .bind(name)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
         if kind == PluginKind::Validator {
             sqlx::query("INSERT INTO validation_order (name, position) SELECT $1, coalesce(max(position), 0) + 1 FROM validation_order ON CONFLICT (name) DO NOTHING")
                 .bind(name)
@@ -287,8 +391,10 @@ impl Registry {
         Ok(())
     }
 
+    /// No version of `name` active; a shadow beside it stops too (it has nothing to be compared with).
     pub async fn deactivate(&self, name: &str) -> Result<(), PluginError> {
         let mut tx = self.pool.begin().await?;
+        stop_shadow(&mut tx, name).await?;
         let changed = sqlx::query("UPDATE plugins SET active = false WHERE name = $1 AND active").bind(name).execute(&mut *tx).await?;
         if changed.rows_affected() == 0 {
             let (exists,): (bool,) =
@@ -301,6 +407,124 @@ impl Registry {
         tx.commit().await?;
         info!(plugin = name, "Plugin deactivated.");
         Ok(())
+    }
+
+    /// Runs `version` of `name` in shadow beside its active version, in place
+    /// of any shadow running before. Only a validator, of an active
+    /// validator's name, and never the active version itself.
+    pub async fn shadow(&self, name: &str, version: i32) -> Result<(), PluginError> {
+        let mut tx = self.pool.begin().await?;
+        // The same lock as `activate`, so the active version cannot change under the checks.
+        sqlx::query("LOCK TABLE plugins IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        let candidate: Option<(String,)> = sqlx::query_as("SELECT kind FROM plugins WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let kind = candidate.and_then(|(k,)| PluginKind::parse(&k)).ok_or_else(|| PluginError::NotFound(format!("{name} v{version}")))?;
+        let active: Option<(i32, String)> =
+            sqlx::query_as("SELECT version, kind FROM plugins WHERE name = $1 AND active").bind(name).fetch_optional(&mut *tx).await?;
+        let Some((active_version, active_kind)) = active else {
+            let message = format!("{name} has no active version to shadow; activate one first");
+            return Err(PluginError::Rollout { refusal: RolloutRefusal::NotActive, message });
+        };
+        if kind != PluginKind::Validator || active_kind != PluginKind::Validator.as_str() {
+            let message = format!(
+                "only a validator runs in shadow, beside an active validator: {name} v{version} is a {kind}, v{active_version} a {active_kind}"
+            );
+            return Err(PluginError::Rollout { refusal: RolloutRefusal::KindMismatch, message });
+        }
+        if active_version == version {
+            let message = format!("{name} v{version} is the active version; shadow another one");
+            return Err(PluginError::Rollout { refusal: RolloutRefusal::VersionActive, message });
+        }
+        stop_shadow(&mut tx, name).await?;
+        sqlx::query("INSERT INTO plugin_shadows (name, version, from_seq) SELECT $1, $2, coalesce(max(seq), 0) FROM transfers")
+            .bind(name)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        announce(&mut tx).await?;
+        tx.commit().await?;
+        info!(plugin = name, version, beside = active_version, "Plugin version shadowing.");
+        Ok(())
+    }
+
+    /// Stops `name`'s shadow; stopping where none runs changes nothing.
+    pub async fn unshadow(&self, name: &str) -> Result<(), PluginError> {
+        let mut tx = self.pool.begin().await?;
+        let (exists,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM plugins WHERE name = $1)").bind(name).fetch_one(&mut *tx).await?;
+        if !exists {
+            return Err(PluginError::NotFound(name.to_owned()));
+        }
+        stop_shadow(&mut tx, name).await?;
+        announce(&mut tx).await?;
+        tx.commit().await?;
+        info!(plugin = name, "Plugin shadow stopped.");
+        Ok(())
+    }
+
+    /// How `version` of `name` has compared with the active version while in shadow.
+    pub async fn report(&self, name: &str, version: i32) -> Result<ShadowReport, PluginError> {
+        let exists: Option<(i32,)> = sqlx::query_as("SELECT version FROM plugins WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        if exists.is_none() {
+            return Err(PluginError::NotFound(format!("{name} v{version}")));
+        }
+        let counts: ReportCounts = sqlx::query_as(&format!(
+            "{SHADOWED}
+             SELECT count(*), count(*) FILTER (WHERE NOT fault AND agreed), count(*) FILTER (WHERE NOT fault AND NOT agreed),
+                    count(*) FILTER (WHERE fault),
+                    percentile_disc(0.5) WITHIN GROUP (ORDER BY (active->>'duration_us')::int),
+                    percentile_disc(0.9) WITHIN GROUP (ORDER BY (active->>'duration_us')::int),
+                    percentile_disc(0.99) WITHIN GROUP (ORDER BY (active->>'duration_us')::int),
+                    max((active->>'duration_us')::int),
+                    percentile_disc(0.5) WITHIN GROUP (ORDER BY (candidate->>'duration_us')::int),
+                    percentile_disc(0.9) WITHIN GROUP (ORDER BY (candidate->>'duration_us')::int),
+                    percentile_disc(0.99) WITHIN GROUP (ORDER BY (candidate->>'duration_us')::int),
+                    max((candidate->>'duration_us')::int)
+               FROM judged"
+        ))
+        .bind(name)
+        .bind(version)
+        .fetch_one(&self.pool)
+        .await?;
+        let rows: Vec<DisagreementRow> = sqlx::query_as(&format!(
+            "{SHADOWED}
+             SELECT transfer_id, active->>'outcome' AS active, candidate->>'outcome' AS candidate,
+                    coalesce(candidate->>'code', active->>'code') AS code
+               FROM judged WHERE NOT fault AND NOT agreed ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(name)
+        .bind(version)
+        .bind(SHADOW_DISAGREEMENTS_MAX)
+        .fetch_all(&self.pool)
+        .await?;
+        let (evaluated, agreed, disagreed, faults, a50, a90, a99, amax, c50, c90, c99, cmax) = counts;
+        Ok(ShadowReport {
+            name: name.to_owned(),
+            version,
+            evaluated,
+            agreed,
+            disagreed,
+            faults,
+            disagreements: rows
+                .into_iter()
+                .map(|row| Disagreement {
+                    transfer_id: row.transfer_id.to_string(),
+                    // The shadow is asked right after the active version, so both are recorded.
+                    active: row.active.unwrap_or_default(),
+                    candidate: row.candidate.unwrap_or_default(),
+                    code: row.code,
+                })
+                .collect(),
+            active_latency_us: Percentiles { p50: a50, p90: a90, p99: a99, max: amax },
+            candidate_latency_us: Percentiles { p50: c50, p90: c90, p99: c99, max: cmax },
+        })
     }
 
     /// Sets the order validators run in; names not listed keep running after the listed ones.
@@ -353,10 +577,11 @@ impl Registry {
         let rows: Vec<ActiveRow> = sqlx::query_as(
             "SELECT p.name, p.version, p.kind, p.sha256,
                     CASE WHEN (p.name || '@' || p.version) = ANY($1) THEN ''::bytea ELSE p.component END, p.config, p.advisory,
-                    p.limits, length(p.component)::bigint
+                    p.limits, length(p.component)::bigint, s.name IS NOT NULL
                FROM plugins p LEFT JOIN validation_order o USING (name)
-              WHERE p.active
-              ORDER BY o.position NULLS LAST, p.name",
+                    LEFT JOIN plugin_shadows s ON s.name = p.name AND s.version = p.version AND s.stopped_at IS NULL
+              WHERE p.active OR s.name IS NOT NULL
+              ORDER BY o.position NULLS LAST, p.name, p.version",
         )
         .bind(&known)
         .fetch_all(&mut *tx)
@@ -370,7 +595,7 @@ impl Registry {
         let mut set = PluginSet::empty(self.description_chars_max);
         set.generation = generation;
         let mut keep = HashMap::new();
-        for (name, version, kind, sha256, bytes, config, advisory, limits, size_bytes) in rows {
+        for (name, version, kind, sha256, bytes, config, advisory, limits, size_bytes, shadow) in rows {
             let kind = PluginKind::parse(&kind).ok_or_else(|| PluginError::Invalid(format!("stored kind {kind:?}")))?;
             let sha256: [u8; 32] = sha256.try_into().map_err(|_| PluginError::Invalid("stored sha256 is not 32 bytes".into()))?;
             let key = (name.clone(), version);
@@ -387,6 +612,8 @@ impl Registry {
             };
             keep.insert(key, plugin.clone());
             match kind {
+                // `shadow` checks that only validators shadow, beside an active version of the same name.
+                PluginKind::Validator if shadow => drop(set.shadows.insert(plugin.meta.name.clone(), plugin)),
                 PluginKind::Validator => set.validators.push(plugin),
                 PluginKind::Converter => set.converter = Some(plugin),
                 PluginKind::Describer => set.describer = Some(plugin),
@@ -449,6 +676,12 @@ impl Registry {
             }
         }
     }
+}
+
+/// Stops `name`'s running shadow, if one runs (its row stays for `report`).
+async fn stop_shadow(tx: &mut sqlx::PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE plugin_shadows SET stopped_at = now() WHERE name = $1 AND stopped_at IS NULL").bind(name).execute(&mut *tx).await?;
+    Ok(())
 }
 
 /// Bumps the generation and notifies every engine, inside the change's transaction.

@@ -6,14 +6,21 @@
 //! validator fails the transfer (`plugin_failed`). The one exception is a
 //! validator its operator uploaded as `advisory`: its rejections and faults
 //! are recorded (the decision says `advisory: true`) and the transfer goes on.
+//!
+//! A validator may have a shadow: another version of the same name that an
+//! operator is trying out (`plugins shadow`). It is asked right after the
+//! active version, on the same transfer and context, whatever the active one
+//! answered; its decision is recorded with role `shadow` and never enforced,
+//! and its faults never fail the transfer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::bindings::types;
 use super::{Fault, LoadedPlugin, guard};
 use crate::domain::{Amount, Currency, Metadata, Money, Reason, Submission};
-use crate::hooks::{self, AccountFacts, Context, ContextNeeds, Decision, HookError, HookPoint, Hooks};
+use crate::hooks::{self, AccountFacts, Context, ContextNeeds, Decision, HookError, HookPoint, Hooks, Role};
 
 /// Longest rejection message kept from a plugin; longer ones are cut.
 const PLUGIN_MESSAGE_CHARS_MAX: usize = 512;
@@ -25,6 +32,8 @@ pub struct PluginSet {
     pub converter: Option<Arc<LoadedPlugin>>,
     /// In the operator's order; the first rejection wins.
     pub validators: Vec<Arc<LoadedPlugin>>,
+    /// A version running in shadow beside an active validator, by name.
+    pub shadows: HashMap<String, Arc<LoadedPlugin>>,
     pub description_chars_max: usize,
     /// Bumped by the registry on every change; which set this is.
     pub generation: i64,
@@ -32,7 +41,7 @@ pub struct PluginSet {
 
 impl PluginSet {
     pub fn empty(description_chars_max: usize) -> Self {
-        Self { describer: None, converter: None, validators: Vec::new(), description_chars_max, generation: 0 }
+        Self { describer: None, converter: None, validators: Vec::new(), shadows: HashMap::new(), description_chars_max, generation: 0 }
     }
 }
 
@@ -106,6 +115,7 @@ fn decision(
         duration_us: i32::try_from(started.elapsed().as_micros()).unwrap_or(i32::MAX),
         advisory: plugin.advisory,
         fault: None,
+        role: Role::Active,
     }
 }
 
@@ -129,6 +139,20 @@ fn rejection(r: types::Rejection) -> Result<Reason, Fault> {
         )));
     }
     Ok(Reason { code: r.code, message: guard::clean(&r.message, PLUGIN_MESSAGE_CHARS_MAX) })
+}
+
+/// One validator's verdict on a transfer, its rejection checked.
+fn ask(plugin: &LoadedPlugin, seen: &types::Transfer, context: &Context) -> Result<Option<Reason>, Fault> {
+    plugin.validate(seen, &context_for(&plugin.needs, context)).and_then(|verdict| verdict.map(rejection).transpose())
+}
+
+/// The decision record of a validator's verdict, whatever it was.
+fn validated(plugin: &LoadedPlugin, started: Instant, verdict: &Result<Option<Reason>, Fault>) -> Decision {
+    match verdict {
+        Ok(None) => decision(plugin, HookPoint::Validate, started, "allowed", None, None),
+        Ok(Some(reason)) => decision(plugin, HookPoint::Validate, started, "rejected", Some(&reason.code), Some(reason.message.clone())),
+        Err(fault) => failed(plugin, HookPoint::Validate, started, fault, &failure(plugin, fault)),
+    }
 }
 
 /// The `plugin_failed` reason for a fault: names the plugin, version and cause.
@@ -227,7 +251,7 @@ impl Hooks for PluginSet {
     }
 
     fn needs(&self) -> ContextNeeds {
-        ContextNeeds::union(self.validators.iter().map(|v| &v.needs))
+        ContextNeeds::union(self.validators.iter().chain(self.shadows.values()).map(|v| &v.needs))
     }
 
     fn validate(
@@ -241,24 +265,21 @@ impl Hooks for PluginSet {
         let seen = transfer(s, Some(amount), description);
         for plugin in &self.validators {
             let started = Instant::now();
-            let context = context_for(&plugin.needs, context);
-            match plugin.validate(&seen, &context).and_then(|verdict| verdict.map(rejection).transpose()) {
-                Ok(None) => decisions.push(decision(plugin, HookPoint::Validate, started, "allowed", None, None)),
-                Ok(Some(reason)) => {
-                    decisions.push(decision(
-                        plugin,
-                        HookPoint::Validate,
-                        started,
-                        "rejected",
-                        Some(&reason.code),
-                        Some(reason.message.clone()),
-                    ));
-                    // An advisory validator's rejection is recorded, not enforced.
-                    if !plugin.advisory {
-                        return Err(HookError::Reject(reason));
-                    }
-                }
-                Err(fault) => self.fault(plugin, HookPoint::Validate, started, fault, decisions)?,
+            let verdict = ask(plugin, &seen, context);
+            decisions.push(validated(plugin, started, &verdict));
+            // Asked before the active verdict takes effect, so the shadow is
+            // compared on every transfer the active version decides.
+            if let Some(shadow) = self.shadows.get(&plugin.meta.name) {
+                let started = Instant::now();
+                let shadowed = ask(shadow, &seen, context);
+                decisions.push(Decision { role: Role::Shadow, ..validated(shadow, started, &shadowed) });
+            }
+            // An advisory validator's rejections and faults are recorded, not enforced.
+            match verdict {
+                Ok(None) => {}
+                Ok(Some(_)) | Err(_) if plugin.advisory => {}
+                Ok(Some(reason)) => return Err(HookError::Reject(reason)),
+                Err(fault) => return Err(HookError::Fail(failure(plugin, &fault))),
             }
         }
         Ok(())
