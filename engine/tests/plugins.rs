@@ -369,17 +369,23 @@ async fn submit(app: &TestApp, body: Value) -> String {
     answer["transfer_id"].as_str().unwrap().to_owned()
 }
 
-/// Submits probes until one is decided by `plugin` at `version` (the engine swaps sets between batches).
-async fn wait_for_version(app: &TestApp, plugin: &str, version: i64) {
+/// Submits probes of 0.01 EUR from 1 to 2 until one's decisions satisfy
+/// `done` (the engine swaps sets between batches).
+async fn wait_for_decisions(app: &TestApp, done: impl Fn(&[Value]) -> bool, what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let id = submit(app, json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
-        let done = app.wait_final(&id).await;
-        if done["decisions"].as_array().unwrap().iter().any(|d| d["plugin"] == plugin && d["version"] == version) {
+        if done(app.wait_final(&id).await["decisions"].as_array().unwrap()) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{plugin} v{version} was never picked up");
+        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
     }
+}
+
+/// Submits probes until one is decided by `plugin` at `version`.
+async fn wait_for_version(app: &TestApp, plugin: &str, version: i64) {
+    let picked = |decisions: &[Value]| decisions.iter().any(|d| d["plugin"] == plugin && d["version"] == version);
+    wait_for_decisions(app, picked, &format!("{plugin} v{version} picked up")).await;
 }
 
 #[tokio::test]
@@ -786,27 +792,13 @@ async fn limits_past_their_ceilings_and_components_past_the_upload_limit_are_ref
     app.stop().await;
 }
 
-/// The limits versions that decided a finished transfer, as (version, role, outcome).
-fn limits_decisions(done: &Value) -> Vec<(i64, String, String)> {
-    done["decisions"]
-        .as_array()
-        .unwrap()
+/// The limits versions among decisions, as (version, role, outcome).
+fn limits_decisions(decisions: &[Value]) -> Vec<(i64, String, String)> {
+    decisions
         .iter()
         .filter(|d| d["plugin"] == "limits")
         .map(|d| (d["version"].as_i64().unwrap(), d["role"].as_str().unwrap().to_owned(), d["outcome"].as_str().unwrap().to_owned()))
         .collect()
-}
-
-/// Submits probes until one's limits decisions satisfy `done`.
-async fn wait_for_decisions(app: &TestApp, done: impl Fn(&[(i64, String, String)]) -> bool, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let id = submit(app, json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
-        if done(&limits_decisions(&app.wait_final(&id).await)) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
-    }
 }
 
 #[tokio::test]
@@ -848,7 +840,8 @@ async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_out
         .map(|p| (p["name"].as_str().unwrap(), p["version"].as_i64().unwrap()))
         .collect();
     assert_eq!(shadowing, [("limits", 2)]);
-    wait_for_decisions(&app, |d| d.iter().any(|(v, role, _)| *v == 2 && role == "shadow"), "v2 in shadow").await;
+    let shadowing = |d: &[Value]| limits_decisions(d).iter().any(|(v, role, _)| *v == 2 && role == "shadow");
+    wait_for_decisions(&app, shadowing, "v2 in shadow").await;
 
     // 5.00 is allowed by v1 and refused by v2, 0.50 by both: every one completes.
     let mut ids = Vec::new();
@@ -860,7 +853,7 @@ async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_out
         assert_eq!(done["status"], "completed", "a shadow never changes an outcome: {done}");
         let shadowed = if *amount == "5.00" { "rejected" } else { "allowed" };
         assert_eq!(
-            limits_decisions(&done),
+            limits_decisions(done["decisions"].as_array().unwrap()),
             [(1, "active".to_owned(), "allowed".to_owned()), (2, "shadow".to_owned(), shadowed.to_owned())],
             "{done}"
         );
@@ -888,7 +881,8 @@ async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_out
 
     // A shadow that faults is recorded as failed and fails nothing.
     assert_eq!(shadow("limits", 4).await.unwrap().status(), 204);
-    wait_for_decisions(&app, |d| d.iter().any(|(v, role, outcome)| *v == 4 && role == "shadow" && outcome == "failed"), "v4 failing").await;
+    let failing = |d: &[Value]| limits_decisions(d).iter().any(|(v, role, outcome)| *v == 4 && role == "shadow" && outcome == "failed");
+    wait_for_decisions(&app, failing, "v4 failing").await;
     let id = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "5.00", "currency": "EUR"})).await;
     assert_eq!(app.wait_final(&id).await["status"], "completed");
     let report: Value = app
@@ -906,7 +900,8 @@ async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_out
     // Off: the active version decides alone again.
     let r = app.client.delete(app.url("/v1/admin/plugins/limits/shadow")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 204);
-    wait_for_decisions(&app, |d| d.len() == 1 && d[0].1 == "active", "the shadow stop").await;
+    let alone = |d: &[Value]| matches!(&limits_decisions(d)[..], [(_, role, _)] if role == "active");
+    wait_for_decisions(&app, alone, "the shadow stop").await;
     assert_audit_passes(&app.ledger()).await;
     app.stop().await;
 }

@@ -349,13 +349,7 @@ impl Registry {
     /// Makes `version` the active version of `name` (an earlier one is a rollback).
     pub async fn activate(&self, name: &str, version: i32) -> Result<(), PluginError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("LOCK TABLE plugins IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-        let kind: Option<(String,)> = sqlx::query_as("SELECT kind FROM plugins WHERE name = $1 AND version = $2")
-            .bind(name)
-            .bind(version)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let kind = kind.and_then(|(k,)| PluginKind::parse(&k)).ok_or_else(|| PluginError::NotFound(format!("{name} v{version}")))?;
+        let kind = lock_and_kind(&mut tx, name, version).await?;
         if kind != PluginKind::Validator {
             // One describer and one converter at a time: two would need a rule to combine them.
             let other: Option<(String,)> = sqlx::query_as("SELECT name FROM plugins WHERE active AND kind = $1 AND name <> $2")
@@ -415,13 +409,7 @@ impl Registry {
     pub async fn shadow(&self, name: &str, version: i32) -> Result<(), PluginError> {
         let mut tx = self.pool.begin().await?;
         // The same lock as `activate`, so the active version cannot change under the checks.
-        sqlx::query("LOCK TABLE plugins IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-        let candidate: Option<(String,)> = sqlx::query_as("SELECT kind FROM plugins WHERE name = $1 AND version = $2")
-            .bind(name)
-            .bind(version)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let kind = candidate.and_then(|(k,)| PluginKind::parse(&k)).ok_or_else(|| PluginError::NotFound(format!("{name} v{version}")))?;
+        let kind = lock_and_kind(&mut tx, name, version).await?;
         let active: Option<(i32, String)> =
             sqlx::query_as("SELECT version, kind FROM plugins WHERE name = $1 AND active").bind(name).fetch_optional(&mut *tx).await?;
         let Some((active_version, active_kind)) = active else {
@@ -676,6 +664,18 @@ impl Registry {
             }
         }
     }
+}
+
+/// Locks the plugins table against other changes of the set (uploads may go
+/// on) and returns the kind of `name` at `version`, which must exist.
+async fn lock_and_kind(tx: &mut sqlx::PgConnection, name: &str, version: i32) -> Result<PluginKind, PluginError> {
+    sqlx::query("LOCK TABLE plugins IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+    let kind: Option<(String,)> = sqlx::query_as("SELECT kind FROM plugins WHERE name = $1 AND version = $2")
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?;
+    kind.and_then(|(k,)| PluginKind::parse(&k)).ok_or_else(|| PluginError::NotFound(format!("{name} v{version}")))
 }
 
 /// Stops `name`'s running shadow, if one runs (its row stays for `report`).
