@@ -1,6 +1,8 @@
 //! Prometheus metrics, served at `/metrics` in the text exposition format.
 //! (Latencies are f64 seconds, as Prometheus expects; money never is a float.)
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -10,7 +12,37 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::hooks::{Decision, HookPoint, Role};
 use crate::processor::watchdog::ProcessorState;
+
+/// Plugin versions (with role and hook) the plugin metrics keep apart; the
+/// rest are counted as plugin `other`, so label sets stay bounded however
+/// many versions are uploaded over an engine's life.
+pub const PLUGIN_LABEL_SETS_MAX: usize = 256;
+/// Codes a plugin version's metrics keep apart (its rejection codes are its
+/// own choice); the rest are counted as code `other`.
+pub const PLUGIN_CODES_PER_VERSION_MAX: usize = 16;
+
+/// One plugin version in one role and hook.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub plugin: String,
+    pub version: i32,
+    /// `active` or `shadow`.
+    pub role: &'static str,
+    /// `describe`, `convert` or `validate`.
+    pub hook: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginCallLabels {
+    #[prometheus(flatten)]
+    pub plugin: PluginLabels,
+    /// allowed, rewritten, converted, rejected or failed.
+    pub outcome: String,
+    /// A rejection's code, a failure's cause (`fuel_exhausted`, `trap`, ...), or empty.
+    pub code: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -89,6 +121,11 @@ pub struct Metrics {
     /// all made at start: a submit observes without a lookup, a lock on the
     /// family or an allocation, and `/metrics` lists every stage from the start.
     submit_stage_duration: [Histogram; SubmitStage::ALL.len()],
+    /// Committed plugin decisions, by version, role, hook, outcome and code.
+    pub plugin_calls: Family<PluginCallLabels, Counter>,
+    pub plugin_call_duration: Family<PluginLabels, Histogram>,
+    /// The codes seen per plugin label set, to keep both bounded.
+    plugin_labels: Mutex<HashMap<PluginLabels, HashSet<String>>>,
 }
 
 impl Default for Metrics {
@@ -136,6 +173,20 @@ impl Default for Metrics {
             submit_stages.clone(),
         );
         let submit_stage_duration = SubmitStage::ALL.map(|stage| submit_stages.get_or_create_owned(&StageLabels { stage: stage.label() }));
+        let plugin_calls = Family::<PluginCallLabels, Counter>::default();
+        registry.register(
+            "plugin_calls",
+            "Plugin decisions committed, by plugin version, role (active or shadow), hook, outcome and code (a failure's cause)",
+            plugin_calls.clone(),
+        );
+        // 2 µs to 1 s: a Rust plugin's call to one near the wall-clock backstop.
+        let plugin_call_duration =
+            Family::<PluginLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_002, 2.0, 20)));
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Plugin call time (a fresh instance, configure and the hook)",
+            plugin_call_duration.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -149,6 +200,9 @@ impl Default for Metrics {
             processor_healthy,
             processor_stalled_seconds,
             submit_stage_duration,
+            plugin_calls,
+            plugin_call_duration,
+            plugin_labels: Mutex::default(),
         }
     }
 }
@@ -161,6 +215,47 @@ impl Metrics {
     /// Records that a submit spent the time since `started` in `stage`.
     pub fn observe_submit_stage(&self, stage: SubmitStage, started: Instant) {
         self.submit_stage_duration[stage as usize].observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts committed plugin decisions (a batch's at once: one lock and one
+    /// family lookup per label set, not per decision).
+    pub fn observe_decisions<'a>(&self, decisions: impl IntoIterator<Item = &'a Decision>) {
+        /// (plugin, version, role, hook): its call durations in µs and its counts by (outcome, code).
+        type Grouped<'a> = HashMap<(&'a str, i32, Role, HookPoint), (Vec<i32>, HashMap<(&'a str, &'a str), u64>)>;
+        let mut grouped = Grouped::new();
+        for d in decisions {
+            let (durations, outcomes) = grouped.entry((d.plugin.as_str(), d.version, d.role, d.hook)).or_default();
+            durations.push(d.duration_us);
+            let code = if d.outcome == "failed" { d.fault.as_deref() } else { d.code.as_deref() };
+            *outcomes.entry((d.outcome.as_str(), code.unwrap_or(""))).or_default() += 1;
+        }
+        if grouped.is_empty() {
+            return;
+        }
+        let mut seen = self.plugin_labels.lock().unwrap_or_else(|e| e.into_inner());
+        for ((plugin, version, role, hook), (durations, outcomes)) in grouped {
+            let role = match role {
+                Role::Active => "active",
+                Role::Shadow => "shadow",
+            };
+            let mut labels = PluginLabels { plugin: plugin.to_owned(), version, role, hook: hook.as_str() };
+            if !seen.contains_key(&labels) && seen.len() >= PLUGIN_LABEL_SETS_MAX {
+                labels = PluginLabels { plugin: "other".into(), version: 0, role, hook: hook.as_str() };
+            }
+            let histogram = self.plugin_call_duration.get_or_create_owned(&labels);
+            durations.into_iter().for_each(|us| histogram.observe(f64::from(us) / 1e6));
+            let codes = seen.entry(labels.clone()).or_default();
+            for ((outcome, code), n) in outcomes {
+                let code = if codes.contains(code) || codes.len() < PLUGIN_CODES_PER_VERSION_MAX {
+                    codes.insert(code.to_owned());
+                    code
+                } else {
+                    "other"
+                };
+                let key = PluginCallLabels { plugin: labels.clone(), outcome: outcome.to_owned(), code: code.to_owned() };
+                self.plugin_calls.get_or_create(&key).inc_by(n);
+            }
+        }
     }
 
     /// Sets the processor gauges from the watchdog's reading.
@@ -184,6 +279,55 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decision(plugin: &str, version: i32, role: Role, outcome: &str, code: Option<&str>) -> Decision {
+        Decision {
+            hook: crate::hooks::HookPoint::Validate,
+            plugin: plugin.into(),
+            version,
+            sha256: String::new(),
+            outcome: outcome.into(),
+            code: code.map(str::to_owned),
+            message: None,
+            duration_us: 9,
+            advisory: false,
+            fault: None,
+            role,
+        }
+    }
+
+    #[test]
+    fn plugin_decisions_are_counted_by_version_role_outcome_and_code_with_bounded_labels() {
+        let metrics = Metrics::default();
+        metrics.observe_decisions([&decision("limits", 2, Role::Active, "allowed", None)]);
+        metrics.observe_decisions([&decision("limits", 3, Role::Shadow, "rejected", Some("amount_over_limit"))]);
+        metrics.observe_decisions([&Decision {
+            fault: Some("fuel_exhausted".into()),
+            ..decision("limits", 3, Role::Shadow, "failed", Some("plugin_failed"))
+        }]);
+        // A plugin that invents a code per transfer: its codes past the bound are `other`.
+        let chatty: Vec<Decision> = (0..100).map(|n| decision("chatty", 1, Role::Active, "rejected", Some(&format!("code_{n}")))).collect();
+        metrics.observe_decisions(&chatty);
+        // Versions past the bound are counted as plugin `other`.
+        for version in 0..PLUGIN_LABEL_SETS_MAX as i32 {
+            metrics.observe_decisions([&decision("many", version, Role::Active, "allowed", None)]);
+        }
+        let text = metrics.encode();
+        for line in [
+            r#"transfer_engine_plugin_calls_total{plugin="limits",version="2",role="active",hook="validate",outcome="allowed",code=""} 1"#,
+            r#"transfer_engine_plugin_calls_total{plugin="limits",version="3",role="shadow",hook="validate",outcome="rejected",code="amount_over_limit"} 1"#,
+            r#"transfer_engine_plugin_calls_total{plugin="limits",version="3",role="shadow",hook="validate",outcome="failed",code="fuel_exhausted"} 1"#,
+            r#"transfer_engine_plugin_calls_total{plugin="chatty",version="1",role="active",hook="validate",outcome="rejected",code="other"} 84"#,
+            r#"transfer_engine_plugin_call_duration_seconds_count{plugin="limits",version="3",role="shadow",hook="validate"} 2"#,
+            r#"transfer_engine_plugin_call_duration_seconds_count{plugin="other",version="0",role="active",hook="validate"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} not in the scrape");
+        }
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("transfer_engine_plugin_call_duration_seconds_count")).count(),
+            PLUGIN_LABEL_SETS_MAX + 1
+        );
+    }
 
     #[test]
     fn each_submit_stage_is_observed_under_its_own_label() {

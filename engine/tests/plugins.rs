@@ -878,6 +878,17 @@ async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_out
     assert_eq!((newest["active"].as_str(), newest["candidate"].as_str()), (Some("allowed"), Some("rejected")), "{report}");
     assert!(newest["code"].is_string(), "{report}");
     assert!(report["candidate_latency_us"]["p50"].is_i64() && report["active_latency_us"]["max"].is_i64(), "{report}");
+    // /metrics counts the shadow's decisions apart from the active version's.
+    let scrape = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let shadow_rejections = scrape
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                r#"transfer_engine_plugin_calls_total{plugin="limits",version="2",role="shadow",hook="validate",outcome="rejected""#,
+            )
+        })
+        .unwrap_or_else(|| panic!("no shadow rejections in {scrape}"));
+    assert!(shadow_rejections.ends_with(" 3"), "{shadow_rejections}");
 
     // A shadow that faults is recorded as failed and fails nothing.
     assert_eq!(shadow("limits", 4).await.unwrap().status(), 204);

@@ -256,7 +256,7 @@ impl Processor {
     /// Updates Redis, counts outcomes, then stores the batch's offsets.
     async fn finish(&self, consumer: &EngineConsumer, committed: CommittedBatch) {
         self.update_cache(&committed.items, &committed.result).await;
-        self.count(&committed.result);
+        self.count(&committed.items, &committed.result);
         store_offsets(consumer, &committed.batch);
         self.health.finished(committed.batch.len());
     }
@@ -324,7 +324,10 @@ impl Processor {
         }
     }
 
-    fn count(&self, result: &BatchResult) {
+    /// Counts outcomes, and the plugin decisions of the transfers this batch committed.
+    fn count(&self, items: &[CommitItem], result: &BatchResult) {
+        let committed = items.iter().zip(&result.outcomes).filter(|(_, c)| c.disposition == Disposition::New);
+        self.metrics.observe_decisions(committed.flat_map(|(item, c)| item.decisions.iter().chain(&c.validated)));
         let mut counts: HashMap<&'static str, u64> = HashMap::new();
         for c in &result.outcomes {
             let outcome = match (c.disposition, c.status) {
