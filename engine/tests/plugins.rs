@@ -913,6 +913,12 @@ async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_out
     assert_eq!(r.status(), 204);
     let alone = |d: &[Value]| matches!(&limits_decisions(d)[..], [(_, role, _)] if role == "active");
     wait_for_decisions(&app, alone, "the shadow stop").await;
+    // Making a describer the name's active version stops a shadow validator beside it.
+    assert_eq!(shadow("limits", 2).await.unwrap().status(), 204);
+    assert_eq!(app.admin_post("/v1/admin/plugins/limits/activate", &json!({"version": 3})).await.status(), 204);
+    let list: Value =
+        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert!(list["plugins"].as_array().unwrap().iter().all(|p| p["shadow"] == false), "{list}");
     assert_audit_passes(&app.ledger()).await;
     app.stop().await;
 }

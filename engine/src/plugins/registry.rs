@@ -367,12 +367,17 @@ impl Registry {
             .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE plugins SET active = true WHERE name = $1 AND version = $2").bind(name).bind(version).execute(&mut *tx).await?;
-        // A shadow made active is promoted: it stops shadowing itself.
-        sqlx::query("UPDATE plugin_shadows SET stopped_at = now() WHERE name = $1 AND version = $2 AND stopped_at IS NULL")
-            .bind(name)
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
+        if kind == PluginKind::Validator {
+            // A shadow made active is promoted: it stops shadowing itself.
+            sqlx::query("UPDATE plugin_shadows SET stopped_at = now() WHERE name = $1 AND version = $2 AND stopped_at IS NULL")
+                .bind(name)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            // Only validators are shadowed: beside a describer or converter it would never be asked.
+            stop_shadow(&mut tx, name).await?;
+        }
         if kind == PluginKind::Validator {
             sqlx::query("INSERT INTO validation_order (name, position) SELECT $1, coalesce(max(position), 0) + 1 FROM validation_order ON CONFLICT (name) DO NOTHING")
                 .bind(name)
