@@ -467,8 +467,7 @@ async fn garbage_wrong_world_bad_config_and_unauthenticated_uploads_are_refused(
     assert_eq!(wrong.status(), 401);
     let in_query = app.client.post(app.url(&format!("/v1/admin/plugins?token={}", common::ADMIN_TOKEN))).json(&good).send().await.unwrap();
     assert_eq!(in_query.status(), 401);
-    let list: Value =
-        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let list = admin_json(&app, "/v1/admin/plugins").await;
     assert_eq!(list["plugins"], json!([]), "nothing was stored");
     // Detected kind, then a clean upload works.
     let uploaded = app.upload_plugin("limits", "limits", "validator", json!({}), false).await;
@@ -502,8 +501,7 @@ async fn an_advisory_validator_that_faults_is_recorded_as_advisory_and_the_trans
     let decision = &done["decisions"][0];
     assert_eq!((decision["outcome"].as_str(), decision["advisory"].as_bool()), (Some("failed"), Some(true)), "{done}");
     assert_eq!(decision["fault"], "fuel_exhausted", "{done}");
-    let list: Value =
-        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let list = admin_json(&app, "/v1/admin/plugins").await;
     assert_eq!(list["plugins"][0]["advisory"], true);
     assert_audit_passes(&app.ledger()).await;
     app.stop().await;
@@ -632,8 +630,7 @@ async fn a_0_2_velocity_validator_beside_a_0_1_one_holds_a_daily_limit_exactly_u
     let uploaded = app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100_000}}), true).await;
     assert_eq!((&uploaded["wit_version"], uploaded.get("needs")), (&json!("0.1.0"), None), "a 0.1 validator needs nothing");
     wait_for_plugins(&app, &["velocity", "limits"]).await;
-    let listed: Value =
-        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let listed = admin_json(&app, "/v1/admin/plugins").await;
     let velocity_listed = listed["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "velocity").unwrap();
     assert_eq!(velocity_listed["needs"]["velocity_windows_seconds"], json!([86_400]), "{listed}");
 
@@ -747,8 +744,7 @@ async fn python_and_javascript_validators_uploaded_over_the_api_get_limits_by_si
     assert_eq!(javascript["limits"]["memory_bytes_max"], 128 << 20, "the others are the defaults: {javascript}");
     let rust = app.upload_plugin("limits", "limits", "validator", json!({}), false).await;
     assert_eq!(rust["limits"], json!({"memory_bytes_max": 16 << 20, "call_fuel_max": 10_000_000, "configure_fuel_max": 20_000_000}));
-    let listed: Value =
-        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let listed = admin_json(&app, "/v1/admin/plugins").await;
     let listed_js = listed["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "limits-js").unwrap();
     assert_eq!(listed_js["limits"], javascript["limits"], "the limits are stored with the version");
     wait_for_plugins(&app, &["limits-py", "limits-js"]).await;
@@ -792,6 +788,11 @@ async fn limits_past_their_ceilings_and_components_past_the_upload_limit_are_ref
     app.stop().await;
 }
 
+/// GETs an admin route and answers its JSON.
+async fn admin_json(app: &TestApp, path: &str) -> Value {
+    app.client.get(app.url(path)).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap()
+}
+
 /// The limits versions among decisions, as (version, role, outcome).
 fn limits_decisions(decisions: &[Value]) -> Vec<(i64, String, String)> {
     decisions
@@ -830,8 +831,7 @@ async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_out
         assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code, "{name} v{version}");
     }
     assert_eq!(shadow("limits", 2).await.unwrap().status(), 204);
-    let list: Value =
-        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let list = admin_json(&app, "/v1/admin/plugins").await;
     let shadowing: Vec<(&str, i64)> = list["plugins"]
         .as_array()
         .unwrap()
@@ -858,16 +858,7 @@ async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_out
             "{done}"
         );
     }
-    let report: Value = app
-        .client
-        .get(app.url("/v1/admin/plugins/limits/versions/2/report"))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = admin_json(&app, "/v1/admin/plugins/limits/versions/2/report").await;
     // The probes of 0.01 agreed too.
     assert!(report["evaluated"].as_i64().unwrap() >= 5, "{report}");
     assert_eq!(report["disagreed"], 3, "{report}");
@@ -896,16 +887,7 @@ async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_out
     wait_for_decisions(&app, failing, "v4 failing").await;
     let id = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "5.00", "currency": "EUR"})).await;
     assert_eq!(app.wait_final(&id).await["status"], "completed");
-    let report: Value = app
-        .client
-        .get(app.url("/v1/admin/plugins/limits/versions/4/report"))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = admin_json(&app, "/v1/admin/plugins/limits/versions/4/report").await;
     assert!(report["faults"].as_i64().unwrap() >= 2 && report["disagreed"] == 0, "{report}");
 
     // Off: the active version decides alone again.
@@ -916,8 +898,7 @@ async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_out
     // Making a describer the name's active version stops a shadow validator beside it.
     assert_eq!(shadow("limits", 2).await.unwrap().status(), 204);
     assert_eq!(app.admin_post("/v1/admin/plugins/limits/activate", &json!({"version": 3})).await.status(), 204);
-    let list: Value =
-        app.client.get(app.url("/v1/admin/plugins")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let list = admin_json(&app, "/v1/admin/plugins").await;
     assert!(list["plugins"].as_array().unwrap().iter().all(|p| p["shadow"] == false), "{list}");
     assert_audit_passes(&app.ledger()).await;
     app.stop().await;
