@@ -1095,16 +1095,51 @@ fn query() -> BoxedStrategy<String> {
 // ---------------------------------------------------------------------------
 
 /// A JSON number the engine reads as an integer: JSON Schema calls every
-/// spelling of a whole value an integer (`7`, `7.0`, `70e-1`). The model goes
-/// through f64, which is exact for the values the generators make from f64s;
-/// it may misjudge a hand-made spelling such as `9223372036854775807.0`.
+/// spelling of a whole value an integer (`7`, `7.0`, `70e-1`). Judged on the
+/// number's exact text (serde_json keeps it: `arbitrary_precision`), not
+/// through f64, which rounds `92233720368547758.07` to a whole number.
 fn json_integer(value: &Value) -> Option<i64> {
-    if let Some(id) = value.as_i64() {
-        return Some(id);
+    let Value::Number(number) = value else { return None };
+    exact_whole(&number.to_string())
+}
+
+/// The value of JSON number text if it is exactly whole and fits an `i64`:
+/// the digits with the point removed, shifted by the exponent, where every
+/// digit shifted out must be 0.
+fn exact_whole(text: &str) -> Option<i64> {
+    let (negative, unsigned) = text.strip_prefix('-').map_or((false, text), |rest| (true, rest));
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (int, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: String = format!("{int}{fraction}");
+    if int.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    const I64_F64_BOUND: f64 = 9.2e18;
-    let whole = value.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < I64_F64_BOUND)?;
-    Some(whole as i64)
+    // value = digits × 10^shift
+    let shift = exponent.checked_sub(i64::try_from(fraction.len()).ok()?)?;
+    let digits = digits.trim_start_matches('0');
+    let whole: i128 = if digits.is_empty() {
+        0
+    } else if shift >= 0 {
+        // More than 19 significant digits after the shift cannot fit an i64.
+        if digits.len() as i64 + shift > 19 {
+            return None;
+        }
+        digits.parse::<i128>().ok()? * 10i128.pow(u32::try_from(shift).ok()?)
+    } else {
+        let cut = usize::try_from(-shift).ok()?;
+        if cut >= digits.len() {
+            return None; // nonzero digits all behind the point
+        }
+        let (kept, dropped) = digits.split_at(digits.len() - cut);
+        if dropped.bytes().any(|b| b != b'0') || kept.len() > 19 {
+            return None;
+        }
+        kept.parse::<i128>().ok()?
+    };
+    i64::try_from(if negative { -whole } else { whole }).ok()
 }
 
 /// An integer in a path segment: what Rust's `i64` parse reads (`+5`, `007`), or
@@ -2212,4 +2247,26 @@ async fn without_a_configured_admin_token_every_admin_route_answers_401() {
         }
     }
     app.stop().await;
+}
+
+#[test]
+fn the_model_reads_a_number_as_an_owner_only_when_its_exact_value_is_whole() {
+    for (text, whole) in [
+        ("7", Some(7)),
+        ("7.0", Some(7)),
+        ("70e-1", Some(7)),
+        ("0.7e1", Some(7)),
+        ("-0", Some(0)),
+        ("9223372036854775807", Some(i64::MAX)),
+        ("-9223372036854775808", Some(i64::MIN)),
+        ("9223372036854775808", None),
+        // f64 would round these to whole numbers.
+        ("92233720368547758.07", None),
+        ("5.0000000000000001", None),
+        ("0.5", None),
+        ("1e400", None),
+        ("1e-400", None),
+    ] {
+        assert_eq!(exact_whole(text), whole, "{text}");
+    }
 }
