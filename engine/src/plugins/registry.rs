@@ -158,25 +158,40 @@ pub struct Registry {
     loaded: Mutex<HashMap<(String, i32), Arc<LoadedPlugin>>>,
 }
 
-/// (name, version, kind, sha256, component or empty when already loaded, config, advisory, limits, size_bytes, shadow)
-type ActiveRow = (String, i32, String, Vec<u8>, Vec<u8>, String, bool, Option<sqlx::types::Json<PluginLimits>>, i64, bool);
-/// (name, version, kind, sha256, size_bytes, config, advisory, active, shadow, position, uploaded_at, wit_version, needs, limits)
-type ListRow = (
-    String,
-    i32,
-    String,
-    Vec<u8>,
-    i64,
-    String,
-    bool,
-    bool,
-    bool,
-    Option<i32>,
-    DateTime<Utc>,
-    String,
-    Option<sqlx::types::Json<NeedsInfo>>,
-    Option<sqlx::types::Json<PluginLimits>>,
-);
+/// A version the active set holds: active, or running in shadow.
+#[derive(sqlx::FromRow)]
+struct SetRow {
+    name: String,
+    version: i32,
+    kind: String,
+    sha256: Vec<u8>,
+    /// Empty when this process has the version loaded already.
+    component: Vec<u8>,
+    config: String,
+    advisory: bool,
+    limits: Option<sqlx::types::Json<PluginLimits>>,
+    size_bytes: i64,
+    shadow: bool,
+}
+
+/// A stored version as `list` shows it.
+#[derive(sqlx::FromRow)]
+struct ListRow {
+    name: String,
+    version: i32,
+    kind: String,
+    sha256: Vec<u8>,
+    size_bytes: i64,
+    config: String,
+    advisory: bool,
+    active: bool,
+    shadow: bool,
+    position: Option<i32>,
+    uploaded_at: DateTime<Utc>,
+    wit_version: String,
+    needs: Option<sqlx::types::Json<NeedsInfo>>,
+    limits: Option<sqlx::types::Json<PluginLimits>>,
+}
 
 impl Registry {
     pub fn new(pool: PgPool, sandbox: Arc<Sandbox>, description_chars_max: usize) -> Self {
@@ -295,8 +310,9 @@ impl Registry {
 
     pub async fn list(&self) -> Result<Vec<PluginInfo>, PluginError> {
         let rows: Vec<ListRow> = sqlx::query_as(
-            "SELECT p.name, p.version, p.kind, p.sha256, length(p.component)::bigint, p.config, p.advisory, p.active,
-                    s.name IS NOT NULL, CASE WHEN p.active THEN o.position END, p.uploaded_at, p.wit_version, p.needs, p.limits
+            "SELECT p.name, p.version, p.kind, p.sha256, length(p.component)::bigint AS size_bytes, p.config, p.advisory, p.active,
+                    s.name IS NOT NULL AS shadow, CASE WHEN p.active THEN o.position END AS position, p.uploaded_at, p.wit_version,
+                    p.needs, p.limits
                FROM plugins p LEFT JOIN validation_order o USING (name)
                     LEFT JOIN plugin_shadows s ON s.name = p.name AND s.version = p.version AND s.stopped_at IS NULL
               ORDER BY p.name, p.version",
@@ -305,44 +321,27 @@ impl Registry {
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(
-                |(
-                    name,
-                    version,
-                    kind,
-                    sha256,
-                    size_bytes,
-                    config,
-                    advisory,
-                    active,
-                    shadow,
-                    position,
-                    uploaded_at,
-                    wit_version,
-                    needs,
-                    limits,
-                )| {
-                    Some(PluginInfo {
-                        name,
-                        version,
-                        kind: PluginKind::parse(&kind)?,
-                        sha256: hex::encode(sha256),
-                        size_bytes,
-                        config,
-                        advisory,
-                        active,
-                        shadow,
-                        position,
-                        uploaded_at,
-                        wit_version: match wit_version.as_str() {
-                            "0.2.0" => WitVersion::V0_2,
-                            _ => WitVersion::V0_1,
-                        },
-                        needs: needs.map(|n| n.0),
-                        limits: self.stored_limits(limits, size_bytes),
-                    })
-                },
-            )
+            .filter_map(|row| {
+                Some(PluginInfo {
+                    kind: PluginKind::parse(&row.kind)?,
+                    sha256: hex::encode(row.sha256),
+                    wit_version: match row.wit_version.as_str() {
+                        "0.2.0" => WitVersion::V0_2,
+                        _ => WitVersion::V0_1,
+                    },
+                    needs: row.needs.map(|n| n.0),
+                    limits: self.stored_limits(row.limits, row.size_bytes),
+                    name: row.name,
+                    version: row.version,
+                    size_bytes: row.size_bytes,
+                    config: row.config,
+                    advisory: row.advisory,
+                    active: row.active,
+                    shadow: row.shadow,
+                    position: row.position,
+                    uploaded_at: row.uploaded_at,
+                })
+            })
             .collect())
     }
 
@@ -567,10 +566,10 @@ impl Registry {
         let (generation,): (i64,) = sqlx::query_as("SELECT generation FROM plugin_generation").fetch_one(&mut *tx).await?;
         // Bytes are fetched only for versions not loaded yet.
         let known: Vec<String> = self.loaded.lock().expect("not poisoned").keys().map(|(n, v)| format!("{n}@{v}")).collect();
-        let rows: Vec<ActiveRow> = sqlx::query_as(
+        let rows: Vec<SetRow> = sqlx::query_as(
             "SELECT p.name, p.version, p.kind, p.sha256,
-                    CASE WHEN (p.name || '@' || p.version) = ANY($1) THEN ''::bytea ELSE p.component END, p.config, p.advisory,
-                    p.limits, length(p.component)::bigint, s.name IS NOT NULL
+                    CASE WHEN (p.name || '@' || p.version) = ANY($1) THEN ''::bytea ELSE p.component END AS component, p.config,
+                    p.advisory, p.limits, length(p.component)::bigint AS size_bytes, s.name IS NOT NULL AS shadow
                FROM plugins p LEFT JOIN validation_order o USING (name)
                     LEFT JOIN plugin_shadows s ON s.name = p.name AND s.version = p.version AND s.stopped_at IS NULL
               WHERE p.active OR s.name IS NOT NULL
@@ -584,11 +583,11 @@ impl Registry {
         tokio::task::spawn_blocking(move || this.build_set(generation, rows)).await.map_err(|e| PluginError::Sandbox(e.to_string()))?
     }
 
-    fn build_set(&self, generation: i64, rows: Vec<ActiveRow>) -> Result<PluginSet, PluginError> {
+    fn build_set(&self, generation: i64, rows: Vec<SetRow>) -> Result<PluginSet, PluginError> {
         let mut set = PluginSet::empty(self.description_chars_max);
         set.generation = generation;
         let mut keep = HashMap::new();
-        for (name, version, kind, sha256, bytes, config, advisory, limits, size_bytes, shadow) in rows {
+        for SetRow { name, version, kind, sha256, component: bytes, config, advisory, limits, size_bytes, shadow } in rows {
             let kind = PluginKind::parse(&kind).ok_or_else(|| PluginError::Invalid(format!("stored kind {kind:?}")))?;
             let sha256: [u8; 32] = sha256.try_into().map_err(|_| PluginError::Invalid("stored sha256 is not 32 bytes".into()))?;
             let key = (name.clone(), version);
