@@ -70,7 +70,7 @@ pub enum PluginCommand {
         #[arg(long)]
         version: i32,
     },
-    /// Stop running a plugin (and its shadow, if one runs).
+    /// Stop running a plugin (and its shadow and canary, if they run).
     Deactivate { name: String },
     /// Run a version beside the active one on every live transfer: its
     /// decisions are recorded with role shadow, never enforced.
@@ -79,6 +79,22 @@ pub enum PluginCommand {
         #[arg(long, required_unless_present = "off", conflicts_with = "off")]
         version: Option<i32>,
         /// Stop the shadow.
+        #[arg(long)]
+        off: bool,
+    },
+    /// Let a version decide in place of the active one for a sticky share of
+    /// senders; it is withdrawn automatically if its fault rate passes the limit.
+    Canary {
+        name: String,
+        #[arg(long, required_unless_present = "off", conflicts_with = "off")]
+        version: Option<i32>,
+        /// Of senders, 1 to 100 (100 makes the version the active one).
+        #[arg(long, required_unless_present = "off", conflicts_with = "off")]
+        percent: Option<i64>,
+        /// The share of faulted calls (0 to 1, such as 0.05) past which it is withdrawn; default: the engine's setting.
+        #[arg(long, conflicts_with = "off")]
+        max_fault_rate: Option<String>,
+        /// Withdraw the canary: the active version decides for every sender.
         #[arg(long)]
         off: bool,
     },
@@ -248,6 +264,10 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
         PluginCommand::Shadow { name, version, .. } => {
             client.post(url(&format!("/v1/admin/plugins/{name}/shadow"))).json(&json!({"version": version}))
         }
+        PluginCommand::Canary { name, off: true, .. } => client.delete(url(&format!("/v1/admin/plugins/{name}/canary"))),
+        PluginCommand::Canary { name, version, percent, max_fault_rate, .. } => client
+            .post(url(&format!("/v1/admin/plugins/{name}/canary")))
+            .json(&json!({"version": version, "percent": percent, "max_fault_rate": max_fault_rate})),
         PluginCommand::Report { name, version, json } => {
             let report = remote.fetch(client.get(url(&format!("/v1/admin/plugins/{name}/versions/{version}/report")))).await?;
             if json {

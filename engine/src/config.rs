@@ -5,12 +5,14 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::plugins::SandboxLimits;
+use crate::plugins::rollback::{FaultRate, RollbackSettings};
 use crate::plugins::settings::RemovedFailureMode;
 
 /// A value that must never reach a log line: prints as `***`.
@@ -137,6 +139,17 @@ pub struct Settings {
     pub plugin_configure_ms_max: Option<u64>,
     /// How often engines poll for plugin changes if a NOTIFY is missed.
     pub plugin_poll_ms: u64,
+    /// The sliding window over which a canary's or a recently activated
+    /// version's faults are counted, on each engine.
+    pub plugin_rollback_window_s: u64,
+    /// Calls in the window below which no fault rate is judged.
+    pub plugin_rollback_calls_min: u64,
+    /// Faults per million calls past which a recent activation is rolled
+    /// back, and a canary started without `--max-fault-rate` withdrawn.
+    pub plugin_rollback_fault_rate_max_ppm: u32,
+    /// How long after its activation a version that replaced an older one
+    /// is watched (0: never).
+    pub plugin_rollback_recent_minutes: u64,
 }
 
 /// Settings that could not be read, or that make no sense.
@@ -200,6 +213,10 @@ impl Default for Settings {
             plugin_call_ms_max: None,
             plugin_configure_ms_max: None,
             plugin_poll_ms: 1_000,
+            plugin_rollback_window_s: RollbackSettings::default().window.as_secs(),
+            plugin_rollback_calls_min: RollbackSettings::default().calls_min,
+            plugin_rollback_fault_rate_max_ppm: RollbackSettings::default().fault_rate_max.ppm(),
+            plugin_rollback_recent_minutes: RollbackSettings::default().recent.as_secs() / 60,
         }
     }
 }
@@ -312,6 +329,14 @@ impl Settings {
         require(self.plugin_upload_bytes_max >= 1, "plugin_upload_bytes_max", "must be at least 1")?;
         require(self.plugin_upload_timeout_ms >= 1, "plugin_upload_timeout_ms", "must be at least 1")?;
         require(self.plugin_poll_ms >= 1, "plugin_poll_ms", "must be at least 1")?;
+        require((1..=86_400).contains(&self.plugin_rollback_window_s), "plugin_rollback_window_s", "must be from 1 to 86400")?;
+        require(self.plugin_rollback_calls_min >= 1, "plugin_rollback_calls_min", "must be at least 1 (no rollback on no evidence)")?;
+        require(
+            FaultRate::from_ppm(self.plugin_rollback_fault_rate_max_ppm).is_some(),
+            "plugin_rollback_fault_rate_max_ppm",
+            "must be from 0 to 1000000",
+        )?;
+        require(self.plugin_rollback_recent_minutes <= 7 * 24 * 60, "plugin_rollback_recent_minutes", "must be at most 10080 (a week)")?;
         Ok(())
     }
 
@@ -322,6 +347,16 @@ impl Settings {
             memory_bytes_max: self.plugin_memory_bytes_max,
             slot_memory_bytes_max: self.plugin_slot_memory_bytes_max,
             instances_max: self.plugin_instances_max,
+        }
+    }
+
+    pub fn rollback_settings(&self) -> RollbackSettings {
+        RollbackSettings {
+            window: Duration::from_secs(self.plugin_rollback_window_s),
+            calls_min: self.plugin_rollback_calls_min,
+            fault_rate_max: FaultRate::from_ppm(self.plugin_rollback_fault_rate_max_ppm)
+                .unwrap_or(RollbackSettings::default().fault_rate_max),
+            recent: Duration::from_secs(self.plugin_rollback_recent_minutes * 60),
         }
     }
 
@@ -424,6 +459,10 @@ mod tests {
             ("plugin_upload_bytes_max", Settings { plugin_upload_bytes_max: 0, ..d() }),
             ("plugin_upload_timeout_ms", Settings { plugin_upload_timeout_ms: 0, ..d() }),
             ("plugin_poll_ms", Settings { plugin_poll_ms: 0, ..d() }),
+            ("plugin_rollback_window_s", Settings { plugin_rollback_window_s: 0, ..d() }),
+            ("plugin_rollback_calls_min", Settings { plugin_rollback_calls_min: 0, ..d() }),
+            ("plugin_rollback_fault_rate_max_ppm", Settings { plugin_rollback_fault_rate_max_ppm: 1_000_001, ..d() }),
+            ("plugin_rollback_recent_minutes", Settings { plugin_rollback_recent_minutes: 10_081, ..d() }),
         ];
         for (setting, settings) in cases {
             assert_eq!(refused(settings), Some(setting), "a nonsense `{setting}` was not refused by its name");

@@ -28,10 +28,18 @@ pub const PLUGIN_CODES_PER_VERSION_MAX: usize = 16;
 pub struct PluginLabels {
     pub plugin: String,
     pub version: i32,
-    /// `active` or `shadow`.
+    /// `active`, `canary` or `shadow`.
     pub role: &'static str,
     /// `describe`, `convert` or `validate`.
     pub hook: &'static str,
+}
+
+/// A version withdrawn automatically, in the role it had (`canary` or `active`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RollbackLabels {
+    pub plugin: String,
+    pub version: i32,
+    pub role: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,6 +132,9 @@ pub struct Metrics {
     /// Committed plugin decisions, by version, role, hook, outcome and code.
     pub plugin_calls: Family<PluginCallLabels, Counter>,
     pub plugin_call_duration: Family<PluginLabels, Histogram>,
+    /// Automatic rollbacks this engine made. Bounded without a guard: a
+    /// watch trips at most once, and every watch is an operator's change.
+    pub plugin_rollbacks: Family<RollbackLabels, Counter>,
     /// The codes seen per plugin label set, to keep both bounded.
     plugin_labels: Mutex<HashMap<PluginLabels, HashSet<String>>>,
 }
@@ -176,7 +187,7 @@ impl Default for Metrics {
         let plugin_calls = Family::<PluginCallLabels, Counter>::default();
         registry.register(
             "plugin_calls",
-            "Plugin decisions committed, by plugin version, role (active or shadow), hook, outcome and code (a failure's cause)",
+            "Plugin decisions committed, by plugin version, role (active, canary or shadow), hook, outcome and code (a failure's cause)",
             plugin_calls.clone(),
         );
         // 2 µs to 1 s: a Rust plugin's call to one near the wall-clock backstop.
@@ -186,6 +197,12 @@ impl Default for Metrics {
             "plugin_call_duration_seconds",
             "Plugin call time (a fresh instance, configure and the hook)",
             plugin_call_duration.clone(),
+        );
+        let plugin_rollbacks = Family::<RollbackLabels, Counter>::default();
+        registry.register(
+            "plugin_rollbacks",
+            "Plugin versions this engine withdrew automatically (a canary, or a recent activation) for their fault rate",
+            plugin_rollbacks.clone(),
         );
         Self {
             registry,
@@ -202,6 +219,7 @@ impl Default for Metrics {
             submit_stage_duration,
             plugin_calls,
             plugin_call_duration,
+            plugin_rollbacks,
             plugin_labels: Mutex::default(),
         }
     }
@@ -215,6 +233,10 @@ impl Metrics {
     /// Records that a submit spent the time since `started` in `stage`.
     pub fn observe_submit_stage(&self, stage: SubmitStage, started: Instant) {
         self.submit_stage_duration[stage as usize].observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn count_rollback(&self, plugin: &str, version: i32, role: Role) {
+        self.plugin_rollbacks.get_or_create(&RollbackLabels { plugin: plugin.to_owned(), version, role: role.as_str() }).inc();
     }
 
     /// Counts committed plugin decisions (a batch's at once: one lock and one
@@ -234,10 +256,7 @@ impl Metrics {
         }
         let mut seen = self.plugin_labels.lock().unwrap_or_else(|e| e.into_inner());
         for ((plugin, version, role, hook), (durations, outcomes)) in grouped {
-            let role = match role {
-                Role::Active => "active",
-                Role::Shadow => "shadow",
-            };
+            let role = role.as_str();
             let mut labels = PluginLabels { plugin: plugin.to_owned(), version, role, hook: hook.as_str() };
             if !seen.contains_key(&labels) && seen.len() >= PLUGIN_LABEL_SETS_MAX {
                 labels = PluginLabels { plugin: "other".into(), version: 0, role, hook: hook.as_str() };

@@ -106,7 +106,7 @@ impl Application {
         };
         let sandbox = Sandbox::new(settings.sandbox_limits())?;
         crate::plugins::settings::removed_in_use(&settings).iter().for_each(|warning| tracing::warn!("{warning}"));
-        let plugins = Arc::new(Registry::new(pool.clone(), sandbox, settings.description_chars_max));
+        let plugins = Arc::new(Registry::new(pool.clone(), sandbox, settings.description_chars_max, settings.rollback_settings()));
         // Fail closed at start too: an engine that cannot load its policy does not process.
         let set = plugins.load_set().await.context("could not load the active plugins")?;
         let plugin_generation = set.generation;
@@ -151,6 +151,7 @@ impl Application {
                 dead_letter_publisher,
                 dead_letter_topic: Default::default(),
                 health: self.state.processor.clone(),
+                plugins: self.state.plugins.clone(),
             };
             tokio::spawn(keep_history_prepared(self.state.ledger.clone(), stopped.clone()));
             let poll = Duration::from_millis(self.state.settings.plugin_poll_ms);

@@ -282,6 +282,8 @@ static ROUTES: &[Route] = &[
     route("POST", "/v1/admin/plugins/{name}/deactivate", Need::Admin),
     route("POST", "/v1/admin/plugins/{name}/shadow", Need::Admin),
     route("DELETE", "/v1/admin/plugins/{name}/shadow", Need::Admin),
+    route("POST", "/v1/admin/plugins/{name}/canary", Need::Admin),
+    route("DELETE", "/v1/admin/plugins/{name}/canary", Need::Admin),
     route("GET", "/v1/admin/plugins/{name}/versions/{version}/report", Need::Admin),
     route("PUT", "/v1/admin/validation-order", Need::Admin),
     route("GET", "/v1/admin/clients", Need::Admin),
@@ -567,7 +569,7 @@ struct Footprint {
     ledger: Option<(i64, String)>,
     /// (clients, revoked clients).
     clients: (i64, i64),
-    /// Digests of the plugin versions (with which is active) and of the validation order and the shadows, and the plugin generation.
+    /// Digests of the plugin versions (with which is active) and of the validation order, the shadows and canaries, and the plugin generation.
     plugins: (String, String, i64),
 }
 
@@ -582,7 +584,9 @@ async fn footprint(pool: &PgPool, with_ledger: bool) -> Footprint {
                 (SELECT coalesce(md5(string_agg(name || ':' || version || ':' || active, ',' ORDER BY name, version)), '') FROM plugins),
                 (SELECT coalesce(md5(string_agg(name || ':' || position, ',' ORDER BY name)), '') FROM validation_order)
                     || (SELECT coalesce(md5(string_agg(name || ':' || version || ':' || (stopped_at IS NULL), ',' ORDER BY name, version, started_at)), '')
-                          FROM plugin_shadows),
+                          FROM plugin_shadows)
+                    || (SELECT coalesce(md5(string_agg(name || ':' || version || ':' || percent || ':' || coalesce(stop_reason, 'running'), ',' ORDER BY id)), '')
+                          FROM plugin_canaries),
                 (SELECT generation FROM plugin_generation)",
     )
     .fetch_one(pool)
@@ -2013,6 +2017,22 @@ fn every_route_refuses_unfit_credentials_with_exact_codes_and_no_change_then_ser
             Credentials::Admin,
             204,
             Some(("/v1/admin/plugins/%FF/shadow", b"", 400, "invalid_path")),
+        ),
+        by_hand(
+            "POST /v1/admin/plugins/{name}/canary",
+            "/v1/admin/plugins/limits/canary",
+            Some(json!({"version": 2, "percent": 10, "max_fault_rate": "0.1"})),
+            Credentials::Admin,
+            204,
+            Some(("/v1/admin/plugins/limits/canary", br#"{"version": 2, "percent": 0}"#, 422, "canary_percent_invalid")),
+        ),
+        by_hand(
+            "DELETE /v1/admin/plugins/{name}/canary",
+            "/v1/admin/plugins/limits/canary",
+            None,
+            Credentials::Admin,
+            204,
+            Some(("/v1/admin/plugins/nobody/canary", b"", 404, "plugin_not_found")),
         ),
         by_hand(
             "PUT /v1/admin/validation-order",

@@ -79,7 +79,7 @@ async fn api_with_a_dead_broker(app: &TestApp) -> String {
     let settings = app.settings.clone();
     let pool = app.db.pool.clone();
     let sandbox = Sandbox::new(settings.sandbox_limits()).unwrap();
-    let plugins = Registry::new(pool.clone(), sandbox, settings.description_chars_max);
+    let plugins = Registry::new(pool.clone(), sandbox, settings.description_chars_max, settings.rollback_settings());
     let state = AppState {
         cache: Cache::from_settings(&settings).unwrap(),
         publisher: kafka::Publisher::new("127.0.0.1:1", 300).unwrap(),

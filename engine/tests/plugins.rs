@@ -361,31 +361,10 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     }
 }
 
-async fn submit(app: &TestApp, body: Value) -> String {
-    let r = app.post("/v1/transfers", &body).await;
-    let status = r.status();
-    let answer: Value = r.json().await.unwrap();
-    assert_eq!(status, 202, "{answer}");
-    answer["transfer_id"].as_str().unwrap().to_owned()
-}
-
-/// Submits probes of 0.01 EUR from 1 to 2 until one's decisions satisfy
-/// `done` (the engine swaps sets between batches).
-async fn wait_for_decisions(app: &TestApp, done: impl Fn(&[Value]) -> bool, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let id = submit(app, json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
-        if done(app.wait_final(&id).await["decisions"].as_array().unwrap()) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
-    }
-}
-
 /// Submits probes until one is decided by `plugin` at `version`.
 async fn wait_for_version(app: &TestApp, plugin: &str, version: i64) {
     let picked = |decisions: &[Value]| decisions.iter().any(|d| d["plugin"] == plugin && d["version"] == version);
-    wait_for_decisions(app, picked, &format!("{plugin} v{version} picked up")).await;
+    app.wait_for_decisions(picked, &format!("{plugin} v{version} picked up")).await;
 }
 
 #[tokio::test]
@@ -394,7 +373,7 @@ async fn a_plugin_that_faults_fails_only_its_transfer_and_the_next_ones_complete
     app.open_account(1, "EUR", "100.00").await;
     app.open_account(2, "EUR", "0").await;
     app.upload_plugin("looper", "hostile_loop", "validator", json!({}), true).await;
-    let id = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR"})).await;
+    let id = app.submit_accepted(json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR"})).await;
     let failed = app.wait_final(&id).await;
     // The first transfer may have run on the set before the upload; wait for the swap if so.
     let failed = if failed["status"] == "completed" { wait_for_version_failure(&app).await } else { failed };
@@ -408,7 +387,7 @@ async fn a_plugin_that_faults_fails_only_its_transfer_and_the_next_ones_complete
     assert_eq!(r.status(), 204);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let id = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
+        let id = app.submit_accepted(json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
         if app.wait_final(&id).await["status"] == "completed" {
             break;
         }
@@ -421,7 +400,7 @@ async fn a_plugin_that_faults_fails_only_its_transfer_and_the_next_ones_complete
 async fn wait_for_version_failure(app: &TestApp) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let id = submit(app, json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
+        let id = app.submit_accepted(json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
         let done = app.wait_final(&id).await;
         if done["status"] == "failed" {
             return done;
@@ -467,7 +446,7 @@ async fn garbage_wrong_world_bad_config_and_unauthenticated_uploads_are_refused(
     assert_eq!(wrong.status(), 401);
     let in_query = app.client.post(app.url(&format!("/v1/admin/plugins?token={}", common::ADMIN_TOKEN))).json(&good).send().await.unwrap();
     assert_eq!(in_query.status(), 401);
-    let list = admin_json(&app, "/v1/admin/plugins").await;
+    let list = app.admin_json("/v1/admin/plugins").await;
     assert_eq!(list["plugins"], json!([]), "nothing was stored");
     // Detected kind, then a clean upload works.
     let uploaded = app.upload_plugin("limits", "limits", "validator", json!({}), false).await;
@@ -490,7 +469,7 @@ async fn an_advisory_validator_that_faults_is_recorded_as_advisory_and_the_trans
     assert_eq!((uploaded["advisory"].as_bool(), uploaded["active"].as_bool()), (Some(true), Some(true)));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let done = loop {
-        let id = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR"})).await;
+        let id = app.submit_accepted(json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "EUR"})).await;
         let done = app.wait_final(&id).await;
         if !done["decisions"].as_array().is_none_or(Vec::is_empty) {
             break done;
@@ -501,7 +480,7 @@ async fn an_advisory_validator_that_faults_is_recorded_as_advisory_and_the_trans
     let decision = &done["decisions"][0];
     assert_eq!((decision["outcome"].as_str(), decision["advisory"].as_bool()), (Some("failed"), Some(true)), "{done}");
     assert_eq!(decision["fault"], "fuel_exhausted", "{done}");
-    let list = admin_json(&app, "/v1/admin/plugins").await;
+    let list = app.admin_json("/v1/admin/plugins").await;
     assert_eq!(list["plugins"][0]["advisory"], true);
     assert_audit_passes(&app.ledger()).await;
     app.stop().await;
@@ -521,7 +500,7 @@ async fn a_stricter_validator_hot_swapped_and_rolled_back_under_traffic_loses_no
             let mut ids = Vec::new();
             let stop = tokio::time::Instant::now() + Duration::from_secs(6);
             while tokio::time::Instant::now() < stop {
-                ids.push(submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "5.00", "currency": "EUR"})).await);
+                ids.push(app.submit_accepted(json!({"sender_id": 1, "receiver_id": 2, "amount": "5.00", "currency": "EUR"})).await);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             ids
@@ -576,11 +555,11 @@ async fn a_transfer_given_in_another_currency_is_converted_and_both_amounts_are_
     app.upload_plugin("fx", "fx", "converter", json!({"rates": {"USD/EUR": "0.9215"}}), true).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let done = loop {
-        let id = submit(
-            &app,
-            json!({"sender_id": 1, "receiver_id": 2, "original_amount": "10.00", "original_currency": "USD", "currency": "EUR"}),
-        )
-        .await;
+        let id = app
+            .submit_accepted(
+                json!({"sender_id": 1, "receiver_id": 2, "original_amount": "10.00", "original_currency": "USD", "currency": "EUR"}),
+            )
+            .await;
         let done = app.wait_final(&id).await;
         if done["status"] == "completed" {
             break done;
@@ -601,7 +580,7 @@ async fn a_transfer_given_in_another_currency_is_converted_and_both_amounts_are_
 async fn wait_for_plugins(app: &TestApp, plugins: &[&str]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let id = submit(app, json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
+        let id = app.submit_accepted(json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
         let done = app.wait_final(&id).await;
         let decided: Vec<&str> = done["decisions"].as_array().unwrap().iter().filter_map(|d| d["plugin"].as_str()).collect();
         if plugins.iter().all(|p| decided.contains(p)) {
@@ -630,12 +609,12 @@ async fn a_0_2_velocity_validator_beside_a_0_1_one_holds_a_daily_limit_exactly_u
     let uploaded = app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100_000}}), true).await;
     assert_eq!((&uploaded["wit_version"], uploaded.get("needs")), (&json!("0.1.0"), None), "a 0.1 validator needs nothing");
     wait_for_plugins(&app, &["velocity", "limits"]).await;
-    let listed = admin_json(&app, "/v1/admin/plugins").await;
+    let listed = app.admin_json("/v1/admin/plugins").await;
     let velocity_listed = listed["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "velocity").unwrap();
     assert_eq!(velocity_listed["needs"]["velocity_windows_seconds"], json!([86_400]), "{listed}");
 
     // Validators run in the order they were activated: velocity (0.2), then limits (0.1).
-    let too_big = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "1500.00", "currency": "EUR"})).await;
+    let too_big = app.submit_accepted(json!({"sender_id": 1, "receiver_id": 2, "amount": "1500.00", "currency": "EUR"})).await;
     let too_big = app.wait_final(&too_big).await;
     assert_eq!(too_big["reason"]["code"], "daily_limit_exceeded", "{too_big}");
     assert!(too_big["reason"]["message"].as_str().unwrap().contains("basic tier's limit of 500.00 EUR"), "{too_big}");
@@ -643,7 +622,7 @@ async fn a_0_2_velocity_validator_beside_a_0_1_one_holds_a_daily_limit_exactly_u
     let submits = (0..60).map(|i| {
         let body = json!({"sender_id": 1, "receiver_id": 2, "amount": format!("{}.{:02}", 10 + i % 13, i), "currency": "EUR"});
         let app = &app;
-        async move { submit(app, body).await }
+        async move { app.submit_accepted(body).await }
     });
     let ids = futures::future::join_all(submits).await;
     let mut outcomes = Vec::new();
@@ -695,17 +674,17 @@ async fn account_and_transfer_metadata_set_over_the_api_decide_the_0_2_examples_
     };
     let transfer = |to: i64, amount: &str, metadata: Value| json!({"sender_id": 1, "receiver_id": to, "amount": amount, "currency": "EUR", "metadata": metadata});
 
-    let basic = app.wait_final(&submit(&app, transfer(2, "150.00", json!({}))).await).await;
+    let basic = app.wait_final(&app.submit_accepted(transfer(2, "150.00", json!({}))).await).await;
     assert_eq!(basic["reason"]["code"], "daily_limit_exceeded", "{basic}");
     patch(1, json!({"kyc_tier": "verified"})).await;
-    let verified = app.wait_final(&submit(&app, transfer(2, "150.00", json!({"channel": "web"}))).await).await;
+    let verified = app.wait_final(&app.submit_accepted(transfer(2, "150.00", json!({"channel": "web"}))).await).await;
     assert_eq!(verified["status"], "completed", "the tier set before it was processed applies: {verified}");
     assert_eq!(verified["metadata"], json!({"channel": "web"}));
 
-    let atm = app.wait_final(&submit(&app, transfer(2, "1.00", json!({"channel": "crypto_atm"}))).await).await;
+    let atm = app.wait_final(&app.submit_accepted(transfer(2, "1.00", json!({"channel": "crypto_atm"}))).await).await;
     assert_eq!(atm["reason"]["code"], "channel_blocked", "{atm}");
     patch(3, json!({"country": "KP"})).await;
-    let listed = app.wait_final(&submit(&app, transfer(3, "1.00", json!({}))).await).await;
+    let listed = app.wait_final(&app.submit_accepted(transfer(3, "1.00", json!({}))).await).await;
     assert_eq!(listed["reason"]["code"], "country_blocked", "{listed}");
     assert_audit_passes(&app.ledger()).await;
     app.stop().await;
@@ -744,16 +723,16 @@ async fn python_and_javascript_validators_uploaded_over_the_api_get_limits_by_si
     assert_eq!(javascript["limits"]["memory_bytes_max"], 128 << 20, "the others are the defaults: {javascript}");
     let rust = app.upload_plugin("limits", "limits", "validator", json!({}), false).await;
     assert_eq!(rust["limits"], json!({"memory_bytes_max": 16 << 20, "call_fuel_max": 10_000_000, "configure_fuel_max": 20_000_000}));
-    let listed = admin_json(&app, "/v1/admin/plugins").await;
+    let listed = app.admin_json("/v1/admin/plugins").await;
     let listed_js = listed["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "limits-js").unwrap();
     assert_eq!(listed_js["limits"], javascript["limits"], "the limits are stored with the version");
     wait_for_plugins(&app, &["limits-py", "limits-js"]).await;
 
-    let over = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "60.00", "currency": "EUR"})).await;
+    let over = app.submit_accepted(json!({"sender_id": 1, "receiver_id": 2, "amount": "60.00", "currency": "EUR"})).await;
     let over = app.wait_final(&over).await;
     assert_eq!((&over["status"], &over["reason"]["code"]), (&json!("rejected"), &json!("amount_over_limit")), "{over}");
     assert_eq!(over["reason"]["message"], "The amount 60.00 EUR is over the limit of 50.00 EUR per transfer.", "{over}");
-    let within = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "10.00", "currency": "EUR"})).await;
+    let within = app.submit_accepted(json!({"sender_id": 1, "receiver_id": 2, "amount": "10.00", "currency": "EUR"})).await;
     let within = app.wait_final(&within).await;
     assert_eq!(within["status"], "completed", "{within}");
     let decided: Vec<&str> = within["decisions"].as_array().unwrap().iter().map(|d| d["plugin"].as_str().unwrap()).collect();
@@ -785,121 +764,5 @@ async fn limits_past_their_ceilings_and_components_past_the_upload_limit_are_ref
         assert_eq!(r.status().as_u16(), status, "{}", body["limits"]);
         assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code, "{}", body["limits"]);
     }
-    app.stop().await;
-}
-
-/// GETs an admin route and answers its JSON.
-async fn admin_json(app: &TestApp, path: &str) -> Value {
-    app.client.get(app.url(path)).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap().json().await.unwrap()
-}
-
-/// The limits versions among decisions, as (version, role, outcome).
-fn limits_decisions(decisions: &[Value]) -> Vec<(i64, String, String)> {
-    decisions
-        .iter()
-        .filter(|d| d["plugin"] == "limits")
-        .map(|d| (d["version"].as_i64().unwrap(), d["role"].as_str().unwrap().to_owned(), d["outcome"].as_str().unwrap().to_owned()))
-        .collect()
-}
-
-#[tokio::test]
-async fn a_shadow_version_is_recorded_beside_the_active_one_never_changes_an_outcome_and_is_reported() {
-    let app = TestApp::spawn().await;
-    app.open_account(1, "EUR", "1000.00").await;
-    app.open_account(2, "EUR", "0").await;
-    app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100000}}), true).await;
-    // v2 refuses anything over 1.00 EUR; v3 is a describer stored under the same name; v4 loops.
-    app.upload_plugin("limits", "limits", "validator", json!({"max_amount_minor": {"EUR": 100}}), false).await;
-    app.upload_plugin("limits", "description", "describer", json!({}), false).await;
-    app.upload_plugin("limits", "hostile_loop", "validator", json!({}), false).await;
-    app.upload_plugin("idle", "limits", "validator", json!({}), false).await;
-    let shadow = |name: &str, version: i64| {
-        app.client
-            .post(app.url(&format!("/v1/admin/plugins/{name}/shadow")))
-            .bearer_auth(common::ADMIN_TOKEN)
-            .json(&json!({"version": version}))
-            .send()
-    };
-    for (name, version, status, code) in [
-        ("limits", 9, 404, "plugin_not_found"),
-        ("limits", 1, 409, "plugin_version_active"),
-        ("limits", 3, 409, "plugin_kind_mismatch"),
-        ("idle", 1, 409, "plugin_not_active"),
-    ] {
-        let r = shadow(name, version).await.unwrap();
-        assert_eq!(r.status(), status, "{name} v{version}");
-        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code, "{name} v{version}");
-    }
-    assert_eq!(shadow("limits", 2).await.unwrap().status(), 204);
-    let list = admin_json(&app, "/v1/admin/plugins").await;
-    let shadowing: Vec<(&str, i64)> = list["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["shadow"] == true)
-        .map(|p| (p["name"].as_str().unwrap(), p["version"].as_i64().unwrap()))
-        .collect();
-    assert_eq!(shadowing, [("limits", 2)]);
-    let shadowing = |d: &[Value]| limits_decisions(d).iter().any(|(v, role, _)| *v == 2 && role == "shadow");
-    wait_for_decisions(&app, shadowing, "v2 in shadow").await;
-
-    // 5.00 is allowed by v1 and refused by v2, 0.50 by both: every one completes.
-    let mut ids = Vec::new();
-    for amount in ["5.00", "5.00", "5.00", "0.50", "0.50"] {
-        ids.push((amount, submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": amount, "currency": "EUR"})).await));
-    }
-    for (amount, id) in &ids {
-        let done = app.wait_final(id).await;
-        assert_eq!(done["status"], "completed", "a shadow never changes an outcome: {done}");
-        let shadowed = if *amount == "5.00" { "rejected" } else { "allowed" };
-        assert_eq!(
-            limits_decisions(done["decisions"].as_array().unwrap()),
-            [(1, "active".to_owned(), "allowed".to_owned()), (2, "shadow".to_owned(), shadowed.to_owned())],
-            "{done}"
-        );
-    }
-    let report = admin_json(&app, "/v1/admin/plugins/limits/versions/2/report").await;
-    // The probes of 0.01 agreed too.
-    assert!(report["evaluated"].as_i64().unwrap() >= 5, "{report}");
-    assert_eq!(report["disagreed"], 3, "{report}");
-    assert_eq!(report["faults"], 0, "{report}");
-    assert_eq!(report["agreed"].as_i64().unwrap() + 3, report["evaluated"].as_i64().unwrap(), "{report}");
-    let newest = &report["disagreements"][0];
-    assert_eq!(newest["transfer_id"], ids[2].1.as_str(), "newest first: {report}");
-    assert_eq!((newest["active"].as_str(), newest["candidate"].as_str()), (Some("allowed"), Some("rejected")), "{report}");
-    assert!(newest["code"].is_string(), "{report}");
-    assert!(report["candidate_latency_us"]["p50"].is_i64() && report["active_latency_us"]["max"].is_i64(), "{report}");
-    // /metrics counts the shadow's decisions apart from the active version's.
-    let scrape = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let shadow_rejections = scrape
-        .lines()
-        .find(|l| {
-            l.starts_with(
-                r#"transfer_engine_plugin_calls_total{plugin="limits",version="2",role="shadow",hook="validate",outcome="rejected""#,
-            )
-        })
-        .unwrap_or_else(|| panic!("no shadow rejections in {scrape}"));
-    assert!(shadow_rejections.ends_with(" 3"), "{shadow_rejections}");
-
-    // A shadow that faults is recorded as failed and fails nothing.
-    assert_eq!(shadow("limits", 4).await.unwrap().status(), 204);
-    let failing = |d: &[Value]| limits_decisions(d).iter().any(|(v, role, outcome)| *v == 4 && role == "shadow" && outcome == "failed");
-    wait_for_decisions(&app, failing, "v4 failing").await;
-    let id = submit(&app, json!({"sender_id": 1, "receiver_id": 2, "amount": "5.00", "currency": "EUR"})).await;
-    assert_eq!(app.wait_final(&id).await["status"], "completed");
-    let report = admin_json(&app, "/v1/admin/plugins/limits/versions/4/report").await;
-    assert!(report["faults"].as_i64().unwrap() >= 2 && report["disagreed"] == 0, "{report}");
-
-    // Off: the active version decides alone again.
-    let r = app.client.delete(app.url("/v1/admin/plugins/limits/shadow")).bearer_auth(common::ADMIN_TOKEN).send().await.unwrap();
-    assert_eq!(r.status(), 204);
-    let alone = |d: &[Value]| matches!(&limits_decisions(d)[..], [(_, role, _)] if role == "active");
-    wait_for_decisions(&app, alone, "the shadow stop").await;
-    // Making a describer the name's active version stops a shadow validator beside it.
-    assert_eq!(shadow("limits", 2).await.unwrap().status(), 204);
-    assert_eq!(app.admin_post("/v1/admin/plugins/limits/activate", &json!({"version": 3})).await.status(), 204);
-    let list = admin_json(&app, "/v1/admin/plugins").await;
-    assert!(list["plugins"].as_array().unwrap().iter().all(|p| p["shadow"] == false), "{list}");
-    assert_audit_passes(&app.ledger()).await;
     app.stop().await;
 }

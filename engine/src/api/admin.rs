@@ -16,6 +16,7 @@ use super::schema::{self, PluginNameSchema};
 use super::{Admin, ApiError, AppState, whole};
 use crate::config::Settings;
 use crate::plugins::registry::ShadowReport;
+use crate::plugins::rollback::FaultRate;
 use crate::plugins::{LimitsRequest, PluginError, PluginInfo, PluginKind, valid_name};
 
 /// Plugin uploads in progress at once; one more answers `503 overloaded`.
@@ -38,6 +39,7 @@ impl From<PluginError> for ApiError {
             PluginError::NotFound(_) => ApiError::NotFound { code: "plugin_not_found", message },
             PluginError::KindAlreadyActive { .. } => ApiError::Conflict { code: "plugin_kind_already_active", message },
             PluginError::Rollout { refusal, .. } => ApiError::Conflict { code: refusal.code(), message },
+            PluginError::PercentInvalid(_) => ApiError::invalid("canary_percent_invalid", message),
             PluginError::Database(ref db) if crate::ledger::is_unavailable(db) => ApiError::database_unavailable(),
             PluginError::Sandbox(_) | PluginError::Database(_) => ApiError::Unexpected(anyhow::Error::from(e)),
         }
@@ -236,6 +238,80 @@ pub async fn shadow(
 pub async fn unshadow(State(state): State<AppState>, _: Admin, PathParams(name): PathParams<String>) -> Result<StatusCode, ApiError> {
     let name = existing_name(name)?;
     state.plugins.unshadow(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Starts a canary.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartCanary {
+    /// A stored version of the plugin, not the active one.
+    #[serde(deserialize_with = "whole::i32")]
+    #[schema(minimum = -2147483648, maximum = 2147483647)]
+    pub version: i32,
+    /// Of senders, 1 to 100; 100 makes the version the active one.
+    #[serde(deserialize_with = "whole::i64")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub percent: i64,
+    /// The share of faulted calls over the sliding window
+    /// (`plugin_rollback_window_s`) past which the canary is withdrawn
+    /// automatically, as decimal text from "0" to "1". Absent: the engine's
+    /// `plugin_rollback_fault_rate_max_ppm`.
+    #[serde(default)]
+    #[schema(example = "0.05")]
+    pub max_fault_rate: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/admin/plugins/{name}/canary", operation_id = "canary_plugin", tag = "plugins",
+    request_body = StartCanary, security(("bearer" = [])),
+    params(("name" = PluginNameSchema, Path)),
+    responses(
+        (status = 204, description = "The version decides in place of the active one for `percent` of senders (the same senders for \
+            as long as it runs), in place of any earlier canary; its decisions are recorded with role `canary`. At 100 it is the \
+            active version. Every engine follows within about a second"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 404, body = ErrorBody, description = "`plugin_not_found`: no such name and version (a name outside the pattern names none)"),
+        (status = 409, body = ErrorBody, description = "`plugin_not_active`: no version of the name is active; `plugin_kind_mismatch`: \
+            not a validator beside an active validator; `plugin_version_active`: the version is the active one"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, body = ErrorBody, description = "`invalid_body`; `canary_percent_invalid`: not from 1 to 100; \
+            `fault_rate_invalid`: not decimal text from 0 to 1 with at most 6 decimals"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn canary(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParams(name): PathParams<String>,
+    JsonBody(req): JsonBody<StartCanary>,
+) -> Result<StatusCode, ApiError> {
+    let name = existing_name(name)?;
+    let max_fault_rate = req
+        .max_fault_rate
+        .as_deref()
+        .map(FaultRate::parse)
+        .transpose()
+        .map_err(|message| ApiError::invalid("fault_rate_invalid", message))?;
+    state.plugins.canary(&name, req.version, req.percent, max_fault_rate).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/v1/admin/plugins/{name}/canary", operation_id = "uncanary_plugin", tag = "plugins",
+    security(("bearer" = [])),
+    params(("name" = PluginNameSchema, Path)),
+    responses(
+        (status = 204, description = "The active version decides for every sender again (withdrawing where no canary runs changes nothing)"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
+        (status = 404, body = ErrorBody, description = "`plugin_not_found` (a name outside the pattern names none)"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn uncanary(State(state): State<AppState>, _: Admin, PathParams(name): PathParams<String>) -> Result<StatusCode, ApiError> {
+    let name = existing_name(name)?;
+    state.plugins.uncanary(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

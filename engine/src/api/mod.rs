@@ -109,6 +109,7 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/v1/admin/plugins/{name}/activate", post(admin::activate))
         .route("/v1/admin/plugins/{name}/deactivate", post(admin::deactivate))
         .route("/v1/admin/plugins/{name}/shadow", post(admin::shadow).delete(admin::unshadow))
+        .route("/v1/admin/plugins/{name}/canary", post(admin::canary).delete(admin::uncanary))
         .route("/v1/admin/plugins/{name}/versions/{version}/report", get(admin::report))
         .route("/v1/admin/validation-order", axum::routing::put(admin::set_validation_order))
         .route(

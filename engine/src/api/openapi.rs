@@ -38,6 +38,8 @@ use crate::config::Settings;
         super::admin::deactivate,
         super::admin::shadow,
         super::admin::unshadow,
+        super::admin::canary,
+        super::admin::uncanary,
         super::admin::report,
         super::admin::set_validation_order,
         super::clients::create,
@@ -204,7 +206,7 @@ mod tests {
     fn every_operation_declares_the_bearer_scheme_and_the_answers_of_its_extractors() {
         let doc = served();
         let operations = operations(&doc);
-        assert_eq!(operations.len(), 20);
+        assert_eq!(operations.len(), 22);
         for (method, path, operation) in operations {
             let name = format!("{method} {path}");
             assert_eq!(operation["security"], serde_json::json!([{"bearer": []}]), "{name}");

@@ -75,8 +75,8 @@ pub struct Decision {
     /// `config_refused`, `instantiate_failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<String>,
-    /// Which version decided: the name's active one, or a shadow beside it
-    /// (recorded, never enforced). Records written before roles existed have
+    /// Which version decided: the name's active one, a canary in its place,
+    /// or a shadow beside it (recorded, never enforced). Records written before roles existed have
     /// none and were all `active`.
     #[serde(default)]
     pub role: Role,
@@ -92,6 +92,19 @@ pub enum Role {
     /// Run beside the active version (`plugins shadow`): recorded, never
     /// enforced, and its faults never fail a transfer.
     Shadow,
+    /// Decided in place of the active version for a sticky share of senders
+    /// (`plugins canary`): enforced like the active version.
+    Canary,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Shadow => "shadow",
+            Self::Canary => "canary",
+        }
+    }
 }
 
 /// The policy hooks. Implementations must be cheap to call and must never

@@ -7,6 +7,7 @@
 //! - `loaded`: one plugin version, instantiated fresh for every call.
 //! - `set`: the active plugins as a `Hooks` implementation, recording decisions.
 //! - `scaffold`: `plugins new`, a new plugin folder in Rust, Python or JavaScript.
+//! - `rollback`: canaries' sticky split, and the guard that withdraws a faulting version.
 //! - `registry`: plugins in PostgreSQL: upload, activate, order, hot reload,
 //!   and a bounded cache of compiled components.
 
@@ -15,6 +16,7 @@ pub mod compiled;
 pub mod guard;
 pub mod loaded;
 pub mod registry;
+pub mod rollback;
 pub mod sandbox;
 pub mod scaffold;
 pub mod set;
@@ -75,16 +77,18 @@ pub enum PluginError {
     AdvisoryNotValidator(PluginKind),
     #[error("another {kind} plugin ({name}) is active; deactivate it first")]
     KindAlreadyActive { kind: PluginKind, name: String },
-    /// A shadow the plugin's state does not allow.
+    /// A shadow or canary the plugin's state does not allow.
     #[error("{message}")]
     Rollout { refusal: RolloutRefusal, message: String },
+    #[error("a canary's percent is from 1 to 100 (100 makes it the active version), not {0}")]
+    PercentInvalid(i64),
     #[error("the plugin sandbox could not be set up: {0}")]
     Sandbox(String),
     #[error("the plugin registry's database is unavailable")]
     Database(#[from] sqlx::Error),
 }
 
-/// Why a shadow was refused, each with its own API code.
+/// Why a shadow or canary was refused, each with its own API code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RolloutRefusal {
     /// The name has no active version to run beside (`plugin_not_active`).

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -17,9 +17,10 @@ use wasmtime::component::Component;
 
 use super::bindings::WitVersion;
 use super::compiled::{CompiledCache, INACTIVE_COMPONENTS_MAX};
-use super::set::PluginSet;
+use super::rollback::{FaultRate, Guard, RollbackSettings, Subject, Trip, Watch};
+use super::set::{Canary, PluginSet};
 use super::{LimitsRequest, LoadedPlugin, PluginError, PluginKind, PluginLimits, PluginMeta, RolloutRefusal, Sandbox, valid_name};
-use crate::hooks::{ContextNeeds, HookSet};
+use crate::hooks::{ContextNeeds, Decision, HookSet};
 
 /// The NOTIFY channel every change is announced on.
 const CHANNEL: &str = "transfer_engine_plugins";
@@ -41,6 +42,15 @@ pub struct PluginInfo {
     /// Running in shadow beside the name's active version (`plugins shadow`).
     #[serde(default)]
     pub shadow: bool,
+    /// Deciding in place of the active version for a share of senders (`plugins canary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryInfo>,
+    /// When this version last became active, if since canaries existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<DateTime<Utc>>,
+    /// This version's latest automatic rollback, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RollbackInfo>,
     /// Position among active validators (first runs first), if one.
     pub position: Option<i32>,
     pub uploaded_at: DateTime<Utc>,
@@ -52,6 +62,33 @@ pub struct PluginInfo {
     pub needs: Option<NeedsInfo>,
     /// This version's memory and fuel.
     pub limits: PluginLimits,
+}
+
+/// A running canary, as listed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct CanaryInfo {
+    /// Of senders, 1 to 99, chosen by a stable hash: the same ones for as long as it runs.
+    pub percent: u8,
+    /// Past this share of faulted calls over the sliding window, it is withdrawn.
+    #[schema(value_type = String, example = "0.05")]
+    pub max_fault_rate: FaultRate,
+    pub started_at: DateTime<Utc>,
+}
+
+/// An automatic rollback of a version, as listed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RollbackInfo {
+    pub at: DateTime<Utc>,
+    /// `canary`: the canary stopped; `active`: `restored_version` became active again.
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_version: Option<i32>,
+    /// Calls and faults over the window that decided it (on the engine that saw them).
+    pub calls: i64,
+    pub faults: i64,
+    #[schema(value_type = String, example = "0.05")]
+    pub max_fault_rate: FaultRate,
+    pub window_seconds: i32,
 }
 
 /// A validator's declared context, as listed.
@@ -156,6 +193,11 @@ pub struct Registry {
     /// Loaded versions by (name, version): kept across reloads so a plugin
     /// that did not change is not linked again.
     loaded: Mutex<HashMap<(String, i32), Arc<LoadedPlugin>>>,
+    /// The versions the last set built may withdraw, and their fault tallies.
+    watches: Mutex<Vec<Watch>>,
+    guard: Mutex<Guard>,
+    /// The guard's monotonic clock starts here.
+    started: Instant,
 }
 
 /// A version the active set holds: active, or running in shadow.
@@ -171,7 +213,15 @@ struct SetRow {
     advisory: bool,
     limits: Option<sqlx::types::Json<PluginLimits>>,
     size_bytes: i64,
+    active: bool,
     shadow: bool,
+    canary_id: Option<i64>,
+    canary_percent: Option<i16>,
+    canary_fault_rate_ppm: Option<i32>,
+    /// Set while the version is an active one still watched after its activation.
+    activated_at: Option<DateTime<Utc>>,
+    replaced_version: Option<i32>,
+    watched_until: Option<DateTime<Utc>>,
 }
 
 /// A stored version as `list` shows it.
@@ -186,6 +236,17 @@ struct ListRow {
     advisory: bool,
     active: bool,
     shadow: bool,
+    canary_percent: Option<i16>,
+    canary_fault_rate_ppm: Option<i32>,
+    canary_started_at: Option<DateTime<Utc>>,
+    activated_at: Option<DateTime<Utc>>,
+    rollback_at: Option<DateTime<Utc>>,
+    rollback_role: Option<String>,
+    restored_version: Option<i32>,
+    rollback_calls: Option<i64>,
+    rollback_faults: Option<i64>,
+    rollback_fault_rate_ppm: Option<i32>,
+    rollback_window_seconds: Option<i32>,
     position: Option<i32>,
     uploaded_at: DateTime<Utc>,
     wit_version: String,
@@ -194,9 +255,22 @@ struct ListRow {
 }
 
 impl Registry {
-    pub fn new(pool: PgPool, sandbox: Arc<Sandbox>, description_chars_max: usize) -> Self {
+    pub fn new(pool: PgPool, sandbox: Arc<Sandbox>, description_chars_max: usize, rollback: RollbackSettings) -> Self {
         let compiled = Mutex::new(CompiledCache::new(INACTIVE_COMPONENTS_MAX));
-        Self { pool, sandbox, description_chars_max, compiled, loaded: Mutex::default() }
+        Self {
+            pool,
+            sandbox,
+            description_chars_max,
+            compiled,
+            loaded: Mutex::default(),
+            watches: Mutex::default(),
+            guard: Mutex::new(Guard::new(rollback)),
+            started: Instant::now(),
+        }
+    }
+
+    fn rollback_settings(&self) -> RollbackSettings {
+        self.guard.lock().expect("not poisoned").settings()
     }
 
     /// The sha256 of every component in the active set.
@@ -300,6 +374,9 @@ impl Registry {
             advisory,
             active: false,
             shadow: false,
+            canary: None,
+            activated_at: None,
+            rolled_back: None,
             position: None,
             uploaded_at,
             wit_version,
@@ -311,10 +388,17 @@ impl Registry {
     pub async fn list(&self) -> Result<Vec<PluginInfo>, PluginError> {
         let rows: Vec<ListRow> = sqlx::query_as(
             "SELECT p.name, p.version, p.kind, p.sha256, length(p.component)::bigint AS size_bytes, p.config, p.advisory, p.active,
-                    s.name IS NOT NULL AS shadow, CASE WHEN p.active THEN o.position END AS position, p.uploaded_at, p.wit_version,
-                    p.needs, p.limits
+                    s.name IS NOT NULL AS shadow,
+                    c.percent AS canary_percent, c.max_fault_rate_ppm AS canary_fault_rate_ppm, c.started_at AS canary_started_at,
+                    CASE WHEN p.active THEN p.activated_at END AS activated_at,
+                    r.at AS rollback_at, r.role AS rollback_role, r.restored_version, r.calls AS rollback_calls,
+                    r.faults AS rollback_faults, r.max_fault_rate_ppm AS rollback_fault_rate_ppm, r.window_seconds AS rollback_window_seconds,
+                    CASE WHEN p.active THEN o.position END AS position, p.uploaded_at, p.wit_version, p.needs, p.limits
                FROM plugins p LEFT JOIN validation_order o USING (name)
                     LEFT JOIN plugin_shadows s ON s.name = p.name AND s.version = p.version AND s.stopped_at IS NULL
+                    LEFT JOIN plugin_canaries c ON c.name = p.name AND c.version = p.version AND c.stopped_at IS NULL
+                    LEFT JOIN LATERAL (SELECT * FROM plugin_rollbacks r WHERE r.name = p.name AND r.version = p.version
+                                        ORDER BY r.at DESC LIMIT 1) r ON true
               ORDER BY p.name, p.version",
         )
         .fetch_all(&self.pool)
@@ -338,6 +422,25 @@ impl Registry {
                     advisory: row.advisory,
                     active: row.active,
                     shadow: row.shadow,
+                    canary: match (row.canary_percent, row.canary_fault_rate_ppm, row.canary_started_at) {
+                        (Some(percent), Some(ppm), Some(started_at)) => {
+                            Some(CanaryInfo { percent: u8::try_from(percent).ok()?, max_fault_rate: stored_rate(ppm)?, started_at })
+                        }
+                        _ => None,
+                    },
+                    activated_at: row.activated_at,
+                    rolled_back: match (row.rollback_at, row.rollback_role, row.rollback_calls, row.rollback_faults) {
+                        (Some(at), Some(role), Some(calls), Some(faults)) => Some(RollbackInfo {
+                            at,
+                            role,
+                            restored_version: row.restored_version,
+                            calls,
+                            faults,
+                            max_fault_rate: stored_rate(row.rollback_fault_rate_ppm?)?,
+                            window_seconds: row.rollback_window_seconds?,
+                        }),
+                        _ => None,
+                    },
                     position: row.position,
                     uploaded_at: row.uploaded_at,
                 })
@@ -345,7 +448,9 @@ impl Registry {
             .collect())
     }
 
-    /// Makes `version` the active version of `name` (an earlier one is a rollback).
+    /// Makes `version` the active version of `name` (an earlier one is a
+    /// rollback). A version replacing an older one is watched for
+    /// `plugin_rollback_recent_minutes`; a canary or shadow of it is promoted.
     pub async fn activate(&self, name: &str, version: i32) -> Result<(), PluginError> {
         let mut tx = self.pool.begin().await?;
         let kind = lock_and_kind(&mut tx, name, version).await?;
@@ -360,22 +465,17 @@ impl Registry {
                 return Err(PluginError::KindAlreadyActive { kind, name: other });
             }
         }
-        sqlx::query("UPDATE plugins SET active = false WHERE name = $1 AND active AND version <> $2")
-            .bind(name)
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE plugins SET active = true WHERE name = $1 AND version = $2").bind(name).bind(version).execute(&mut *tx).await?;
-        if kind == PluginKind::Validator {
-            // A shadow made active is promoted: it stops shadowing itself.
-            sqlx::query("UPDATE plugin_shadows SET stopped_at = now() WHERE name = $1 AND version = $2 AND stopped_at IS NULL")
-                .bind(name)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            // Only validators are shadowed: beside a describer or converter it would never be asked.
+        let previous: Option<(i32,)> =
+            sqlx::query_as("SELECT version FROM plugins WHERE name = $1 AND active").bind(name).fetch_optional(&mut *tx).await?;
+        let previous = previous.map(|(v,)| v);
+        // Only a newer version replacing an older one may be rolled back automatically:
+        // activating an older one is an operator's rollback, never undone by the engine.
+        let replaced = previous.filter(|p| *p < version);
+        make_active(&mut tx, name, version, replaced).await?;
+        if kind != PluginKind::Validator {
+            // Only validators are shadowed or canaried: beside a describer or converter they would never be asked.
             stop_shadow(&mut tx, name).await?;
+            stop_canary(&mut tx, name, "replaced").await?;
         }
         if kind == PluginKind::Validator {
             sqlx::query("INSERT INTO validation_order (name, position) SELECT $1, coalesce(max(position), 0) + 1 FROM validation_order ON CONFLICT (name) DO NOTHING")
@@ -385,21 +485,18 @@ impl Registry {
         }
         announce(&mut tx).await?;
         tx.commit().await?;
-        info!(plugin = name, version, "Plugin version activated.");
+        info!(plugin = name, version, previous, "Plugin version activated.");
         Ok(())
     }
 
-    /// No version of `name` active; a shadow beside it stops too (it has nothing to be compared with).
+    /// No version of `name` active; a shadow or canary beside it stops too (it has nothing to be compared with).
     pub async fn deactivate(&self, name: &str) -> Result<(), PluginError> {
         let mut tx = self.pool.begin().await?;
         stop_shadow(&mut tx, name).await?;
+        stop_canary(&mut tx, name, "deactivated").await?;
         let changed = sqlx::query("UPDATE plugins SET active = false WHERE name = $1 AND active").bind(name).execute(&mut *tx).await?;
         if changed.rows_affected() == 0 {
-            let (exists,): (bool,) =
-                sqlx::query_as("SELECT EXISTS (SELECT 1 FROM plugins WHERE name = $1)").bind(name).fetch_one(&mut *tx).await?;
-            if !exists {
-                return Err(PluginError::NotFound(name.to_owned()));
-            }
+            ensure_name(&mut tx, name).await?;
         }
         announce(&mut tx).await?;
         tx.commit().await?;
@@ -412,24 +509,7 @@ impl Registry {
     /// validator's name, and never the active version itself.
     pub async fn shadow(&self, name: &str, version: i32) -> Result<(), PluginError> {
         let mut tx = self.pool.begin().await?;
-        // The same lock as `activate`, so the active version cannot change under the checks.
-        let kind = lock_and_kind(&mut tx, name, version).await?;
-        let active: Option<(i32, String)> =
-            sqlx::query_as("SELECT version, kind FROM plugins WHERE name = $1 AND active").bind(name).fetch_optional(&mut *tx).await?;
-        let Some((active_version, active_kind)) = active else {
-            let message = format!("{name} has no active version to shadow; activate one first");
-            return Err(PluginError::Rollout { refusal: RolloutRefusal::NotActive, message });
-        };
-        if kind != PluginKind::Validator || active_kind != PluginKind::Validator.as_str() {
-            let message = format!(
-                "only a validator runs in shadow, beside an active validator: {name} v{version} is a {kind}, v{active_version} a {active_kind}"
-            );
-            return Err(PluginError::Rollout { refusal: RolloutRefusal::KindMismatch, message });
-        }
-        if active_version == version {
-            let message = format!("{name} v{version} is the active version; shadow another one");
-            return Err(PluginError::Rollout { refusal: RolloutRefusal::VersionActive, message });
-        }
+        let active_version = lock_candidate(&mut tx, name, version, "runs in shadow").await?;
         stop_shadow(&mut tx, name).await?;
         sqlx::query("INSERT INTO plugin_shadows (name, version, from_seq) SELECT $1, $2, coalesce(max(seq), 0) FROM transfers")
             .bind(name)
@@ -445,16 +525,132 @@ impl Registry {
     /// Stops `name`'s shadow; stopping where none runs changes nothing.
     pub async fn unshadow(&self, name: &str) -> Result<(), PluginError> {
         let mut tx = self.pool.begin().await?;
-        let (exists,): (bool,) =
-            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM plugins WHERE name = $1)").bind(name).fetch_one(&mut *tx).await?;
-        if !exists {
-            return Err(PluginError::NotFound(name.to_owned()));
-        }
+        ensure_name(&mut tx, name).await?;
         stop_shadow(&mut tx, name).await?;
         announce(&mut tx).await?;
         tx.commit().await?;
         info!(plugin = name, "Plugin shadow stopped.");
         Ok(())
+    }
+
+    /// Makes `version` of `name` decide in place of the active version for
+    /// `percent` of senders, in place of any canary running before; at 100 it
+    /// becomes the active version. `max_fault_rate` (else the setting) is the
+    /// share of faulted calls past which it is withdrawn automatically.
+    pub async fn canary(&self, name: &str, version: i32, percent: i64, max_fault_rate: Option<FaultRate>) -> Result<(), PluginError> {
+        let percent = match i16::try_from(percent) {
+            Ok(100) => return self.activate(name, version).await,
+            Ok(p @ 1..=99) => p,
+            _ => return Err(PluginError::PercentInvalid(percent)),
+        };
+        let max_fault_rate = max_fault_rate.unwrap_or(self.rollback_settings().fault_rate_max);
+        let mut tx = self.pool.begin().await?;
+        let active_version = lock_candidate(&mut tx, name, version, "is a canary").await?;
+        stop_canary(&mut tx, name, "replaced").await?;
+        sqlx::query("INSERT INTO plugin_canaries (name, version, percent, max_fault_rate_ppm) VALUES ($1, $2, $3, $4)")
+            .bind(name)
+            .bind(version)
+            .bind(percent)
+            .bind(i32::try_from(max_fault_rate.ppm()).expect("at most a million"))
+            .execute(&mut *tx)
+            .await?;
+        announce(&mut tx).await?;
+        tx.commit().await?;
+        info!(plugin = name, version, percent, max_fault_rate = %max_fault_rate, beside = active_version, "Plugin version canary started.");
+        Ok(())
+    }
+
+    /// Withdraws `name`'s canary: the active version decides for every sender again.
+    pub async fn uncanary(&self, name: &str) -> Result<(), PluginError> {
+        let mut tx = self.pool.begin().await?;
+        ensure_name(&mut tx, name).await?;
+        stop_canary(&mut tx, name, "withdrawn").await?;
+        announce(&mut tx).await?;
+        tx.commit().await?;
+        info!(plugin = name, "Plugin canary withdrawn.");
+        Ok(())
+    }
+
+    /// Counts the decisions of a committed batch against the watched
+    /// versions; returns those that have just passed their fault rate.
+    pub fn observe_faults<'a>(&self, decisions: impl IntoIterator<Item = &'a Decision>) -> Vec<Trip> {
+        let watches = self.watches.lock().expect("not poisoned");
+        if watches.is_empty() {
+            return Vec::new();
+        }
+        self.guard.lock().expect("not poisoned").observe(&watches, decisions, Utc::now(), self.started.elapsed().as_secs())
+    }
+
+    /// Withdraws the version a trip names, unless an operator (or another
+    /// engine) changed it since: a canary stops, a recent activation gives
+    /// way to the version it replaced. Returns whether it withdrew anything.
+    pub async fn roll_back(&self, trip: &Trip) -> Result<bool, PluginError> {
+        let Trip { watch: Watch { name, version, subject, fault_rate_max }, calls, faults, window } = trip;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE plugins IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        let (role, restored) = match subject {
+            Subject::Canary { id } => {
+                let stopped = sqlx::query(
+                    "UPDATE plugin_canaries SET stopped_at = now(), stop_reason = 'rolled_back' WHERE id = $1 AND stopped_at IS NULL",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                if stopped.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                ("canary", None)
+            }
+            Subject::Activation { activated_at, replaced_version, .. } => {
+                let still: Option<(i32,)> =
+                    sqlx::query_as("SELECT version FROM plugins WHERE name = $1 AND version = $2 AND active AND activated_at = $3")
+                        .bind(name)
+                        .bind(version)
+                        .bind(activated_at)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if still.is_none() {
+                    return Ok(false);
+                }
+                // A describer or converter restored beside another of its kind activated
+                // meanwhile under another name would make two; the operator's change stands.
+                let kind = lock_and_kind(&mut tx, name, *replaced_version).await?;
+                let other: Option<(String,)> = sqlx::query_as("SELECT name FROM plugins WHERE active AND kind = $1 AND name <> $2")
+                    .bind(kind.as_str())
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if kind != PluginKind::Validator && other.is_some() {
+                    return Ok(false);
+                }
+                // The restored version is not watched in turn: it was the policy before.
+                make_active(&mut tx, name, *replaced_version, None).await?;
+                ("active", Some(*replaced_version))
+            }
+        };
+        sqlx::query(
+            "INSERT INTO plugin_rollbacks (name, version, role, restored_version, calls, faults, max_fault_rate_ppm, window_seconds)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(role)
+        .bind(restored)
+        .bind(i64::try_from(*calls).unwrap_or(i64::MAX))
+        .bind(i64::try_from(*faults).unwrap_or(i64::MAX))
+        .bind(i32::try_from(fault_rate_max.ppm()).expect("at most a million"))
+        .bind(i32::try_from(window.as_secs()).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?;
+        announce(&mut tx).await?;
+        tx.commit().await?;
+        warn!(plugin = %name, version, role, restored, calls, faults, max_fault_rate = %fault_rate_max, "Plugin version rolled back automatically.");
+        Ok(true)
+    }
+
+    /// Lets a trip whose rollback failed trip again on a later batch.
+    pub fn rearm(&self, trip: &Trip) {
+        self.guard.lock().expect("not poisoned").rearm(&trip.watch);
     }
 
     /// How `version` of `name` has compared with the active version while in shadow.
@@ -569,13 +765,21 @@ impl Registry {
         let rows: Vec<SetRow> = sqlx::query_as(
             "SELECT p.name, p.version, p.kind, p.sha256,
                     CASE WHEN (p.name || '@' || p.version) = ANY($1) THEN ''::bytea ELSE p.component END AS component, p.config,
-                    p.advisory, p.limits, length(p.component)::bigint AS size_bytes, s.name IS NOT NULL AS shadow
+                    p.advisory, p.limits, length(p.component)::bigint AS size_bytes, p.active, s.name IS NOT NULL AS shadow,
+                    c.id AS canary_id, c.percent AS canary_percent, c.max_fault_rate_ppm AS canary_fault_rate_ppm,
+                    w.activated_at, w.replaced_version, w.watched_until
                FROM plugins p LEFT JOIN validation_order o USING (name)
                     LEFT JOIN plugin_shadows s ON s.name = p.name AND s.version = p.version AND s.stopped_at IS NULL
-              WHERE p.active OR s.name IS NOT NULL
+                    LEFT JOIN plugin_canaries c ON c.name = p.name AND c.version = p.version AND c.stopped_at IS NULL
+                    LEFT JOIN LATERAL (
+                        SELECT p.activated_at, p.replaced_version, p.activated_at + make_interval(secs => $2) AS watched_until
+                         WHERE p.active AND p.replaced_version IS NOT NULL AND p.activated_at + make_interval(secs => $2) > now()
+                    ) w ON true
+              WHERE p.active OR s.name IS NOT NULL OR c.id IS NOT NULL
               ORDER BY o.position NULLS LAST, p.name, p.version",
         )
         .bind(&known)
+        .bind(self.rollback_settings().recent.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -587,7 +791,9 @@ impl Registry {
         let mut set = PluginSet::empty(self.description_chars_max);
         set.generation = generation;
         let mut keep = HashMap::new();
-        for SetRow { name, version, kind, sha256, component: bytes, config, advisory, limits, size_bytes, shadow } in rows {
+        let mut watches = Vec::new();
+        for row in rows {
+            let SetRow { name, version, kind, sha256, component: bytes, config, advisory, limits, size_bytes, .. } = row;
             let kind = PluginKind::parse(&kind).ok_or_else(|| PluginError::Invalid(format!("stored kind {kind:?}")))?;
             let sha256: [u8; 32] = sha256.try_into().map_err(|_| PluginError::Invalid("stored sha256 is not 32 bytes".into()))?;
             let key = (name.clone(), version);
@@ -596,21 +802,42 @@ impl Registry {
                 Some(p) => p,
                 None => {
                     let component = self.compile(sha256, &bytes)?;
-                    let meta = PluginMeta { name, version, kind, sha256, config, limits: self.stored_limits(limits, size_bytes) };
+                    let meta =
+                        PluginMeta { name: name.clone(), version, kind, sha256, config, limits: self.stored_limits(limits, size_bytes) };
                     // A row that says advisory for a non-validator cannot come from an upload;
                     // with_advisory refuses it rather than let a describer or converter be skipped.
                     Arc::new(LoadedPlugin::new(self.sandbox.clone(), meta, &component)?.with_advisory(advisory)?)
                 }
             };
             keep.insert(key, plugin.clone());
-            match kind {
-                // `shadow` checks that only validators shadow, beside an active version of the same name.
-                PluginKind::Validator if shadow => drop(set.shadows.insert(plugin.meta.name.clone(), plugin)),
-                PluginKind::Validator => set.validators.push(plugin),
-                PluginKind::Converter => set.converter = Some(plugin),
-                PluginKind::Describer => set.describer = Some(plugin),
+            let watch = |subject, ppm: i32| -> Result<Watch, PluginError> {
+                let fault_rate_max = stored_rate(ppm).ok_or_else(|| PluginError::Invalid(format!("stored fault rate {ppm}")))?;
+                Ok(Watch { name: name.clone(), version, subject, fault_rate_max })
+            };
+            // `shadow` and `canary` check that only validators run as either, beside an active version of the same name.
+            if let (Some(id), Some(percent), Some(ppm)) = (row.canary_id, row.canary_percent, row.canary_fault_rate_ppm) {
+                let percent = u8::try_from(percent).map_err(|_| PluginError::Invalid(format!("stored percent {percent}")))?;
+                set.canaries.insert(name.clone(), Canary { plugin: plugin.clone(), percent });
+                watches.push(watch(Subject::Canary { id }, ppm)?);
+            }
+            if row.shadow {
+                set.shadows.insert(name.clone(), plugin.clone());
+            }
+            if row.active {
+                if let (Some(activated_at), Some(replaced_version), Some(watched_until)) =
+                    (row.activated_at, row.replaced_version, row.watched_until)
+                {
+                    let ppm = i32::try_from(self.rollback_settings().fault_rate_max.ppm()).expect("at most a million");
+                    watches.push(watch(Subject::Activation { activated_at, replaced_version, watched_until }, ppm)?);
+                }
+                match kind {
+                    PluginKind::Validator => set.validators.push(plugin),
+                    PluginKind::Converter => set.converter = Some(plugin),
+                    PluginKind::Describer => set.describer = Some(plugin),
+                }
             }
         }
+        *self.watches.lock().expect("not poisoned") = watches;
         // Forget versions no longer active, and compiled components beyond the bound.
         let active: HashSet<[u8; 32]> = keep.values().map(|p| p.meta.sha256).collect();
         *self.loaded.lock().expect("not poisoned") = keep;
@@ -682,10 +909,89 @@ async fn lock_and_kind(tx: &mut sqlx::PgConnection, name: &str, version: i32) ->
     kind.and_then(|(k,)| PluginKind::parse(&k)).ok_or_else(|| PluginError::NotFound(format!("{name} v{version}")))
 }
 
+/// Checks that `version` of `name` may run as a shadow or canary (`what`)
+/// and returns the active version: only a validator, beside an active
+/// validator of the same name, and never the active version itself. Holds
+/// the same lock as `activate`, so the active version cannot change under the checks.
+async fn lock_candidate(tx: &mut sqlx::PgConnection, name: &str, version: i32, what: &str) -> Result<i32, PluginError> {
+    let kind = lock_and_kind(tx, name, version).await?;
+    let active: Option<(i32, String)> =
+        sqlx::query_as("SELECT version, kind FROM plugins WHERE name = $1 AND active").bind(name).fetch_optional(&mut *tx).await?;
+    let Some((active_version, active_kind)) = active else {
+        let message = format!("{name} has no active version for v{version} to run beside; activate one first");
+        return Err(PluginError::Rollout { refusal: RolloutRefusal::NotActive, message });
+    };
+    if kind != PluginKind::Validator || active_kind != PluginKind::Validator.as_str() {
+        let message = format!(
+            "only a validator {what}, beside an active validator: {name} v{version} is a {kind}, v{active_version} a {active_kind}"
+        );
+        return Err(PluginError::Rollout { refusal: RolloutRefusal::KindMismatch, message });
+    }
+    if active_version == version {
+        let message = format!("{name} v{version} is the active version; choose another one");
+        return Err(PluginError::Rollout { refusal: RolloutRefusal::VersionActive, message });
+    }
+    Ok(active_version)
+}
+
+/// `NotFound` unless some version of `name` is stored.
+async fn ensure_name(tx: &mut sqlx::PgConnection, name: &str) -> Result<(), PluginError> {
+    let (exists,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM plugins WHERE name = $1)").bind(name).fetch_one(&mut *tx).await?;
+    if exists { Ok(()) } else { Err(PluginError::NotFound(name.to_owned())) }
+}
+
+/// Makes `version` the only active version of `name`, noting the version it
+/// replaced (for an automatic rollback; `None`: never rolled back). A shadow
+/// or canary of that version is promoted: it stops running as one.
+async fn make_active(tx: &mut sqlx::PgConnection, name: &str, version: i32, replaced: Option<i32>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE plugins SET active = false WHERE name = $1 AND active AND version <> $2")
+        .bind(name)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+    // Activating the active version again changes nothing, its watch included.
+    sqlx::query(
+        "UPDATE plugins SET active = true, activated_at = now(), replaced_version = $3 WHERE name = $1 AND version = $2 AND NOT active",
+    )
+    .bind(name)
+    .bind(version)
+    .bind(replaced)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE plugin_shadows SET stopped_at = now() WHERE name = $1 AND version = $2 AND stopped_at IS NULL")
+        .bind(name)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE plugin_canaries SET stopped_at = now(), stop_reason = 'promoted' WHERE name = $1 AND version = $2 AND stopped_at IS NULL",
+    )
+    .bind(name)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Stops `name`'s running canary, if one runs, saying why (its row stays).
+async fn stop_canary(tx: &mut sqlx::PgConnection, name: &str, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE plugin_canaries SET stopped_at = now(), stop_reason = $2 WHERE name = $1 AND stopped_at IS NULL")
+        .bind(name)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 /// Stops `name`'s running shadow, if one runs (its row stays for `report`).
 async fn stop_shadow(tx: &mut sqlx::PgConnection, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE plugin_shadows SET stopped_at = now() WHERE name = $1 AND stopped_at IS NULL").bind(name).execute(&mut *tx).await?;
     Ok(())
+}
+
+/// A fault rate as stored (the migration's CHECK keeps it in range).
+fn stored_rate(ppm: i32) -> Option<FaultRate> {
+    u32::try_from(ppm).ok().and_then(FaultRate::from_ppm)
 }
 
 /// Bumps the generation and notifies every engine, inside the change's transaction.

@@ -12,12 +12,18 @@
 //! active version, on the same transfer and context, whatever the active one
 //! answered; its decision is recorded with role `shadow` and never enforced,
 //! and its faults never fail the transfer.
+//!
+//! A validator may have a canary: another version that decides in its place
+//! for a sticky share of senders (`plugins canary`, see `rollback::bucket`).
+//! Its decision is enforced like the active version's and recorded with role
+//! `canary`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::bindings::types;
+use super::rollback;
 use super::{Fault, LoadedPlugin, guard};
 use crate::domain::{Amount, Currency, Metadata, Money, Reason, Submission};
 use crate::hooks::{self, AccountFacts, Context, ContextNeeds, Decision, HookError, HookPoint, Hooks, Role};
@@ -34,6 +40,8 @@ pub struct PluginSet {
     pub validators: Vec<Arc<LoadedPlugin>>,
     /// A version running in shadow beside an active validator, by name.
     pub shadows: HashMap<String, Arc<LoadedPlugin>>,
+    /// A version deciding in place of an active validator for some senders, by name.
+    pub canaries: HashMap<String, Canary>,
     pub description_chars_max: usize,
     /// Bumped by the registry on every change; which set this is.
     pub generation: i64,
@@ -41,7 +49,28 @@ pub struct PluginSet {
 
 impl PluginSet {
     pub fn empty(description_chars_max: usize) -> Self {
-        Self { describer: None, converter: None, validators: Vec::new(), shadows: HashMap::new(), description_chars_max, generation: 0 }
+        Self {
+            describer: None,
+            converter: None,
+            validators: Vec::new(),
+            shadows: HashMap::new(),
+            canaries: HashMap::new(),
+            description_chars_max,
+            generation: 0,
+        }
+    }
+}
+
+/// A canary version and the share of senders it decides for.
+pub struct Canary {
+    pub plugin: Arc<LoadedPlugin>,
+    /// 1 to 99.
+    pub percent: u8,
+}
+
+impl Canary {
+    fn decides_for(&self, s: &Submission) -> bool {
+        rollback::bucket(&self.plugin.meta.name, self.plugin.meta.version, s.sender.get()) < self.percent
     }
 }
 
@@ -251,7 +280,8 @@ impl Hooks for PluginSet {
     }
 
     fn needs(&self) -> ContextNeeds {
-        ContextNeeds::union(self.validators.iter().chain(self.shadows.values()).map(|v| &v.needs))
+        let canaries = self.canaries.values().map(|c| &c.plugin);
+        ContextNeeds::union(self.validators.iter().chain(self.shadows.values()).chain(canaries).map(|v| &v.needs))
     }
 
     fn validate(
@@ -263,13 +293,17 @@ impl Hooks for PluginSet {
         decisions: &mut Vec<Decision>,
     ) -> Result<(), HookError> {
         let seen = transfer(s, Some(amount), description);
-        for plugin in &self.validators {
+        for active in &self.validators {
+            let (plugin, role) = match self.canaries.get(&active.meta.name) {
+                Some(canary) if canary.decides_for(s) => (&canary.plugin, Role::Canary),
+                _ => (active, Role::Active),
+            };
             let started = Instant::now();
             let verdict = ask(plugin, &seen, context);
-            decisions.push(validated(plugin, started, &verdict));
-            // Asked before the active verdict takes effect, so the shadow is
-            // compared on every transfer the active version decides.
-            if let Some(shadow) = self.shadows.get(&plugin.meta.name) {
+            decisions.push(Decision { role, ..validated(plugin, started, &verdict) });
+            // Asked before the verdict takes effect, so the shadow is compared
+            // on every transfer the name decides (but never with itself).
+            if let Some(shadow) = self.shadows.get(&plugin.meta.name).filter(|shadow| shadow.meta.version != plugin.meta.version) {
                 let started = Instant::now();
                 let shadowed = ask(shadow, &seen, context);
                 decisions.push(Decision { role: Role::Shadow, ..validated(shadow, started, &shadowed) });

@@ -45,6 +45,7 @@ use crate::hooks::{self, HookSet};
 use crate::kafka::{self, TransferRecord};
 use crate::ledger::{BatchResult, CommitItem, Disposition, Foresight, Ledger, LedgerError};
 use crate::metrics::{Metrics, PartitionLabels};
+use crate::plugins::Registry;
 use crate::views::TransferStatusView;
 
 /// Backoff while PostgreSQL or the broker is away: doubles from the first to the last.
@@ -75,6 +76,9 @@ pub struct Processor {
     pub dead_letter_publisher: kafka::Publisher,
     pub dead_letter_topic: DeadLetterTopicState,
     pub health: Arc<ProcessorHealth>,
+    /// Told the decisions of every committed batch: it withdraws a canary or
+    /// a recent activation whose fault rate passes its limit.
+    pub plugins: Arc<Registry>,
 }
 
 /// A batch decoded and run through the hooks, ready to commit.
@@ -327,7 +331,24 @@ impl Processor {
     /// Counts outcomes, and the plugin decisions of the transfers this batch committed.
     fn count(&self, items: &[CommitItem], result: &BatchResult) {
         let committed = items.iter().zip(&result.outcomes).filter(|(_, c)| c.disposition == Disposition::New);
-        self.metrics.observe_decisions(committed.flat_map(|(item, c)| item.decisions.iter().chain(&c.validated)));
+        let decisions: Vec<&hooks::Decision> = committed.flat_map(|(item, c)| item.decisions.iter().chain(&c.validated)).collect();
+        self.metrics.observe_decisions(decisions.iter().copied());
+        for trip in self.plugins.observe_faults(decisions) {
+            // Off the batch's path: the next batch need not wait for the withdrawal.
+            let (plugins, metrics) = (self.plugins.clone(), self.metrics.clone());
+            tokio::spawn(async move {
+                match plugins.roll_back(&trip).await {
+                    Ok(true) => metrics.count_rollback(&trip.watch.name, trip.watch.version, trip.watch.role()),
+                    Ok(false) => {
+                        info!(plugin = %trip.watch.name, version = trip.watch.version, "Rollback not needed: the version changed meanwhile.")
+                    }
+                    Err(e) => {
+                        warn!(error = %e, plugin = %trip.watch.name, version = trip.watch.version, "Automatic rollback failed; it is tried again on the next batch.");
+                        plugins.rearm(&trip);
+                    }
+                }
+            });
+        }
         let mut counts: HashMap<&'static str, u64> = HashMap::new();
         for c in &result.outcomes {
             let outcome = match (c.disposition, c.status) {

@@ -259,6 +259,44 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Submits a transfer that must be accepted; answers its id.
+    pub async fn submit_accepted(&self, body: serde_json::Value) -> String {
+        let r = self.post("/v1/transfers", &body).await;
+        let status = r.status();
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, 202, "{answer}");
+        answer["transfer_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Submits probes of 0.01 EUR from 1 to 2 until one's decisions satisfy
+    /// `done` (the engine swaps plugin sets between batches).
+    pub async fn wait_for_decisions(&self, done: impl Fn(&[serde_json::Value]) -> bool, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let id = self.submit_accepted(serde_json::json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR"})).await;
+            if done(self.wait_final(&id).await["decisions"].as_array().unwrap()) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
+        }
+    }
+
+    /// GETs an admin route and answers its JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        self.client.get(self.url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap()
+    }
+}
+
+/// The `limits` versions among decisions, as (version, role, outcome).
+pub fn limits_decisions(decisions: &[serde_json::Value]) -> Vec<(i64, String, String)> {
+    decisions
+        .iter()
+        .filter(|d| d["plugin"] == "limits")
+        .map(|d| (d["version"].as_i64().unwrap(), d["role"].as_str().unwrap().to_owned(), d["outcome"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
 /// Checks every transfer of `sender` against a daily limit in commit order: a
 /// completed one fitted under it with the debits committed before it, and
 /// one rejected for the limit did not. (`seq` is commit order; the rows of
