@@ -2,21 +2,25 @@
 //! its admin API, or try a plugin offline against sample transfers.
 //! `transfer-engine clients ...`: create, list and revoke API clients.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::api::transfers::{SubmitTransfer, validate};
+use crate::config::Settings;
 use crate::hooks;
 use crate::ledger::Verdict;
 use crate::plugins::registry::ShadowReport;
 use crate::plugins::scaffold::{self, Lang};
 use crate::plugins::{LimitsRequest, LoadedPlugin, PluginKind, PluginMeta, PluginSet, Sandbox, SandboxLimits};
+use crate::plugins::{Registry, replay};
 
 /// A plugin version's own limits, each optional: the defaults depend on the
 /// component's size (a Python or JavaScript component gets more).
@@ -97,6 +101,37 @@ pub enum PluginCommand {
         /// Withdraw the canary: the active version decides for every sender.
         #[arg(long)]
         off: bool,
+    },
+    /// Run a candidate validator over the transfers the ledger committed in a
+    /// window and report which outcomes it would have changed. Needs only the
+    /// database (TRANSFER_ENGINE_DATABASE_URL), never a running engine; writes nothing.
+    Replay {
+        /// The candidate component (.wasm); or --name and --version for a stored one.
+        #[arg(required_unless_present = "name", conflicts_with = "name")]
+        file: Option<PathBuf>,
+        /// The file's kind (a replay runs validators); detected when omitted.
+        #[arg(long, requires = "file")]
+        kind: Option<String>,
+        /// The file's JSON configuration, or @path.
+        #[arg(long, default_value = "{}", requires = "file")]
+        config: String,
+        /// A stored plugin's name.
+        #[arg(long, requires = "version")]
+        name: Option<String>,
+        /// A stored plugin's version.
+        #[arg(long, requires = "name")]
+        version: Option<i32>,
+        /// The window's start (RFC 3339, e.g. 2026-12-01T00:00:00Z): transfers committed from then.
+        #[arg(long)]
+        since: DateTime<Utc>,
+        /// The window's end, exclusive; default: now.
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        /// The report as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        limits: LimitsArgs,
     },
     /// How a version compared with the active one while in shadow.
     Report {
@@ -279,9 +314,67 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
             return Ok(());
         }
         PluginCommand::Order { names } => client.put(url("/v1/admin/validation-order")).json(&json!({"names": names})),
-        PluginCommand::Test { .. } | PluginCommand::New { .. } => unreachable!("handled above"),
+        PluginCommand::Test { .. } | PluginCommand::New { .. } | PluginCommand::Replay { .. } => unreachable!("handled above"),
     };
     remote.send(request).await
+}
+
+/// `plugins replay`: the candidate over the ledger, straight from PostgreSQL.
+pub async fn replay(settings: &Settings, command: PluginCommand) -> anyhow::Result<()> {
+    let PluginCommand::Replay { file, kind: k, config, name, version, since, until, json, limits } = command else { bail!("not a replay") };
+    let pool = crate::startup::connect_database(settings).await?;
+    let sandbox = Sandbox::new(SandboxLimits { instances_max: 16, ..settings.sandbox_limits() })?;
+    let candidate = match (file, name, version) {
+        (Some(file), _, _) => {
+            let (config, kind) = (read_config(&config)?, kind(k.as_deref())?);
+            tokio::task::spawn_blocking(move || load_file(&sandbox, &file, &config, kind, limits.into())).await??
+        }
+        (None, Some(name), Some(version)) => {
+            let registry = Arc::new(Registry::new(pool.clone(), sandbox, settings.description_chars_max, settings.rollback_settings()));
+            registry.stored(&name, version).await?
+        }
+        _ => bail!("give a component file, or --name and --version of a stored plugin"),
+    };
+    let until = until.unwrap_or_else(Utc::now);
+    let terminal = std::io::stderr().is_terminal();
+    let report = replay::replay(&pool, candidate, version, since, until, |replayed, at, last| {
+        if terminal {
+            eprint!("\rreplayed {replayed} transfers (seq {at} of {last})");
+        }
+    })
+    .await;
+    if terminal {
+        eprintln!();
+    }
+    let report = report?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", replay::report_text(&report));
+    }
+    Ok(())
+}
+
+/// A component file, checked and configured as an upload would be.
+fn load_file(
+    sandbox: &Arc<Sandbox>,
+    file: &Path,
+    config: &Value,
+    kind: Option<PluginKind>,
+    limits: LimitsRequest,
+) -> anyhow::Result<Arc<LoadedPlugin>> {
+    let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
+    let component = sandbox.compile(&bytes)?;
+    let kind = match kind {
+        Some(k) => k,
+        None => sandbox.detect_kind(&component).context("the component exports none of the validator, converter or describer worlds")?,
+    };
+    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
+    let limits = sandbox.limits.resolve(bytes.len(), limits)?;
+    let meta = PluginMeta { name, version: 0, kind, sha256: Sha256::digest(&bytes).into(), config: config.to_string(), limits };
+    let plugin = Arc::new(LoadedPlugin::new(sandbox.clone(), meta, &component)?);
+    plugin.check()?;
+    Ok(plugin)
 }
 
 /// A shadow report for a terminal.
@@ -312,18 +405,9 @@ fn report_text(r: &ShadowReport) -> String {
 
 /// Runs one plugin in the same sandbox the engine uses, without any service.
 fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<PluginKind>, limits: LimitsRequest) -> anyhow::Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
     let sandbox = Sandbox::new(SandboxLimits { instances_max: 4, ..SandboxLimits::default() })?;
-    let component = sandbox.compile(&bytes)?;
-    let kind = match kind {
-        Some(k) => k,
-        None => sandbox.detect_kind(&component).context("the component exports none of the validator, converter or describer worlds")?,
-    };
-    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
-    let limits = sandbox.limits.resolve(bytes.len(), limits)?;
-    let meta = PluginMeta { name, version: 0, kind, sha256: Sha256::digest(&bytes).into(), config: config.to_string(), limits };
-    let plugin = Arc::new(LoadedPlugin::new(sandbox.clone(), meta, &component)?);
-    plugin.check()?;
+    let plugin = load_file(&sandbox, file, config, kind, limits)?;
+    let kind = plugin.meta.kind;
     let description_chars_max = crate::config::Settings::default().description_chars_max;
     let mut set = PluginSet::empty(description_chars_max);
     match kind {

@@ -89,6 +89,12 @@ impl From<RemoteArgs> for cli::Remote {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Plugins { command: command @ cli::PluginCommand::Replay { .. }, .. } => {
+            // The one plugin command that reads the ledger itself, so it takes the engine's settings.
+            let settings = Settings::load(cli.settings.as_deref()).context("invalid settings")?;
+            telemetry::init(settings.log_format);
+            return cli::replay(&settings, command).await;
+        }
         Command::Plugins { remote, command } => {
             telemetry::init(transfer_engine::config::LogFormat::Text);
             return cli::run(command, remote.into()).await;

@@ -1,11 +1,14 @@
 //! Safe policy rollout over the real stack: a version in shadow beside the
 //! active one, a canary deciding for a sticky share of senders, and the
-//! automatic rollback of a canary or a recent activation that faults.
+//! automatic rollback of a canary or a recent activation that faults, and
+//! the replay of a candidate over the ledger.
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
+use chrono::Utc;
 use common::{TestApp, assert_audit_passes, limits_decisions, test_settings};
 use serde_json::{Value, json};
 use transfer_engine::plugins::rollback::bucket;
@@ -302,6 +305,97 @@ async fn a_new_version_that_faults_after_its_activation_gives_way_to_the_version
     let watched: (Option<i32>,) =
         sqlx::query_as("SELECT replaced_version FROM plugins WHERE name = 'limits' AND version = 1").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(watched, (None,), "the restored version is not watched in turn");
+    assert_audit_passes(&app.ledger()).await;
+    app.stop().await;
+}
+
+/// `transfer-engine plugins replay ARGS` against `database_url`: (succeeded, stdout, stderr).
+fn replay(database_url: &str, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_transfer-engine"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("TRANSFER_ENGINE_")) {
+        command.env_remove(name);
+    }
+    let out = command
+        .args(["plugins", "replay"])
+        .args(args)
+        .env("TRANSFER_ENGINE_DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the engine binary runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Digests every transfer's row, to show a replay wrote nothing.
+async fn ledger_digest(app: &TestApp) -> (i64, String) {
+    sqlx::query_as("SELECT count(*), coalesce(md5(string_agg(t::text, ',' ORDER BY seq)), '') FROM transfers t")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replay_of_the_deciding_version_changes_nothing_and_a_stricter_one_lists_exactly_what_it_would_stop() {
+    let app = TestApp::spawn().await;
+    app.open_account(1, "EUR", "1000.00").await;
+    app.open_account(2, "EUR", "0").await;
+    app.open_account(3, "EUR", "10000.00").await;
+    let since = (Utc::now() - chrono::TimeDelta::seconds(1)).to_rfc3339();
+    let daily = |limit_minor: i64| json!({"tier_metadata_key": "kyc_tier", "default_tier": "basic", "daily_limit_minor": {"basic": {"EUR": limit_minor}}});
+    app.upload_plugin("velocity", "velocity", "validator", daily(20_000), true).await;
+    app.wait_for_decisions(|d| d.iter().any(|d| d["plugin"] == "velocity"), "velocity picked up").await;
+    // 20 submits of 15.00 at once against a 200.00 daily limit: 13 complete, 7 are refused.
+    let submits = (0..20).map(|_| app.submit_accepted(json!({"sender_id": 3, "receiver_id": 2, "amount": "15.00", "currency": "EUR"})));
+    let ids = futures::future::join_all(submits).await;
+    let mut refused = 0;
+    for id in &ids {
+        refused += usize::from(app.wait_final(id).await["status"] == "rejected");
+    }
+    assert_eq!(refused, 7);
+    app.upload_plugin("velocity", "velocity", "validator", daily(10_000), false).await;
+    let before = ledger_digest(&app).await;
+    let url = app.settings.database_url.expose().to_owned();
+    let json_of = |(ok, out, err): (bool, String, String)| -> Value {
+        assert!(ok, "replay failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+
+    // The version that decided, replayed with the context rebuilt from the ledger, agrees on every transfer.
+    let same = json_of(replay(&url, &["--name", "velocity", "--version", "1", "--since", &since, "--json"]));
+    assert!(same["replayed"].as_u64().unwrap() >= 20, "{same}");
+    assert_eq!((same["changed"].as_u64(), same["faults"].as_u64()), (Some(0), Some(0)), "{same}");
+
+    // A 100.00 limit would have stopped the 7th to 13th completed ones (90.00 already sent, plus 15.00).
+    let stricter = json_of(replay(&url, &["--name", "velocity", "--version", "2", "--since", &since, "--json"]));
+    assert_eq!(stricter["changed"], 7, "{stricter}");
+    assert_eq!(stricter["affected"], json!([{"currency": "EUR", "transfers": 7, "amount": "105.00"}]), "{stricter}");
+    for change in stricter["changes"].as_array().unwrap() {
+        assert_eq!(
+            (&change["recorded"], &change["candidate"], &change["code"], &change["amount"]),
+            (&json!("completed"), &json!("rejected"), &json!("daily_limit_exceeded"), &json!("15.00")),
+            "{stricter}"
+        );
+    }
+
+    // A file with a 400.00 limit would have let the 7 refused ones through.
+    let file = common::plugin_path("velocity");
+    let config = daily(40_000).to_string();
+    let laxer = json_of(replay(&url, &[file.to_str().unwrap(), "--config", &config, "--since", &since, "--json"]));
+    assert_eq!(laxer["changed"], 7, "{laxer}");
+    assert!(laxer["changes"].as_array().unwrap().iter().all(|c| c["recorded"] == "rejected" && c["candidate"] == "allowed"), "{laxer}");
+    let (ok, text, _) = replay(&url, &["--name", "velocity", "--version", "2", "--since", &since]);
+    assert!(ok && text.contains("7 would change") && text.contains("105.00 EUR in 7 transfers"), "{text}");
+
+    // Nothing to replay, or no database: a clear error, and nothing written.
+    let hours_ago = |h: i64| (Utc::now() - chrono::TimeDelta::hours(h)).to_rfc3339();
+    let (ok, _, err) = replay(&url, &["--name", "velocity", "--version", "1", "--since", &hours_ago(2), "--until", &hours_ago(1)]);
+    assert!(!ok && err.contains("nothing to replay"), "{err}");
+    let (ok, _, err) = replay(&url, &["--name", "velocity", "--version", "1", "--since", &hours_ago(-1)]);
+    assert!(!ok && err.contains("the window is empty"), "{err}");
+    let (ok, _, err) = replay(&url, &["--name", "velocity", "--version", "9", "--since", &since]);
+    assert!(!ok && err.contains("no plugin velocity v9"), "{err}");
+    let (ok, _, err) = replay("postgres://nobody:nothing@127.0.0.1:1/none", &["--name", "velocity", "--version", "1", "--since", &since]);
+    assert!(!ok && err.contains("could not connect to PostgreSQL"), "{err}");
+    assert_eq!(ledger_digest(&app).await, before, "a replay writes nothing");
     assert_audit_passes(&app.ledger()).await;
     app.stop().await;
 }

@@ -7,6 +7,7 @@
 //! - `loaded`: one plugin version, instantiated fresh for every call.
 //! - `set`: the active plugins as a `Hooks` implementation, recording decisions.
 //! - `scaffold`: `plugins new`, a new plugin folder in Rust, Python or JavaScript.
+//! - `replay`: a candidate validator over the ledger's transfers in a window, offline.
 //! - `rollback`: canaries' sticky split, and the guard that withdraws a faulting version.
 //! - `registry`: plugins in PostgreSQL: upload, activate, order, hot reload,
 //!   and a bounded cache of compiled components.
@@ -16,6 +17,7 @@ pub mod compiled;
 pub mod guard;
 pub mod loaded;
 pub mod registry;
+pub mod replay;
 pub mod rollback;
 pub mod sandbox;
 pub mod scaffold;

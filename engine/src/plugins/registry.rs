@@ -715,6 +715,38 @@ impl Registry {
         })
     }
 
+    /// A stored version, loaded and configured as an engine would run it
+    /// (for `plugins replay`), without making it part of any set.
+    pub async fn stored(self: &Arc<Self>, name: &str, version: i32) -> Result<Arc<LoadedPlugin>, PluginError> {
+        #[derive(sqlx::FromRow)]
+        struct Stored {
+            kind: String,
+            component: Vec<u8>,
+            config: String,
+            advisory: bool,
+            limits: Option<sqlx::types::Json<PluginLimits>>,
+        }
+        let row: Option<Stored> =
+            sqlx::query_as("SELECT kind, component, config, advisory, limits FROM plugins WHERE name = $1 AND version = $2")
+                .bind(name)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Stored { kind, component: bytes, config, advisory, limits } =
+            row.ok_or_else(|| PluginError::NotFound(format!("{name} v{version}")))?;
+        let kind = PluginKind::parse(&kind).ok_or_else(|| PluginError::Invalid(format!("stored kind {kind:?}")))?;
+        let limits = self.stored_limits(limits, i64::try_from(bytes.len()).unwrap_or(i64::MAX));
+        let (this, name) = (self.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+            let component = this.compile(sha256, &bytes)?;
+            let meta = PluginMeta { name, version, kind, sha256, config, limits };
+            Ok(Arc::new(LoadedPlugin::new(this.sandbox.clone(), meta, &component)?.with_advisory(advisory)?))
+        })
+        .await
+        .map_err(|e| PluginError::Sandbox(e.to_string()))?
+    }
+
     /// Sets the order validators run in; names not listed keep running after the listed ones.
     pub async fn set_validation_order(&self, names: &[String]) -> Result<(), PluginError> {
         if let Some(bad) = names.iter().find(|n| !valid_name(n)) {

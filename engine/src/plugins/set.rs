@@ -175,6 +175,18 @@ fn ask(plugin: &LoadedPlugin, seen: &types::Transfer, context: &Context) -> Resu
     plugin.validate(seen, &context_for(&plugin.needs, context)).and_then(|verdict| verdict.map(rejection).transpose())
 }
 
+/// A validator's verdict on a submission with `amount` and `description`, as
+/// the engine asks it (replay asks the same way).
+pub fn verdict(
+    plugin: &LoadedPlugin,
+    s: &Submission,
+    amount: Amount,
+    description: Option<&str>,
+    context: &Context,
+) -> Result<Option<Reason>, Fault> {
+    ask(plugin, &transfer(s, Some(amount), description), context)
+}
+
 /// The decision record of a validator's verdict, whatever it was.
 fn validated(plugin: &LoadedPlugin, started: Instant, verdict: &Result<Option<Reason>, Fault>) -> Decision {
     match verdict {

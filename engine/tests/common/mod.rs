@@ -232,9 +232,12 @@ impl TestApp {
 }
 
 /// A built example plugin or fixture (`plugins/build.sh` writes them; `scripts/test` runs it).
+pub fn plugin_path(file_stem: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist").join(format!("{file_stem}.wasm"))
+}
+
 pub fn plugin_bytes(file_stem: &str) -> Vec<u8> {
-    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
-    let path = dist.join(format!("{file_stem}.wasm"));
+    let path = plugin_path(file_stem);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (build the plugins first: plugins/build.sh)", path.display()))
 }
 
