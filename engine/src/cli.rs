@@ -73,6 +73,9 @@ pub enum PluginCommand {
         name: String,
         #[arg(long)]
         version: i32,
+        /// A describer or converter: take the place of the one active under another name, in one step.
+        #[arg(long)]
+        replace: bool,
     },
     /// Stop running a plugin (and its shadow and canary, if they run).
     Deactivate { name: String },
@@ -291,8 +294,8 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
             client.post(url("/v1/admin/plugins")).json(&body)
         }
         PluginCommand::List => client.get(url("/v1/admin/plugins")),
-        PluginCommand::Activate { name, version } => {
-            client.post(url(&format!("/v1/admin/plugins/{name}/activate"))).json(&json!({"version": version}))
+        PluginCommand::Activate { name, version, replace } => {
+            client.post(url(&format!("/v1/admin/plugins/{name}/activate"))).json(&json!({"version": version, "replace": replace}))
         }
         PluginCommand::Deactivate { name } => client.post(url(&format!("/v1/admin/plugins/{name}/deactivate"))),
         PluginCommand::Shadow { name, off: true, .. } => client.delete(url(&format!("/v1/admin/plugins/{name}/shadow"))),

@@ -125,6 +125,8 @@ pub struct Metrics {
     pub processor_healthy: Gauge,
     /// Seconds since the processor last finished a batch while records waited (0 when healthy).
     pub processor_stalled_seconds: Gauge,
+    /// The plugin set's generation this engine decides with (0 until a processor loads one).
+    pub plugin_generation: Gauge,
     /// The family's histogram of each stage, indexed as `SubmitStage::ALL`,
     /// all made at start: a submit observes without a lookup, a lock on the
     /// family or an allocation, and `/metrics` lists every stage from the start.
@@ -169,6 +171,13 @@ impl Default for Metrics {
         registry.register("consumer_lag", "Records behind the partition's end after the last batch", consumer_lag.clone());
         let processor_healthy = Gauge::default();
         let processor_stalled_seconds = Gauge::default();
+        let plugin_generation = Gauge::default();
+        registry.register(
+            "plugin_generation",
+            "The plugin set generation this engine's processor decides with: every admin change bumps it, so engines that \
+             show the same value run the same plugin versions",
+            plugin_generation.clone(),
+        );
         registry.register("processor_healthy", "1 while the processor is alive and progressing", processor_healthy.clone());
         registry.register(
             "processor_stalled_seconds",
@@ -216,6 +225,7 @@ impl Default for Metrics {
             consumer_lag,
             processor_healthy,
             processor_stalled_seconds,
+            plugin_generation,
             submit_stage_duration,
             plugin_calls,
             plugin_call_duration,

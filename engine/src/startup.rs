@@ -155,7 +155,8 @@ impl Application {
             };
             tokio::spawn(keep_history_prepared(self.state.ledger.clone(), stopped.clone()));
             let poll = Duration::from_millis(self.state.settings.plugin_poll_ms);
-            tokio::spawn(self.state.plugins.clone().watch(self.hooks.clone(), self.plugin_generation, poll, stopped.clone()));
+            let metrics = self.state.metrics.clone();
+            tokio::spawn(self.state.plugins.clone().watch(self.hooks.clone(), self.plugin_generation, poll, metrics, stopped.clone()));
             Some(tokio::spawn(processor.run(consumer, stopped.clone())))
         } else {
             None

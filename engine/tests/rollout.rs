@@ -399,3 +399,70 @@ async fn a_replay_of_the_deciding_version_changes_nothing_and_a_stricter_one_lis
     assert_audit_passes(&app.ledger()).await;
     app.stop().await;
 }
+
+/// Submits described transfers until one is described by `plugin`.
+async fn described_by(app: &TestApp, plugin: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR", "description": "rent"});
+        let done = app.wait_final(&app.submit_accepted(body).await).await;
+        if done["decisions"].as_array().unwrap().iter().any(|d| d["plugin"] == plugin && d["hook"] == "describe") {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never saw {plugin} describe");
+    }
+}
+
+#[tokio::test]
+async fn a_describer_replaced_by_another_name_leaves_no_transfer_undescribed_under_traffic() {
+    let app = TestApp::spawn().await;
+    app.open_account(1, "EUR", "1000.00").await;
+    app.open_account(2, "EUR", "0").await;
+    app.upload_plugin("mask", "description", "describer", json!({}), true).await;
+    app.upload_plugin("mask2", "description", "describer", json!({}), false).await;
+    let r = app.admin_post("/v1/admin/plugins/mask2/activate", &json!({"version": 1})).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "plugin_kind_already_active");
+    described_by(&app, "mask").await;
+
+    // Transfers flow while mask2 takes mask's place in one step: each one is described by exactly one of them.
+    let traffic = async {
+        let mut ids = Vec::new();
+        for _ in 0..60 {
+            ids.push(
+                app.submit_accepted(json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "EUR",
+                                                "description": "rent"}))
+                    .await,
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ids
+    };
+    let switch = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.admin_post("/v1/admin/plugins/mask2/activate", &json!({"version": 1, "replace": true})).await.status()
+    };
+    let (ids, status) = tokio::join!(traffic, switch);
+    assert_eq!(status, 204);
+    let mut describers = std::collections::BTreeSet::new();
+    for id in &ids {
+        let done = app.wait_final(id).await;
+        let described: Vec<&str> = done["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["hook"] == "describe")
+            .map(|d| d["plugin"].as_str().unwrap())
+            .collect();
+        assert_eq!(described.len(), 1, "one describer, never none: {done}");
+        describers.insert(described[0].to_owned());
+    }
+    described_by(&app, "mask2").await;
+    let listed = app.admin_json("/v1/admin/plugins").await;
+    let active: Vec<&str> =
+        listed["plugins"].as_array().unwrap().iter().filter(|p| p["active"] == true).map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(active, ["mask2"], "{listed}");
+    assert_eq!(describers.into_iter().collect::<Vec<_>>(), ["mask", "mask2"], "the traffic spans the switch");
+    assert_audit_passes(&app.ledger()).await;
+    app.stop().await;
+}

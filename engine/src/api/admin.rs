@@ -121,7 +121,7 @@ pub async fn upload(
     let config = if req.config.is_null() { "{}".to_owned() } else { req.config.to_string() };
     let mut info = state.plugins.upload(&req.name, req.kind, config, bytes, req.advisory, req.limits).await?;
     if req.activate {
-        state.plugins.activate(&info.name, info.version).await?;
+        state.plugins.activate(&info.name, info.version, false).await?;
         info.active = true;
     }
     Ok((StatusCode::CREATED, Json(info)))
@@ -153,8 +153,23 @@ pub struct Activate {
     pub version: i32,
 }
 
+/// Makes a version the active one.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateVersion {
+    /// A stored version of the plugin.
+    #[serde(deserialize_with = "whole::i32")]
+    #[schema(minimum = -2147483648, maximum = 2147483647)]
+    pub version: i32,
+    /// A describer or converter: take the place of the one active under
+    /// another name, in the same step (no batch runs with neither). Without
+    /// it, another one active is `409 plugin_kind_already_active`.
+    #[serde(default)]
+    pub replace: bool,
+}
+
 #[utoipa::path(post, path = "/v1/admin/plugins/{name}/activate", operation_id = "activate_plugin", tag = "plugins",
-    request_body = Activate, security(("bearer" = [])),
+    request_body = ActivateVersion, security(("bearer" = [])),
     params(("name" = PluginNameSchema, Path)),
     responses(
         (status = 204, description = "Active (the name's other version, if one was active, is not); every engine follows within about a second"),
@@ -162,7 +177,8 @@ pub struct Activate {
         (status = 401, response = Unauthorized),
         (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
         (status = 404, body = ErrorBody, description = "`plugin_not_found`: no such name and version (a name outside the pattern names none)"),
-        (status = 409, body = ErrorBody, description = "`plugin_kind_already_active`: another converter or describer is active"),
+        (status = 409, body = ErrorBody, description = "`plugin_kind_already_active`: another converter or describer is active \
+            (and `replace` was not asked)"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, body = ErrorBody, description = "`invalid_body`"),
@@ -172,10 +188,10 @@ pub async fn activate(
     State(state): State<AppState>,
     _: Admin,
     PathParams(name): PathParams<String>,
-    JsonBody(req): JsonBody<Activate>,
+    JsonBody(req): JsonBody<ActivateVersion>,
 ) -> Result<StatusCode, ApiError> {
     let name = existing_name(name)?;
-    state.plugins.activate(&name, req.version).await?;
+    state.plugins.activate(&name, req.version, req.replace).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

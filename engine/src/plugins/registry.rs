@@ -21,6 +21,7 @@ use super::rollback::{FaultRate, Guard, RollbackSettings, Subject, Trip, Watch};
 use super::set::{Canary, PluginSet};
 use super::{LimitsRequest, LoadedPlugin, PluginError, PluginKind, PluginLimits, PluginMeta, RolloutRefusal, Sandbox, valid_name};
 use crate::hooks::{ContextNeeds, Decision, HookSet};
+use crate::metrics::Metrics;
 
 /// The NOTIFY channel every change is announced on.
 const CHANNEL: &str = "transfer_engine_plugins";
@@ -451,7 +452,10 @@ impl Registry {
     /// Makes `version` the active version of `name` (an earlier one is a
     /// rollback). A version replacing an older one is watched for
     /// `plugin_rollback_recent_minutes`; a canary or shadow of it is promoted.
-    pub async fn activate(&self, name: &str, version: i32) -> Result<(), PluginError> {
+    /// With `replace`, a describer or converter takes the place of another
+    /// one active under another name in the same transaction, so no batch
+    /// runs with neither.
+    pub async fn activate(&self, name: &str, version: i32, replace: bool) -> Result<(), PluginError> {
         let mut tx = self.pool.begin().await?;
         let kind = lock_and_kind(&mut tx, name, version).await?;
         if kind != PluginKind::Validator {
@@ -461,8 +465,13 @@ impl Registry {
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
-            if let Some((other,)) = other {
-                return Err(PluginError::KindAlreadyActive { kind, name: other });
+            match other {
+                Some((other,)) if replace => {
+                    sqlx::query("UPDATE plugins SET active = false WHERE name = $1 AND active").bind(&other).execute(&mut *tx).await?;
+                    info!(plugin = name, replaced = other, "Plugin replaces another of its kind.");
+                }
+                Some((other,)) => return Err(PluginError::KindAlreadyActive { kind, name: other }),
+                None => {}
             }
         }
         let previous: Option<(i32,)> =
@@ -539,7 +548,7 @@ impl Registry {
     /// share of faulted calls past which it is withdrawn automatically.
     pub async fn canary(&self, name: &str, version: i32, percent: i64, max_fault_rate: Option<FaultRate>) -> Result<(), PluginError> {
         let percent = match i16::try_from(percent) {
-            Ok(100) => return self.activate(name, version).await,
+            Ok(100) => return self.activate(name, version, false).await,
             Ok(p @ 1..=99) => p,
             _ => return Err(PluginError::PercentInvalid(percent)),
         };
@@ -884,8 +893,10 @@ impl Registry {
         sets: watch::Sender<HookSet>,
         mut current: i64,
         poll: Duration,
+        metrics: Arc<Metrics>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        metrics.plugin_generation.set(current);
         let mut listener = match PgListener::connect_with(&self.pool).await {
             Ok(mut l) => match l.listen(CHANNEL).await {
                 Ok(()) => Some(l),
@@ -919,6 +930,7 @@ impl Registry {
                         info!(generation = set.generation, validators = set.validators.len(), "Plugin set reloaded.");
                         current = set.generation;
                         sets.send_replace(Arc::new(set));
+                        metrics.plugin_generation.set(current);
                     }
                     Err(e) => warn!(error = %e, "Plugin set could not be reloaded; keeping the current one."),
                 },
