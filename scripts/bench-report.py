@@ -244,6 +244,20 @@ def main():
             f"| 9 | processor only, as (8) in Rust, with a second version of `limits` in shadow beside the active one "
             f"| {fmt(rate(shadow))} tr/s | shadow costs {cost * 100:.1f}% of (8) in Rust | ≤ 10%: {goal(cost <= 0.10)} |"
         )
+    replayed = load(directory, "replay")
+    if replayed and alone:
+        replay_rate = replayed["replayed"] / replayed["seconds"] if replayed["seconds"] else 0
+        lines.append(
+            f"| 10 | `plugins replay` of the `limits` version that decided (8) in Rust, over its {replayed['replayed']:,} transfers, "
+            f"from PostgreSQL alone | {fmt(replay_rate)} tr/s | {replay_rate / rate(alone):.2f}× (8) in Rust | "
+            f"≥ 20,000 tr/s: {goal(replay_rate >= 20_000)} |"
+        )
+    switched = load(directory, "switch")
+    if switched:
+        lines.append(
+            f"| 11 | an admin change (activate) until both of two processor engines decide with it, {switched['switches']} changes "
+            f"| p50 {switched['p50_ms']:.0f} ms, max {switched['max_ms']:.0f} ms | | < 1 s: {goal(switched['max_ms'] < 1000)} |"
+        )
     if hot:
         ratio = rate(hot) / one if one else 0
         lines.append(f"| 5 | one hot sender (every transfer debits one account) | {fmt(rate(hot))} tr/s | {ratio:.2f} of (2) | ≥ 0.5 of (2): {goal(ratio >= 0.5)} |")
