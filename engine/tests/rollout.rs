@@ -11,6 +11,8 @@ use std::time::Duration;
 use chrono::Utc;
 use common::{TestApp, assert_audit_passes, limits_decisions, test_settings};
 use serde_json::{Value, json};
+use transfer_engine::hooks::ContextNeeds;
+use transfer_engine::plugins::replay;
 use transfer_engine::plugins::rollback::bucket;
 use transfer_engine::startup::Role;
 
@@ -339,18 +341,34 @@ async fn a_replay_of_the_deciding_version_changes_nothing_and_a_stricter_one_lis
     app.open_account(1, "EUR", "1000.00").await;
     app.open_account(2, "EUR", "0").await;
     app.open_account(3, "EUR", "10000.00").await;
-    let since = (Utc::now() - chrono::TimeDelta::seconds(1)).to_rfc3339();
+    let since_at = Utc::now() - chrono::TimeDelta::seconds(1);
+    let since = since_at.to_rfc3339();
     let daily = |limit_minor: i64| json!({"tier_metadata_key": "kyc_tier", "default_tier": "basic", "daily_limit_minor": {"basic": {"EUR": limit_minor}}});
     app.upload_plugin("velocity", "velocity", "validator", daily(20_000), true).await;
     app.wait_for_decisions(|d| d.iter().any(|d| d["plugin"] == "velocity"), "velocity picked up").await;
     // 20 submits of 15.00 at once against a 200.00 daily limit: 13 complete, 7 are refused.
     let submits = (0..20).map(|_| app.submit_accepted(json!({"sender_id": 3, "receiver_id": 2, "amount": "15.00", "currency": "EUR"})));
     let ids = futures::future::join_all(submits).await;
-    let mut refused = 0;
+    let mut statuses = std::collections::HashMap::new();
     for id in &ids {
-        refused += usize::from(app.wait_final(id).await["status"] == "rejected");
+        statuses.insert(id.clone(), app.wait_final(id).await["status"].as_str().unwrap().to_owned());
     }
-    assert_eq!(refused, 7);
+    assert_eq!(statuses.values().filter(|s| *s == "rejected").count(), 7);
+
+    // The context a replay rebuilds is the one each commit saw: in commit
+    // order, sender 3 had 10,000.00 less 15.00 per transfer completed before,
+    // and as many debits in its 24 h window.
+    let needs = ContextNeeds::declared(true, &[86_400]).unwrap();
+    let contexts = replay::contexts(&app.db.pool, &needs, since_at, Utc::now()).await.unwrap();
+    let mut completed_before = 0;
+    for (id, context) in contexts.iter().filter(|(id, _)| statuses.contains_key(&id.to_string())) {
+        let sender = context.sender.as_ref().expect("sender 3 has an account");
+        assert_eq!(sender.balance_minor, 1_000_000 - 1_500 * completed_before, "{id}: {context:?}");
+        assert_eq!(context.velocity[0].1.count, u64::try_from(completed_before).unwrap(), "{id}: {context:?}");
+        assert!(context.receiver.is_some());
+        completed_before += i64::from(statuses[&id.to_string()] == "completed");
+    }
+    assert_eq!(completed_before, 13);
     app.upload_plugin("velocity", "velocity", "validator", daily(10_000), false).await;
     let before = ledger_digest(&app).await;
     let url = app.settings.database_url.expose().to_owned();

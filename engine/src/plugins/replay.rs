@@ -23,7 +23,7 @@ use sqlx::PgPool;
 
 use super::{Fault, LoadedPlugin, set};
 use crate::domain::{Amount, Currency, Metadata, Money, OwnerId, Reason, Requested, Submission, TransferId, TransferKind, format_minor};
-use crate::hooks::{AccountFacts, Context, WindowTotal};
+use crate::hooks::{AccountFacts, Context, ContextNeeds, WindowTotal};
 
 /// Transfer sequence numbers one read covers: a chunk is one short query.
 pub const CHUNK_SEQS: i64 = 5_000;
@@ -148,17 +148,7 @@ pub async fn replay(
     if candidate.meta.kind != super::PluginKind::Validator {
         return Err(ReplayError::NotValidator(candidate.meta.kind));
     }
-    if until <= since {
-        return Err(ReplayError::BadWindow { since, until });
-    }
-    let margin = chrono::TimeDelta::seconds(SEQ_SEARCH_MARGIN_SECONDS);
-    let first = first_seq_from(pool, since - margin).await?;
-    let last = first_seq_from(pool, until + margin).await?.map(|s| s - 1);
-    let (Some(first), last) = (first, last) else { return Err(ReplayError::Empty { since, until }) };
-    let last = match last {
-        Some(last) => last,
-        None => sqlx::query_as::<_, (Option<i64>,)>("SELECT max(seq) FROM transfers").fetch_one(pool).await?.0.unwrap_or(0),
-    };
+    let mut reader = Reader::open(pool, &candidate.needs, since, until).await?;
     let mut report = ReplayReport {
         plugin: candidate.meta.name.clone(),
         version,
@@ -171,20 +161,7 @@ pub async fn replay(
         affected: Vec::new(),
     };
     let mut affected: BTreeMap<String, (u64, i64)> = BTreeMap::new();
-    let mut after = first - 1;
-    while after < last {
-        let upto = after.saturating_add(CHUNK_SEQS).min(last);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT seq, transfer_id, kind, sender_id, receiver_id, debit_account_id, credit_account_id, currency, amount_minor,
-                    original_amount_minor, original_currency, description, metadata, created_at, committed_at, status, reason_code,
-                    decisions
-               FROM transfers WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-        )
-        .bind(after)
-        .bind(upto)
-        .fetch_all(pool)
-        .await?;
-        let cases = cases(pool, &candidate, &rows, after, since, until).await?;
+    while let Some((rows, cases)) = reader.next().await? {
         let verdicts = ask_all(&candidate, &cases);
         for (case, verdict) in cases.iter().zip(verdicts) {
             let row = &rows[case.row_index];
@@ -199,8 +176,7 @@ pub async fn replay(
                 report.changes.push(change);
             }
         }
-        after = upto;
-        progress(report.replayed, after, last);
+        progress(report.replayed, reader.after, reader.last);
     }
     if report.replayed == 0 {
         return Err(ReplayError::Empty { since, until });
@@ -213,6 +189,69 @@ pub async fn replay(
         })
         .collect();
     Ok(report)
+}
+
+/// The transfers committed in a window, read in chunks of `CHUNK_SEQS`
+/// sequence numbers, each chunk with the cases to ask about.
+struct Reader<'a> {
+    pool: &'a PgPool,
+    needs: &'a ContextNeeds,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    /// The last sequence number read, and the last one to read.
+    after: i64,
+    last: i64,
+}
+
+impl<'a> Reader<'a> {
+    async fn open(pool: &'a PgPool, needs: &'a ContextNeeds, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Self, ReplayError> {
+        if until <= since {
+            return Err(ReplayError::BadWindow { since, until });
+        }
+        let margin = chrono::TimeDelta::seconds(SEQ_SEARCH_MARGIN_SECONDS);
+        let Some(first) = first_seq_from(pool, since - margin).await? else { return Err(ReplayError::Empty { since, until }) };
+        let last = match first_seq_from(pool, until + margin).await? {
+            Some(past) => past - 1,
+            None => sqlx::query_as::<_, (Option<i64>,)>("SELECT max(seq) FROM transfers").fetch_one(pool).await?.0.unwrap_or(0),
+        };
+        Ok(Self { pool, needs, since, until, after: first - 1, last })
+    }
+
+    async fn next(&mut self) -> Result<Option<(Vec<Row>, Vec<Case>)>, ReplayError> {
+        if self.after >= self.last {
+            return Ok(None);
+        }
+        let upto = self.after.saturating_add(CHUNK_SEQS).min(self.last);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, transfer_id, kind, sender_id, receiver_id, debit_account_id, credit_account_id, currency, amount_minor,
+                    original_amount_minor, original_currency, description, metadata, created_at, committed_at, status, reason_code,
+                    decisions
+               FROM transfers WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(self.after)
+        .bind(upto)
+        .fetch_all(self.pool)
+        .await?;
+        let cases = cases(self.pool, self.needs, &rows, self.after, self.since, self.until).await?;
+        self.after = upto;
+        Ok(Some((rows, cases)))
+    }
+}
+
+/// The context each transfer committed in the window had at its commit, as
+/// a replay rebuilds it for a validator that declares `needs`.
+pub async fn contexts(
+    pool: &PgPool,
+    needs: &ContextNeeds,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<(TransferId, Context)>, ReplayError> {
+    let mut reader = Reader::open(pool, needs, since, until).await?;
+    let mut found = Vec::new();
+    while let Some((_, cases)) = reader.next().await? {
+        found.extend(cases.into_iter().map(|c| (c.submission.id, c.context)));
+    }
+    Ok(found)
 }
 
 /// The first sequence number of a transfer committed at or after `at`,
@@ -248,13 +287,12 @@ async fn first_seq_from(pool: &PgPool, at: DateTime<Utc>) -> Result<Option<i64>,
 /// candidate declares any) its context at commit.
 async fn cases(
     pool: &PgPool,
-    candidate: &LoadedPlugin,
+    needs: &ContextNeeds,
     rows: &[Row],
     after: i64,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<Vec<Case>, ReplayError> {
-    let needs = &candidate.needs;
     let mut balances: HashMap<i64, AccountRow> = HashMap::new();
     if needs.accounts {
         let ids: Vec<i64> = rows.iter().flat_map(|r| [r.debit_account_id, r.credit_account_id]).flatten().collect();
