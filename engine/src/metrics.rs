@@ -322,6 +322,7 @@ mod tests {
             advisory: false,
             fault: None,
             role,
+            differs: false,
         }
     }
 

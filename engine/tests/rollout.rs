@@ -484,3 +484,66 @@ async fn a_describer_replaced_by_another_name_leaves_no_transfer_undescribed_und
     assert_audit_passes(&app.ledger()).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_describer_and_a_converter_in_shadow_are_compared_and_never_change_the_text_or_the_amount() {
+    let app = TestApp::spawn().await;
+    app.open_account(1, "EUR", "1000.00").await;
+    app.open_account(2, "EUR", "0").await;
+    app.upload_plugin("fx", "fx", "converter", json!({"rates": {"USD/EUR": "0.9215"}}), true).await;
+    app.upload_plugin("fx", "fx", "converter", json!({"rates": {"USD/EUR": "0.9500"}}), false).await;
+    app.upload_plugin("fx", "limits", "validator", json!({}), false).await;
+    app.upload_plugin("mask", "description", "describer", json!({}), true).await;
+    // v2 refuses the word "rent".
+    app.upload_plugin("mask", "description", "describer", json!({"blocked_words": ["rent"]}), false).await;
+    let admin = &app;
+    let shadow = |name: &'static str, version: i64| async move {
+        admin.admin_post(&format!("/v1/admin/plugins/{name}/shadow"), &json!({"version": version})).await
+    };
+    let refused = shadow("fx", 3).await;
+    assert_eq!(refused.status(), 409);
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"]["code"], "plugin_kind_mismatch", "a validator beside a converter");
+    assert_eq!(shadow("fx", 2).await.status(), 204);
+    assert_eq!(shadow("mask", 2).await.status(), 204);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let body = json!({"sender_id": 1, "receiver_id": 2, "original_amount": "10.00", "original_currency": "USD", "currency": "EUR",
+                          "description": "rent"});
+        let done = app.wait_final(&app.submit_accepted(body).await).await;
+        let shadows = done["decisions"].as_array().map_or(0, |d| d.iter().filter(|d| d["role"] == "shadow").count());
+        if shadows == 2 {
+            break done;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never saw both shadows: {done}");
+    };
+    // The active versions' answers took effect: 10.00 USD at 0.9215, the text kept.
+    assert_eq!((&done["status"], &done["amount"], &done["description"]), (&json!("completed"), &json!("9.22"), &json!("rent")), "{done}");
+    let decided: Vec<(&str, &str, &str, bool)> = done["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["hook"] != "validate")
+        .map(|d| (d["plugin"].as_str().unwrap(), d["role"].as_str().unwrap(), d["outcome"].as_str().unwrap(), d["differs"] == true))
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            ("mask", "active", "rewritten", false),
+            ("mask", "shadow", "rejected", false),
+            ("fx", "active", "converted", false),
+            ("fx", "shadow", "converted", true),
+        ],
+        "{done}"
+    );
+    let report = app.admin_json("/v1/admin/plugins/fx/versions/2/report").await;
+    assert_eq!(report["disagreements"][0]["candidate"], "converted differently", "{report}");
+    let report = app.admin_json("/v1/admin/plugins/mask/versions/2/report").await;
+    assert_eq!(
+        (report["disagreements"][0]["active"].as_str(), report["disagreements"][0]["candidate"].as_str()),
+        (Some("rewritten"), Some("rejected")),
+        "{report}"
+    );
+    assert_audit_passes(&app.ledger()).await;
+    app.stop().await;
+}

@@ -80,6 +80,11 @@ pub struct Decision {
     /// none and were all `active`.
     #[serde(default)]
     pub role: Role,
+    /// A shadow describer or converter that answered as the active version
+    /// did (both rewrote, both converted) but with another text or amount.
+    /// The shadow's text is never stored: it may mask less.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub differs: bool,
 }
 
 /// The part a plugin version played in a decision.

@@ -20,7 +20,7 @@ use super::compiled::{CompiledCache, INACTIVE_COMPONENTS_MAX};
 use super::rollback::{FaultRate, Guard, RollbackSettings, Subject, Trip, Watch};
 use super::set::{Canary, PluginSet};
 use super::{LimitsRequest, LoadedPlugin, PluginError, PluginKind, PluginLimits, PluginMeta, RolloutRefusal, Sandbox, valid_name};
-use crate::hooks::{ContextNeeds, Decision, HookSet};
+use crate::hooks::{ContextNeeds, Decision, HookSet, Role};
 use crate::metrics::Metrics;
 
 /// The NOTIFY channel every change is announced on.
@@ -116,7 +116,8 @@ pub struct ShadowReport {
     pub version: i32,
     /// Transfers the version decided in shadow.
     pub evaluated: i64,
-    /// Same outcome and code as the active version.
+    /// Same outcome and code as the active version (and, for a describer or
+    /// converter, the same text or amount).
     pub agreed: i64,
     /// Another outcome or code (a shadow fault is counted in `faults` instead).
     pub disagreed: i64,
@@ -135,7 +136,9 @@ pub struct Disagreement {
     pub transfer_id: String,
     /// The active version's outcome (allowed, rejected or failed): what took effect.
     pub active: String,
-    /// The shadow's outcome.
+    /// The shadow's outcome; `rewritten differently` or `converted
+    /// differently` when a describer or converter answered with another text
+    /// or amount.
     pub candidate: String,
     /// The rejection code of whichever rejected (the shadow's if both did).
     pub code: Option<String>,
@@ -169,18 +172,20 @@ type ReportCounts =
 /// shadow decided, from its first start on ($1 name, $2 version).
 const SHADOWED: &str = "
     WITH pairs AS (
-        SELECT t.seq, t.transfer_id,
-               (SELECT d FROM jsonb_array_elements(t.decisions) d
-                 WHERE d->>'role' = 'shadow' AND d->>'plugin' = $1 AND (d->>'version')::int = $2 LIMIT 1) AS candidate,
-               (SELECT d FROM jsonb_array_elements(t.decisions) d
-                 WHERE coalesce(d->>'role', 'active') = 'active' AND d->>'plugin' = $1 AND d->>'hook' = 'validate' LIMIT 1) AS active
+        SELECT t.seq, t.transfer_id, c.candidate,
+               (SELECT a FROM jsonb_array_elements(t.decisions) a
+                 WHERE coalesce(a->>'role', 'active') = 'active' AND a->>'plugin' = $1 AND a->>'hook' = c.candidate->>'hook'
+                 LIMIT 1) AS active
           FROM transfers t
+         CROSS JOIN LATERAL (SELECT s AS candidate FROM jsonb_array_elements(t.decisions) s
+                              WHERE s->>'role' = 'shadow' AND s->>'plugin' = $1 AND (s->>'version')::int = $2 LIMIT 1) c
          WHERE t.seq > (SELECT min(from_seq) FROM plugin_shadows WHERE name = $1 AND version = $2)
            AND t.decisions @> jsonb_build_array(jsonb_build_object('plugin', $1::text, 'version', $2::int, 'role', 'shadow'))
     ), judged AS (
         SELECT seq, transfer_id, active, candidate,
                candidate->>'outcome' = 'failed' AS fault,
-               (candidate->>'outcome', candidate->>'code') IS NOT DISTINCT FROM (active->>'outcome', active->>'code') AS agreed
+               (candidate->>'outcome', candidate->>'code') IS NOT DISTINCT FROM (active->>'outcome', active->>'code')
+                   AND NOT coalesce((candidate->>'differs')::boolean, false) AS agreed
           FROM pairs
     )";
 
@@ -468,6 +473,7 @@ impl Registry {
             match other {
                 Some((other,)) if replace => {
                     sqlx::query("UPDATE plugins SET active = false WHERE name = $1 AND active").bind(&other).execute(&mut *tx).await?;
+                    stop_shadow(&mut tx, &other).await?;
                     info!(plugin = name, replaced = other, "Plugin replaces another of its kind.");
                 }
                 Some((other,)) => return Err(PluginError::KindAlreadyActive { kind, name: other }),
@@ -481,9 +487,16 @@ impl Registry {
         // activating an older one is an operator's rollback, never undone by the engine.
         let replaced = previous.filter(|p| *p < version);
         make_active(&mut tx, name, version, replaced).await?;
+        // A shadow of another kind, or a canary beside a describer or converter, would never be asked.
+        sqlx::query(
+            "UPDATE plugin_shadows s SET stopped_at = now() FROM plugins p
+              WHERE s.name = $1 AND s.stopped_at IS NULL AND p.name = s.name AND p.version = s.version AND p.kind <> $2",
+        )
+        .bind(name)
+        .bind(kind.as_str())
+        .execute(&mut *tx)
+        .await?;
         if kind != PluginKind::Validator {
-            // Only validators are shadowed or canaried: beside a describer or converter they would never be asked.
-            stop_shadow(&mut tx, name).await?;
             stop_canary(&mut tx, name, "replaced").await?;
         }
         if kind == PluginKind::Validator {
@@ -514,11 +527,11 @@ impl Registry {
     }
 
     /// Runs `version` of `name` in shadow beside its active version, in place
-    /// of any shadow running before. Only a validator, of an active
-    /// validator's name, and never the active version itself.
+    /// of any shadow running before: a version of the active version's kind
+    /// (validator, describer or converter), never the active version itself.
     pub async fn shadow(&self, name: &str, version: i32) -> Result<(), PluginError> {
         let mut tx = self.pool.begin().await?;
-        let active_version = lock_candidate(&mut tx, name, version, "runs in shadow").await?;
+        let active_version = lock_candidate(&mut tx, name, version, Role::Shadow).await?;
         stop_shadow(&mut tx, name).await?;
         sqlx::query("INSERT INTO plugin_shadows (name, version, from_seq) SELECT $1, $2, coalesce(max(seq), 0) FROM transfers")
             .bind(name)
@@ -554,7 +567,7 @@ impl Registry {
         };
         let max_fault_rate = max_fault_rate.unwrap_or(self.rollback_settings().fault_rate_max);
         let mut tx = self.pool.begin().await?;
-        let active_version = lock_candidate(&mut tx, name, version, "is a canary").await?;
+        let active_version = lock_candidate(&mut tx, name, version, Role::Canary).await?;
         stop_canary(&mut tx, name, "replaced").await?;
         sqlx::query("INSERT INTO plugin_canaries (name, version, percent, max_fault_rate_ppm) VALUES ($1, $2, $3, $4)")
             .bind(name)
@@ -692,7 +705,8 @@ impl Registry {
         .await?;
         let rows: Vec<DisagreementRow> = sqlx::query_as(&format!(
             "{SHADOWED}
-             SELECT transfer_id, active->>'outcome' AS active, candidate->>'outcome' AS candidate,
+             SELECT transfer_id, active->>'outcome' AS active,
+                    candidate->>'outcome' || CASE WHEN (candidate->>'differs')::boolean THEN ' differently' ELSE '' END AS candidate,
                     coalesce(candidate->>'code', active->>'code') AS code
                FROM judged WHERE NOT fault AND NOT agreed ORDER BY seq DESC LIMIT $3"
         ))
@@ -862,7 +876,11 @@ impl Registry {
                 watches.push(watch(Subject::Canary { id }, ppm)?);
             }
             if row.shadow {
-                set.shadows.insert(name.clone(), plugin.clone());
+                match kind {
+                    PluginKind::Validator => drop(set.shadows.insert(name.clone(), plugin.clone())),
+                    PluginKind::Describer => set.describer_shadow = Some(plugin.clone()),
+                    PluginKind::Converter => set.converter_shadow = Some(plugin.clone()),
+                }
             }
             if row.active {
                 if let (Some(activated_at), Some(replaced_version), Some(watched_until)) =
@@ -957,7 +975,7 @@ async fn lock_and_kind(tx: &mut sqlx::PgConnection, name: &str, version: i32) ->
 /// and returns the active version: only a validator, beside an active
 /// validator of the same name, and never the active version itself. Holds
 /// the same lock as `activate`, so the active version cannot change under the checks.
-async fn lock_candidate(tx: &mut sqlx::PgConnection, name: &str, version: i32, what: &str) -> Result<i32, PluginError> {
+async fn lock_candidate(tx: &mut sqlx::PgConnection, name: &str, version: i32, role: Role) -> Result<i32, PluginError> {
     let kind = lock_and_kind(tx, name, version).await?;
     let active: Option<(i32, String)> =
         sqlx::query_as("SELECT version, kind FROM plugins WHERE name = $1 AND active").bind(name).fetch_optional(&mut *tx).await?;
@@ -965,10 +983,20 @@ async fn lock_candidate(tx: &mut sqlx::PgConnection, name: &str, version: i32, w
         let message = format!("{name} has no active version for v{version} to run beside; activate one first");
         return Err(PluginError::Rollout { refusal: RolloutRefusal::NotActive, message });
     };
-    if kind != PluginKind::Validator || active_kind != PluginKind::Validator.as_str() {
-        let message = format!(
-            "only a validator {what}, beside an active validator: {name} v{version} is a {kind}, v{active_version} a {active_kind}"
-        );
+    // A canary decides for some senders in the active version's place, which
+    // only a validator's verdict can do per sender; a shadow is compared with
+    // the active version, which takes the same kind.
+    let fits = match role {
+        Role::Canary => kind == PluginKind::Validator && active_kind == PluginKind::Validator.as_str(),
+        _ => kind.as_str() == active_kind,
+    };
+    if !fits {
+        let needed = if role == Role::Canary {
+            "only a validator is a canary, beside an active validator"
+        } else {
+            "a shadow is of the active version's kind"
+        };
+        let message = format!("{needed}: {name} v{version} is a {kind}, v{active_version} a {active_kind}");
         return Err(PluginError::Rollout { refusal: RolloutRefusal::KindMismatch, message });
     }
     if active_version == version {

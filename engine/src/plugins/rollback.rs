@@ -237,6 +237,7 @@ mod tests {
             advisory: false,
             fault: fault.then(|| "trap".into()),
             role,
+            differs: false,
         }
     }
 

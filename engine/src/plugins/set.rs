@@ -7,11 +7,13 @@
 //! validator its operator uploaded as `advisory`: its rejections and faults
 //! are recorded (the decision says `advisory: true`) and the transfer goes on.
 //!
-//! A validator may have a shadow: another version of the same name that an
-//! operator is trying out (`plugins shadow`). It is asked right after the
-//! active version, on the same transfer and context, whatever the active one
+//! Each plugin may have a shadow: another version of the same name and kind
+//! that an operator is trying out (`plugins shadow`). It is asked right
+//! after the active version, on the same input, whatever the active one
 //! answered; its decision is recorded with role `shadow` and never enforced,
-//! and its faults never fail the transfer.
+//! and its faults never fail the transfer. A shadow describer's text and a
+//! shadow converter's amount are never used; their decision says `differs`
+//! when they answered otherwise than the active version.
 //!
 //! A validator may have a canary: another version that decides in its place
 //! for a sticky share of senders (`plugins canary`, see `rollback::bucket`).
@@ -40,6 +42,9 @@ pub struct PluginSet {
     pub validators: Vec<Arc<LoadedPlugin>>,
     /// A version running in shadow beside an active validator, by name.
     pub shadows: HashMap<String, Arc<LoadedPlugin>>,
+    /// A version running in shadow beside the active describer, and converter.
+    pub describer_shadow: Option<Arc<LoadedPlugin>>,
+    pub converter_shadow: Option<Arc<LoadedPlugin>>,
     /// A version deciding in place of an active validator for some senders, by name.
     pub canaries: HashMap<String, Canary>,
     pub description_chars_max: usize,
@@ -54,6 +59,8 @@ impl PluginSet {
             converter: None,
             validators: Vec::new(),
             shadows: HashMap::new(),
+            describer_shadow: None,
+            converter_shadow: None,
             canaries: HashMap::new(),
             description_chars_max,
             generation: 0,
@@ -145,6 +152,7 @@ fn decision(
         advisory: plugin.advisory,
         fault: None,
         role: Role::Active,
+        differs: false,
     }
 }
 
@@ -202,27 +210,9 @@ fn failure(plugin: &LoadedPlugin, fault: &Fault) -> Reason {
 }
 
 impl PluginSet {
-    /// Records a plugin's fault. It fails the transfer, unless the plugin is
-    /// an advisory validator: then the transfer goes on without it.
-    fn fault(
-        &self,
-        plugin: &LoadedPlugin,
-        hook: HookPoint,
-        started: Instant,
-        fault: Fault,
-        decisions: &mut Vec<Decision>,
-    ) -> Result<(), HookError> {
-        let reason = failure(plugin, &fault);
-        decisions.push(failed(plugin, hook, started, &fault, &reason));
-        if plugin.advisory && hook == HookPoint::Validate { Ok(()) } else { Err(HookError::Fail(reason)) }
-    }
-}
-
-impl Hooks for PluginSet {
-    fn describe(&self, description: &str, s: &Submission, decisions: &mut Vec<Decision>) -> Result<String, HookError> {
-        let Some(plugin) = &self.describer else { return Ok(description.to_owned()) };
-        let started = Instant::now();
-        let answer = plugin.rewrite(description, &transfer(s, s.amount(), Some(description))).and_then(|answer| match answer {
+    /// A describer's answer, checked: a text too long or with NUL is nonsense.
+    fn rewrite(&self, plugin: &LoadedPlugin, description: &str, s: &Submission) -> Result<Result<String, Reason>, Fault> {
+        plugin.rewrite(description, &transfer(s, s.amount(), Some(description))).and_then(|answer| match answer {
             Ok(text) if text.chars().count() > self.description_chars_max => {
                 Err(Fault::Nonsense(format!("a description longer than {} characters", self.description_chars_max)))
             }
@@ -230,25 +220,72 @@ impl Hooks for PluginSet {
             Ok(text) if text.contains('\0') => Err(Fault::Nonsense("a description with a NUL character".into())),
             Ok(text) => Ok(Ok(text)),
             Err(r) => rejection(r).map(Err),
-        });
+        })
+    }
+}
+
+/// The decision record of a describer's answer, whatever it was.
+fn described(plugin: &LoadedPlugin, started: Instant, answer: &Result<Result<String, Reason>, Fault>) -> Decision {
+    match answer {
+        Ok(Ok(_)) => decision(plugin, HookPoint::Describe, started, "rewritten", None, None),
+        Ok(Err(reason)) => decision(plugin, HookPoint::Describe, started, "rejected", Some(&reason.code), Some(reason.message.clone())),
+        Err(fault) => failed(plugin, HookPoint::Describe, started, fault, &failure(plugin, fault)),
+    }
+}
+
+/// A converter's answer, checked: the amount must be positive.
+fn exchange(
+    plugin: &LoadedPlugin,
+    source: Money,
+    target: Currency,
+    seen: &types::Transfer,
+) -> Result<Result<(Amount, types::Rate), Reason>, Fault> {
+    plugin.convert(&money(source), &currency(target), seen).and_then(|answer| match answer {
+        Ok(c) => match Amount::from_minor(c.amount_minor) {
+            Ok(amount) => Ok(Ok((amount, c.rate))),
+            Err(_) => Err(Fault::Nonsense(format!("a converted amount of {} (must be positive)", c.amount_minor))),
+        },
+        Err(r) => rejection(r).map(Err),
+    })
+}
+
+/// The decision record of a converter's answer, whatever it was.
+fn converted(
+    plugin: &LoadedPlugin,
+    started: Instant,
+    source: Money,
+    target: Currency,
+    answer: &Result<Result<(Amount, types::Rate), Reason>, Fault>,
+) -> Decision {
+    match answer {
+        Ok(Ok((amount, rate))) => {
+            // The rate as exact decimal text: {9215, 4} is "0.9215".
+            let rate = crate::domain::format_minor(rate.mantissa, rate.scale);
+            let message = format!("{} {} -> {} {} at rate {rate}", source.amount.minor(), source.currency, amount.minor(), target);
+            decision(plugin, HookPoint::Convert, started, "converted", None, Some(message))
+        }
+        Ok(Err(reason)) => decision(plugin, HookPoint::Convert, started, "rejected", Some(&reason.code), Some(reason.message.clone())),
+        Err(fault) => failed(plugin, HookPoint::Convert, started, fault, &failure(plugin, fault)),
+    }
+}
+
+impl Hooks for PluginSet {
+    fn describe(&self, description: &str, s: &Submission, decisions: &mut Vec<Decision>) -> Result<String, HookError> {
+        let Some(plugin) = &self.describer else { return Ok(description.to_owned()) };
+        let started = Instant::now();
+        let answer = self.rewrite(plugin, description, s);
+        decisions.push(described(plugin, started, &answer));
+        if let Some(shadow) = &self.describer_shadow {
+            let started = Instant::now();
+            let shadowed = self.rewrite(shadow, description, s);
+            let differs = matches!((&answer, &shadowed), (Ok(Ok(a)), Ok(Ok(b))) if a != b);
+            decisions.push(Decision { role: Role::Shadow, differs, ..described(shadow, started, &shadowed) });
+        }
         match answer {
-            Ok(Ok(text)) => {
-                decisions.push(decision(plugin, HookPoint::Describe, started, "rewritten", None, None));
-                Ok(text)
-            }
-            Ok(Err(reason)) => {
-                decisions.push(decision(
-                    plugin,
-                    HookPoint::Describe,
-                    started,
-                    "rejected",
-                    Some(&reason.code),
-                    Some(reason.message.clone()),
-                ));
-                Err(HookError::Reject(reason))
-            }
-            // Never the unreviewed text: a describer is never advisory, so this fails the transfer.
-            Err(fault) => self.fault(plugin, HookPoint::Describe, started, fault, decisions).map(|()| description.to_owned()),
+            Ok(Ok(text)) => Ok(text),
+            Ok(Err(reason)) => Err(HookError::Reject(reason)),
+            // Never the unreviewed text: a describer is never advisory, so a fault fails the transfer.
+            Err(fault) => Err(HookError::Fail(failure(plugin, &fault))),
         }
     }
 
@@ -261,33 +298,21 @@ impl Hooks for PluginSet {
         decisions: &mut Vec<Decision>,
     ) -> Result<Amount, HookError> {
         let Some(plugin) = &self.converter else { return hooks::convert_without_rates(source, target) };
-        let started = Instant::now();
         let seen = transfer(s, None, description);
-        let answer = plugin.convert(&money(source), &currency(target), &seen).and_then(|answer| match answer {
-            Ok(c) => match Amount::from_minor(c.amount_minor) {
-                Ok(amount) => Ok(Ok((amount, c.rate))),
-                Err(_) => Err(Fault::Nonsense(format!("a converted amount of {} (must be positive)", c.amount_minor))),
-            },
-            Err(r) => rejection(r).map(Err),
-        });
+        let started = Instant::now();
+        let answer = exchange(plugin, source, target, &seen);
+        decisions.push(converted(plugin, started, source, target, &answer));
+        if let Some(shadow) = &self.converter_shadow {
+            let started = Instant::now();
+            let shadowed = exchange(shadow, source, target, &seen);
+            let differs = matches!((&answer, &shadowed), (Ok(Ok((a, _))), Ok(Ok((b, _)))) if a != b);
+            decisions.push(Decision { role: Role::Shadow, differs, ..converted(shadow, started, source, target, &shadowed) });
+        }
         match answer {
-            Ok(Ok((amount, rate))) => {
-                // The rate as exact decimal text: {9215, 4} is "0.9215".
-                let rate = crate::domain::format_minor(rate.mantissa, rate.scale);
-                let message = format!("{} {} -> {} {} at rate {rate}", source.amount.minor(), source.currency, amount.minor(), target);
-                decisions.push(decision(plugin, HookPoint::Convert, started, "converted", None, Some(message)));
-                Ok(amount)
-            }
-            Ok(Err(reason)) => {
-                decisions.push(decision(plugin, HookPoint::Convert, started, "rejected", Some(&reason.code), Some(reason.message.clone())));
-                Err(HookError::Reject(reason))
-            }
+            Ok(Ok((amount, _))) => Ok(amount),
+            Ok(Err(reason)) => Err(HookError::Reject(reason)),
             // Without a converted amount there is nothing to move (and a converter is never advisory).
-            Err(fault) => {
-                let reason = failure(plugin, &fault);
-                decisions.push(failed(plugin, HookPoint::Convert, started, &fault, &reason));
-                Err(HookError::Fail(reason))
-            }
+            Err(fault) => Err(HookError::Fail(failure(plugin, &fault))),
         }
     }
 
