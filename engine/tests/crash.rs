@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
@@ -35,10 +35,7 @@ impl Drop for Engine {
 /// `transfer-engine process` with this test's settings, and nothing inherited
 /// that could point it elsewhere.
 fn processor(settings: &Settings) -> Engine {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_transfer-engine"));
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("TRANSFER_ENGINE_")) {
-        command.env_remove(name);
-    }
+    let mut command = common::engine_binary();
     command
         .arg("process")
         .env("TRANSFER_ENGINE_DATABASE_URL", settings.database_url.expose())

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -313,10 +312,7 @@ async fn a_new_version_that_faults_after_its_activation_gives_way_to_the_version
 
 /// `transfer-engine plugins replay ARGS` against `database_url`: (succeeded, stdout, stderr).
 fn replay(database_url: &str, args: &[&str]) -> (bool, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_transfer-engine"));
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("TRANSFER_ENGINE_")) {
-        command.env_remove(name);
-    }
+    let mut command = common::engine_binary();
     let out = command
         .args(["plugins", "replay"])
         .args(args)

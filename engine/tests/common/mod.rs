@@ -232,6 +232,16 @@ impl TestApp {
 }
 
 /// A built example plugin or fixture (`plugins/build.sh` writes them; `scripts/test` runs it).
+/// The engine's binary, with nothing inherited that could point it
+/// elsewhere (every `TRANSFER_ENGINE_` variable removed).
+pub fn engine_binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_transfer-engine"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("TRANSFER_ENGINE_")) {
+        command.env_remove(name);
+    }
+    command
+}
+
 pub fn plugin_path(file_stem: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist").join(format!("{file_stem}.wasm"))
 }
