@@ -274,7 +274,7 @@ pub struct StartCanary {
     /// automatically, as decimal text from "0" to "1". Absent: the engine's
     /// `plugin_rollback_fault_rate_max_ppm`.
     #[serde(default)]
-    #[schema(example = "0.05")]
+    #[schema(example = "0.05", pattern = r"^(0(\.[0-9]{1,6})?|1(\.0{1,6})?)$")]
     pub max_fault_rate: Option<String>,
 }
 
