@@ -202,6 +202,7 @@ pub struct Registry {
     /// The versions the last set built may withdraw, and their fault tallies.
     watches: Mutex<Vec<Watch>>,
     guard: Mutex<Guard>,
+    rollback: RollbackSettings,
     /// The guard's monotonic clock starts here.
     started: Instant,
 }
@@ -271,12 +272,9 @@ impl Registry {
             loaded: Mutex::default(),
             watches: Mutex::default(),
             guard: Mutex::new(Guard::new(rollback)),
+            rollback,
             started: Instant::now(),
         }
-    }
-
-    fn rollback_settings(&self) -> RollbackSettings {
-        self.guard.lock().expect("not poisoned").settings()
     }
 
     /// The sha256 of every component in the active set.
@@ -301,6 +299,15 @@ impl Registry {
         let active = self.active_components();
         self.compiled.lock().expect("not poisoned").insert(sha256, component.clone(), &active);
         Ok(component)
+    }
+
+    /// A stored version, compiled (or taken from the cache) and instantiated
+    /// once with its configuration. A row that says advisory for a
+    /// non-validator cannot come from an upload; `with_advisory` refuses it
+    /// rather than let a describer or converter be skipped.
+    fn load(&self, meta: PluginMeta, bytes: &[u8], advisory: bool) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let component = self.compile(meta.sha256, bytes)?;
+        Ok(Arc::new(LoadedPlugin::new(self.sandbox.clone(), meta, &component)?.with_advisory(advisory)?))
     }
 
     /// A stored version's limits: as fixed at its upload, or for a version
@@ -465,18 +472,13 @@ impl Registry {
         let kind = lock_and_kind(&mut tx, name, version).await?;
         if kind != PluginKind::Validator {
             // One describer and one converter at a time: two would need a rule to combine them.
-            let other: Option<(String,)> = sqlx::query_as("SELECT name FROM plugins WHERE active AND kind = $1 AND name <> $2")
-                .bind(kind.as_str())
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-            match other {
-                Some((other,)) if replace => {
+            match other_active(&mut tx, kind, name).await? {
+                Some(other) if replace => {
                     sqlx::query("UPDATE plugins SET active = false WHERE name = $1 AND active").bind(&other).execute(&mut *tx).await?;
                     stop_shadow(&mut tx, &other).await?;
                     info!(plugin = name, replaced = other, "Plugin replaces another of its kind.");
                 }
-                Some((other,)) => return Err(PluginError::KindAlreadyActive { kind, name: other }),
+                Some(other) => return Err(PluginError::KindAlreadyActive { kind, name: other }),
                 None => {}
             }
         }
@@ -565,7 +567,7 @@ impl Registry {
             Ok(p @ 1..=99) => p,
             _ => return Err(PluginError::PercentInvalid(percent)),
         };
-        let max_fault_rate = max_fault_rate.unwrap_or(self.rollback_settings().fault_rate_max);
+        let max_fault_rate = max_fault_rate.unwrap_or(self.rollback.fault_rate_max);
         let mut tx = self.pool.begin().await?;
         let active_version = lock_candidate(&mut tx, name, version, Role::Canary).await?;
         stop_canary(&mut tx, name, "replaced").await?;
@@ -637,12 +639,7 @@ impl Registry {
                 // A describer or converter restored beside another of its kind activated
                 // meanwhile under another name would make two; the operator's change stands.
                 let kind = lock_and_kind(&mut tx, name, *replaced_version).await?;
-                let other: Option<(String,)> = sqlx::query_as("SELECT name FROM plugins WHERE active AND kind = $1 AND name <> $2")
-                    .bind(kind.as_str())
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if kind != PluginKind::Validator && other.is_some() {
+                if kind != PluginKind::Validator && other_active(&mut tx, kind, name).await?.is_some() {
                     return Ok(false);
                 }
                 // The restored version is not watched in turn: it was the policy before.
@@ -759,15 +756,9 @@ impl Registry {
             row.ok_or_else(|| PluginError::NotFound(format!("{name} v{version}")))?;
         let kind = PluginKind::parse(&kind).ok_or_else(|| PluginError::Invalid(format!("stored kind {kind:?}")))?;
         let limits = self.stored_limits(limits, i64::try_from(bytes.len()).unwrap_or(i64::MAX));
-        let (this, name) = (self.clone(), name.to_owned());
-        tokio::task::spawn_blocking(move || {
-            let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-            let component = this.compile(sha256, &bytes)?;
-            let meta = PluginMeta { name, version, kind, sha256, config, limits };
-            Ok(Arc::new(LoadedPlugin::new(this.sandbox.clone(), meta, &component)?.with_advisory(advisory)?))
-        })
-        .await
-        .map_err(|e| PluginError::Sandbox(e.to_string()))?
+        let meta = PluginMeta { name: name.to_owned(), version, kind, sha256: Sha256::digest(&bytes).into(), config, limits };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.load(meta, &bytes, advisory)).await.map_err(|e| PluginError::Sandbox(e.to_string()))?
     }
 
     /// Sets the order validators run in; names not listed keep running after the listed ones.
@@ -834,7 +825,7 @@ impl Registry {
               ORDER BY o.position NULLS LAST, p.name, p.version",
         )
         .bind(&known)
-        .bind(self.rollback_settings().recent.as_secs_f64())
+        .bind(self.rollback.recent.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -856,24 +847,20 @@ impl Registry {
             let plugin = match cached {
                 Some(p) => p,
                 None => {
-                    let component = self.compile(sha256, &bytes)?;
                     let meta =
                         PluginMeta { name: name.clone(), version, kind, sha256, config, limits: self.stored_limits(limits, size_bytes) };
-                    // A row that says advisory for a non-validator cannot come from an upload;
-                    // with_advisory refuses it rather than let a describer or converter be skipped.
-                    Arc::new(LoadedPlugin::new(self.sandbox.clone(), meta, &component)?.with_advisory(advisory)?)
+                    self.load(meta, &bytes, advisory)?
                 }
             };
             keep.insert(key, plugin.clone());
-            let watch = |subject, ppm: i32| -> Result<Watch, PluginError> {
-                let fault_rate_max = stored_rate(ppm).ok_or_else(|| PluginError::Invalid(format!("stored fault rate {ppm}")))?;
-                Ok(Watch { name: name.clone(), version, subject, fault_rate_max })
-            };
-            // `shadow` and `canary` check that only validators run as either, beside an active version of the same name.
+            let watch = |subject, fault_rate_max| Watch { name: name.clone(), version, subject, fault_rate_max };
+            // `canary` checks that only validators are canaries, and `shadow` that a shadow is of the
+            // active version's kind, each beside an active version of the same name.
             if let (Some(id), Some(percent), Some(ppm)) = (row.canary_id, row.canary_percent, row.canary_fault_rate_ppm) {
                 let percent = u8::try_from(percent).map_err(|_| PluginError::Invalid(format!("stored percent {percent}")))?;
+                let fault_rate_max = stored_rate(ppm).ok_or_else(|| PluginError::Invalid(format!("stored fault rate {ppm}")))?;
                 set.canaries.insert(name.clone(), Canary { plugin: plugin.clone(), percent });
-                watches.push(watch(Subject::Canary { id }, ppm)?);
+                watches.push(watch(Subject::Canary { id }, fault_rate_max));
             }
             if row.shadow {
                 match kind {
@@ -886,8 +873,8 @@ impl Registry {
                 if let (Some(activated_at), Some(replaced_version), Some(watched_until)) =
                     (row.activated_at, row.replaced_version, row.watched_until)
                 {
-                    let ppm = i32::try_from(self.rollback_settings().fault_rate_max.ppm()).expect("at most a million");
-                    watches.push(watch(Subject::Activation { activated_at, replaced_version, watched_until }, ppm)?);
+                    watches
+                        .push(watch(Subject::Activation { activated_at, replaced_version, watched_until }, self.rollback.fault_rate_max));
                 }
                 match kind {
                     PluginKind::Validator => set.validators.push(plugin),
@@ -971,10 +958,11 @@ async fn lock_and_kind(tx: &mut sqlx::PgConnection, name: &str, version: i32) ->
     kind.and_then(|(k,)| PluginKind::parse(&k)).ok_or_else(|| PluginError::NotFound(format!("{name} v{version}")))
 }
 
-/// Checks that `version` of `name` may run as a shadow or canary (`what`)
-/// and returns the active version: only a validator, beside an active
-/// validator of the same name, and never the active version itself. Holds
-/// the same lock as `activate`, so the active version cannot change under the checks.
+/// Checks that `version` of `name` may run in `role` (shadow or canary) and
+/// returns the active version: beside an active version of the same name, of
+/// its kind (a canary: validators only), and never the active version
+/// itself. Holds the same lock as `activate`, so the active version cannot
+/// change under the checks.
 async fn lock_candidate(tx: &mut sqlx::PgConnection, name: &str, version: i32, role: Role) -> Result<i32, PluginError> {
     let kind = lock_and_kind(tx, name, version).await?;
     let active: Option<(i32, String)> =
@@ -1004,6 +992,16 @@ async fn lock_candidate(tx: &mut sqlx::PgConnection, name: &str, version: i32, r
         return Err(PluginError::Rollout { refusal: RolloutRefusal::VersionActive, message });
     }
     Ok(active_version)
+}
+
+/// The name of the describer or converter (`kind`) active under another name than `name`, if one is.
+async fn other_active(tx: &mut sqlx::PgConnection, kind: PluginKind, name: &str) -> Result<Option<String>, sqlx::Error> {
+    let other: Option<(String,)> = sqlx::query_as("SELECT name FROM plugins WHERE active AND kind = $1 AND name <> $2")
+        .bind(kind.as_str())
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(other.map(|(name,)| name))
 }
 
 /// `NotFound` unless some version of `name` is stored.

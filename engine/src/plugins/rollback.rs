@@ -165,10 +165,6 @@ impl Guard {
         Self { settings, tallies: HashMap::new() }
     }
 
-    pub fn settings(&self) -> RollbackSettings {
-        self.settings
-    }
-
     /// Lets a watch that tripped trip again (its withdrawal failed).
     pub fn rearm(&mut self, watch: &Watch) {
         if let Some(tally) = self.tallies.get_mut(watch) {
