@@ -50,9 +50,11 @@ apt_install() { # packages...
 ensure_rust() {
   step "Rust toolchain"
   command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (the repo pins 1.95 in rust-toolchain.toml)"
-  # Native build dependencies of rdkafka's bundled librdkafka.
-  command -v cc >/dev/null && command -v make >/dev/null && [ -f /usr/include/zlib.h ] \
-    || apt_install build-essential pkg-config zlib1g-dev
+  # Native build dependencies: rdkafka's bundled librdkafka (zlib), and the
+  # system OpenSSL that webhook deliveries use for https (openssl-sys).
+  command -v cc >/dev/null && command -v make >/dev/null && command -v pkg-config >/dev/null \
+    && [ -f /usr/include/zlib.h ] && pkg-config --exists openssl \
+    || apt_install build-essential pkg-config zlib1g-dev libssl-dev
   command -v curl >/dev/null || apt_install curl
   note "$(cargo --version)"
 }

@@ -150,6 +150,35 @@ pub struct Settings {
     /// How long after its activation a version that replaced an older one
     /// is watched (0: never).
     pub plugin_rollback_recent_minutes: u64,
+    /// Whether commits write their events to the outbox and processors
+    /// relay them to `events_topic`. Turned off, the ledger records no
+    /// events for the time it is off: none are published for it later.
+    pub events_enabled: bool,
+    /// Where events are published. Unset: `<topic>.events`.
+    pub events_topic: Option<String>,
+    /// How often a relay looks for events another engine's commits wrote
+    /// (its own engine's commits wake it at once).
+    pub events_poll_ms: u64,
+    /// Outbox rows one claim of the relay takes (each holds one commit's events).
+    pub events_claim_rows_max: i64,
+    /// How long sent outbox rows are kept before they are deleted.
+    pub events_retention_s: u64,
+    /// The hosts webhooks may target, comma-separated: exact names, or
+    /// `*.example.com` for a name's subdomains. Unset: any host. Checked when
+    /// a webhook is created and again at every attempt.
+    pub webhook_hosts_allowed: Option<String>,
+    /// The time limit of one delivery attempt (connect, send, answer).
+    pub webhook_timeout_ms: u64,
+    /// The wait after a first failed attempt; it doubles per attempt up to the maximum.
+    pub webhook_retry_backoff_ms_min: u64,
+    pub webhook_retry_backoff_ms_max: u64,
+    /// How long after an event (or a re-send) failed attempts are retried;
+    /// then the delivery is marked failed.
+    pub webhook_retry_window_s: u64,
+    /// Delivery attempts one engine makes at once.
+    pub webhook_deliveries_concurrent_max: usize,
+    /// How often an engine looks for due deliveries (its relay wakes it at once for new ones).
+    pub webhook_poll_ms: u64,
 }
 
 /// Settings that could not be read, or that make no sense.
@@ -217,6 +246,19 @@ impl Default for Settings {
             plugin_rollback_calls_min: RollbackSettings::default().calls_min,
             plugin_rollback_fault_rate_max_ppm: RollbackSettings::default().fault_rate_max.ppm(),
             plugin_rollback_recent_minutes: RollbackSettings::default().recent.as_secs() / 60,
+            events_enabled: true,
+            events_topic: None,
+            events_poll_ms: 100,
+            // A commit of 500 transfers holds 1,000 events: 16 rows are at most 16,000 events in flight.
+            events_claim_rows_max: 16,
+            events_retention_s: 3_600,
+            webhook_hosts_allowed: None,
+            webhook_timeout_ms: 10_000,
+            webhook_retry_backoff_ms_min: 1_000,
+            webhook_retry_backoff_ms_max: 3_600_000,
+            webhook_retry_window_s: 86_400,
+            webhook_deliveries_concurrent_max: 16,
+            webhook_poll_ms: 500,
         }
     }
 }
@@ -244,7 +286,7 @@ impl Settings {
         const MS_MAX: u64 = i32::MAX as u64;
         require(!self.kafka_brokers.trim().is_empty(), "kafka_brokers", "must name at least one `host:port`")?;
         require(
-            valid_topic_name(&self.topic),
+            valid_topic_name(&self.topic, 249 - ".dlq".len()),
             "topic",
             "must be 1 to 245 of the characters a-z, A-Z, 0-9, `.`, `_` and `-` (Kafka's rule, leaving room for `.dlq`)",
         )?;
@@ -337,6 +379,37 @@ impl Settings {
             "must be from 0 to 1000000",
         )?;
         require(self.plugin_rollback_recent_minutes <= 7 * 24 * 60, "plugin_rollback_recent_minutes", "must be at most 10080 (a week)")?;
+        require(
+            !self.events_enabled || valid_topic_name(&self.events_topic(), 249),
+            "events_topic",
+            "must be 1 to 249 of the characters a-z, A-Z, 0-9, `.`, `_` and `-` (when unset, `<topic>.events` must be)",
+        )?;
+        require(
+            self.events_topic() != self.topic && self.events_topic() != self.dlq_topic(),
+            "events_topic",
+            "must differ from the transfers and dead-letter topics",
+        )?;
+        require(self.events_poll_ms >= 1, "events_poll_ms", "must be at least 1")?;
+        require((1..=1_000).contains(&self.events_claim_rows_max), "events_claim_rows_max", "must be from 1 to 1000")?;
+        require(self.events_retention_s >= 1, "events_retention_s", "must be at least 1")?;
+        if let Some(hosts) = &self.webhook_hosts_allowed {
+            crate::events::webhooks::HostAllowList::parse(hosts)
+                .map_err(|reason| SettingsError::Invalid { setting: "webhook_hosts_allowed", reason })?;
+        }
+        require((1..=600_000).contains(&self.webhook_timeout_ms), "webhook_timeout_ms", "must be from 1 to 600000")?;
+        require(self.webhook_retry_backoff_ms_min >= 1, "webhook_retry_backoff_ms_min", "must be at least 1")?;
+        require(
+            self.webhook_retry_backoff_ms_max >= self.webhook_retry_backoff_ms_min,
+            "webhook_retry_backoff_ms_max",
+            "must be at least webhook_retry_backoff_ms_min",
+        )?;
+        require((1..=30 * 86_400).contains(&self.webhook_retry_window_s), "webhook_retry_window_s", "must be from 1 to 2592000 (30 days)")?;
+        require(
+            (1..=1_024).contains(&self.webhook_deliveries_concurrent_max),
+            "webhook_deliveries_concurrent_max",
+            "must be from 1 to 1024",
+        )?;
+        require(self.webhook_poll_ms >= 1, "webhook_poll_ms", "must be at least 1")?;
         Ok(())
     }
 
@@ -363,17 +436,34 @@ impl Settings {
     pub fn dlq_topic(&self) -> String {
         format!("{}.dlq", self.topic)
     }
+
+    /// The hosts webhooks may target; `None`: any (`validate` has parsed it).
+    pub fn webhook_allow_list(&self) -> Option<crate::events::webhooks::HostAllowList> {
+        self.webhook_hosts_allowed.as_deref().and_then(|hosts| crate::events::webhooks::HostAllowList::parse(hosts).ok())
+    }
+
+    pub fn webhook_retry_policy(&self) -> crate::events::webhooks::dispatch::RetryPolicy {
+        crate::events::webhooks::dispatch::RetryPolicy {
+            min: Duration::from_millis(self.webhook_retry_backoff_ms_min),
+            max: Duration::from_millis(self.webhook_retry_backoff_ms_max),
+            window: Duration::from_secs(self.webhook_retry_window_s),
+        }
+    }
+
+    /// The events topic: `events_topic`, or `<topic>.events`.
+    pub fn events_topic(&self) -> String {
+        self.events_topic.clone().unwrap_or_else(|| format!("{}.events", self.topic))
+    }
 }
 
 fn require(holds: bool, setting: &'static str, reason: &str) -> Result<(), SettingsError> {
     if holds { Ok(()) } else { Err(SettingsError::Invalid { setting, reason: reason.to_owned() }) }
 }
 
-/// Kafka's rule for topic names (at most 249 characters), less the `.dlq` the
-/// dead-letter topic adds; `.` and `..` alone are reserved.
-fn valid_topic_name(topic: &str) -> bool {
-    const TOPIC_CHARS_MAX: usize = 249 - ".dlq".len();
-    (1..=TOPIC_CHARS_MAX).contains(&topic.len())
+/// Kafka's rule for topic names (at most 249 characters; `chars_max` leaves
+/// room for a suffix); `.` and `..` alone are reserved.
+fn valid_topic_name(topic: &str, chars_max: usize) -> bool {
+    (1..=chars_max).contains(&topic.len())
         && topic != "."
         && topic != ".."
         && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -463,6 +553,23 @@ mod tests {
             ("plugin_rollback_calls_min", Settings { plugin_rollback_calls_min: 0, ..d() }),
             ("plugin_rollback_fault_rate_max_ppm", Settings { plugin_rollback_fault_rate_max_ppm: 1_000_001, ..d() }),
             ("plugin_rollback_recent_minutes", Settings { plugin_rollback_recent_minutes: 10_081, ..d() }),
+            // `<topic>.events` past Kafka's 249 characters, with no `events_topic` to replace it.
+            ("events_topic", Settings { topic: "t".repeat(243), ..d() }),
+            ("events_topic", Settings { events_topic: Some("has space".into()), ..d() }),
+            ("events_topic", Settings { events_topic: Some("transfers".into()), ..d() }),
+            ("events_topic", Settings { events_topic: Some("transfers.dlq".into()), ..d() }),
+            ("events_poll_ms", Settings { events_poll_ms: 0, ..d() }),
+            ("events_claim_rows_max", Settings { events_claim_rows_max: 0, ..d() }),
+            ("events_claim_rows_max", Settings { events_claim_rows_max: 1_001, ..d() }),
+            ("events_retention_s", Settings { events_retention_s: 0, ..d() }),
+            ("webhook_hosts_allowed", Settings { webhook_hosts_allowed: Some("a.example,,b.example".into()), ..d() }),
+            ("webhook_hosts_allowed", Settings { webhook_hosts_allowed: Some("https://a.example".into()), ..d() }),
+            ("webhook_timeout_ms", Settings { webhook_timeout_ms: 0, ..d() }),
+            ("webhook_retry_backoff_ms_min", Settings { webhook_retry_backoff_ms_min: 0, ..d() }),
+            ("webhook_retry_backoff_ms_max", Settings { webhook_retry_backoff_ms_max: 999, ..d() }),
+            ("webhook_retry_window_s", Settings { webhook_retry_window_s: 0, ..d() }),
+            ("webhook_deliveries_concurrent_max", Settings { webhook_deliveries_concurrent_max: 0, ..d() }),
+            ("webhook_poll_ms", Settings { webhook_poll_ms: 0, ..d() }),
         ];
         for (setting, settings) in cases {
             assert_eq!(refused(settings), Some(setting), "a nonsense `{setting}` was not refused by its name");
@@ -473,7 +580,11 @@ mod tests {
     fn values_at_the_edge_of_each_rule_pass() {
         let d = Settings::default;
         let cases = [
-            Settings { topic: "t".repeat(245), ..d() },
+            Settings { topic: "t".repeat(245), events_topic: Some("e".repeat(249)), ..d() },
+            Settings { topic: "t".repeat(245), events_enabled: false, ..d() },
+            Settings { topic: "t".repeat(242), ..d() },
+            Settings { webhook_hosts_allowed: Some("hooks.example.com, *.partner.test".into()), ..d() },
+            Settings { webhook_retry_backoff_ms_min: 5, webhook_retry_backoff_ms_max: 5, webhook_retry_window_s: 1, ..d() },
             Settings { topic: "a.b_c-D9".into(), ..d() },
             Settings { topic_partitions: Some(1), topic_replication_factor: Some(1), ..d() },
             Settings { admin_token: Some(Secret::new("x")), ..d() },

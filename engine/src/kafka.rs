@@ -24,9 +24,10 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     config
 }
 
-/// Creates the transfers topic and its dead-letter topic if they are missing:
-/// the transfers topic with `partitions` partitions, the dead-letter topic with
-/// one, each partition with `replication` replicas. `None` asks for the
+/// Creates the transfers topic, its dead-letter topic and the events topic
+/// (when given) if they are missing: the transfers and events topics with
+/// `partitions` partitions, the dead-letter topic with one, each partition
+/// with `replication` replicas. `None` asks for the
 /// cluster's default (`num.partitions`, `default.replication.factor`), which
 /// brokers from Kafka 2.4 on accept as -1 (KIP-464). A topic that exists is
 /// left as it is.
@@ -34,16 +35,21 @@ pub async fn ensure_topics(
     brokers: &str,
     topic: &str,
     dlq_topic: &str,
+    events_topic: Option<&str>,
     partitions: Option<i32>,
     replication: Option<i32>,
 ) -> Result<(), KafkaError> {
     const CLUSTER_DEFAULT: i32 = -1;
     let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
     let replication = replication.unwrap_or(CLUSTER_DEFAULT);
-    let topics = [
-        NewTopic::new(topic, partitions.unwrap_or(CLUSTER_DEFAULT), TopicReplication::Fixed(replication)),
+    let partitions = partitions.unwrap_or(CLUSTER_DEFAULT);
+    let mut topics = vec![
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)),
         NewTopic::new(dlq_topic, 1, TopicReplication::Fixed(replication)),
     ];
+    if let Some(events_topic) = events_topic {
+        topics.push(NewTopic::new(events_topic, partitions, TopicReplication::Fixed(replication)));
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
         match result {
@@ -56,10 +62,12 @@ pub async fn ensure_topics(
     Ok(())
 }
 
-/// `ensure_topics` for the topics the settings name (the transfers topic and its dead-letter topic).
+/// `ensure_topics` for the topics the settings name (the transfers topic, its
+/// dead-letter topic, and the events topic when events are on).
 pub async fn ensure_engine_topics(settings: &crate::config::Settings) -> Result<(), KafkaError> {
     let (partitions, replication) = (settings.topic_partitions, settings.topic_replication_factor);
-    ensure_topics(&settings.kafka_brokers, &settings.topic, &settings.dlq_topic(), partitions, replication).await
+    let events_topic = settings.events_enabled.then(|| settings.events_topic());
+    ensure_topics(&settings.kafka_brokers, &settings.topic, &settings.dlq_topic(), events_topic.as_deref(), partitions, replication).await
 }
 
 /// How long start-up waits for a topic's metadata to list its partitions (a

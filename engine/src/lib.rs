@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod dead_letters;
 pub mod domain;
+pub mod events;
 pub mod history;
 pub mod hooks;
 pub mod kafka;

@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: transfer_engine::history::HistoryCommand,
     },
+    /// Follow the events the engine publishes (transfers' status changes).
+    Events {
+        #[command(subcommand)]
+        command: transfer_engine::events::tail::EventsCommand,
+    },
     /// Create, list and revoke API clients on a running engine.
     Clients {
         #[command(flatten)]
@@ -128,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Loadgen(args) => return loadgen::run(&settings, *args).await.map(drop),
         Command::DeadLetters { command } => return transfer_engine::dead_letters::run(&settings, command).await,
         Command::History { command } => return transfer_engine::history::run(&settings, command).await,
+        Command::Events { command } => return transfer_engine::events::tail::run(&settings, command).await,
         Command::Plugins { .. } | Command::Clients { .. } => unreachable!("handled above"),
     };
     let app = Application::build(settings, role).await?;

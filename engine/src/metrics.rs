@@ -68,6 +68,12 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// delivered (a 2xx answer) or failed.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
     pub partition: i32,
 }
@@ -137,6 +143,14 @@ pub struct Metrics {
     /// Automatic rollbacks this engine made. Bounded without a guard: a
     /// watch trips at most once, and every watch is an operator's change.
     pub plugin_rollbacks: Family<RollbackLabels, Counter>,
+    /// Events the relay published to the events topic (a re-publication after a crash counts again).
+    pub events_published: Counter,
+    /// From a commit to the broker's acknowledgement of its events.
+    pub event_publish_lag: Histogram,
+    /// Outbox rows (one per commit) waiting to be published, when the relay last found none to claim.
+    pub event_outbox_unsent: Gauge,
+    /// Webhook delivery attempts, by outcome.
+    pub webhook_attempts: Family<AttemptLabels, Counter>,
     /// The codes seen per plugin label set, to keep both bounded.
     plugin_labels: Mutex<HashMap<PluginLabels, HashSet<String>>>,
 }
@@ -213,8 +227,29 @@ impl Default for Metrics {
             "Plugin versions this engine withdrew automatically (a canary, or a recent activation) for their fault rate",
             plugin_rollbacks.clone(),
         );
+        let events_published = Counter::default();
+        registry.register("events_published", "Events the relay published to the events topic", events_published.clone());
+        // 1 ms to 16 s: an event relayed at once to one held up by a broker outage.
+        let event_publish_lag = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "event_publish_lag_seconds",
+            "From the commit that wrote an event to the broker's acknowledgement of it",
+            event_publish_lag.clone(),
+        );
+        let event_outbox_unsent = Gauge::default();
+        registry.register(
+            "event_outbox_unsent_rows",
+            "Outbox rows (one per commit) not yet published, as the relay last counted them",
+            event_outbox_unsent.clone(),
+        );
+        let webhook_attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register("webhook_attempts", "Webhook delivery attempts, by outcome (delivered: a 2xx answer)", webhook_attempts.clone());
         Self {
             registry,
+            webhook_attempts,
+            events_published,
+            event_publish_lag,
+            event_outbox_unsent,
             http_requests,
             http_request_duration,
             transfers,

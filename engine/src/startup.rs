@@ -15,6 +15,8 @@ use crate::api::{self, AppState, Surface};
 use crate::auth::ClientStore;
 use crate::cache::Cache;
 use crate::config::Settings;
+use crate::events::relay::Relay;
+use crate::events::webhooks::dispatch::Dispatcher;
 use crate::hooks::HookSet;
 use crate::kafka;
 use crate::ledger::{self, Ledger};
@@ -114,8 +116,8 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let clients = Arc::new(ClientStore::new(pool.clone(), Duration::from_millis(settings.client_cache_ttl_ms)));
         let processor = ProcessorHealth::new(Duration::from_millis(settings.processor_stall_limit_ms));
-        let state =
-            AppState { settings: Arc::new(settings), ledger: Ledger::new(pool), cache, publisher, metrics, plugins, clients, processor };
+        let ledger = if settings.events_enabled { Ledger::new(pool) } else { Ledger::new(pool).without_events() };
+        let state = AppState { settings: Arc::new(settings), ledger, cache, publisher, metrics, plugins, clients, processor };
         Ok(Self { listener, metrics_listener, state, role, hooks, plugin_generation })
     }
 
@@ -137,6 +139,7 @@ impl Application {
     /// stores and commits offsets, and leaves the group.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
+        let mut events_tasks = Vec::new();
         let processor = if self.role != Role::Api {
             let consumer = processor::build_consumer(&self.state.settings).context("could not create the Kafka consumer")?;
             let settings = &self.state.settings;
@@ -154,6 +157,9 @@ impl Application {
                 plugins: self.state.plugins.clone(),
             };
             tokio::spawn(keep_history_prepared(self.state.ledger.clone(), stopped.clone()));
+            if settings.events_enabled {
+                events_tasks = spawn_events(&self.state, stopped.clone())?;
+            }
             let poll = Duration::from_millis(self.state.settings.plugin_poll_ms);
             let metrics = self.state.metrics.clone();
             tokio::spawn(self.state.plugins.clone().watch(self.hooks.clone(), self.plugin_generation, poll, metrics, stopped.clone()));
@@ -181,6 +187,10 @@ impl Application {
         if let Some(processor) = processor {
             processor.await.context("processor task failed")?;
         }
+        // After the processor's last commit: the relay's claim and the webhook attempts in progress finish.
+        for task in events_tasks {
+            task.await.context("events task failed")?;
+        }
         server.await.context("HTTP task failed")?.context("HTTP server failed")?;
         if let Some(metrics_server) = metrics_server {
             metrics_server.await.context("metrics HTTP task failed")?.context("metrics HTTP server failed")?;
@@ -188,6 +198,38 @@ impl Application {
         drop(self.hooks);
         Ok(())
     }
+}
+
+/// Starts the events relay and the webhook dispatcher (in the processes that run a processor).
+fn spawn_events(state: &AppState, stopped: watch::Receiver<bool>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let settings = &state.settings;
+    let webhooks_enqueued = Arc::new(tokio::sync::Notify::new());
+    let relay = Relay {
+        pool: state.ledger.pool().clone(),
+        publisher: kafka::Publisher::new(&settings.kafka_brokers, settings.publish_timeout_ms)
+            .context("could not create the events producer")?,
+        topic: settings.events_topic(),
+        claim_rows_max: settings.events_claim_rows_max,
+        poll: Duration::from_millis(settings.events_poll_ms),
+        retention: Duration::from_secs(settings.events_retention_s),
+        written: state.ledger.events_written(),
+        metrics: state.metrics.clone(),
+        webhook_retry_window: settings.webhook_retry_policy().window,
+        webhooks_enqueued: webhooks_enqueued.clone(),
+    };
+    let timeout = Duration::from_millis(settings.webhook_timeout_ms);
+    let dispatcher = Dispatcher {
+        pool: state.ledger.pool().clone(),
+        client: Dispatcher::client(timeout).context("could not create the webhooks' HTTP client")?,
+        retry: settings.webhook_retry_policy(),
+        allowed: settings.webhook_allow_list(),
+        timeout,
+        concurrent_max: settings.webhook_deliveries_concurrent_max,
+        poll: Duration::from_millis(settings.webhook_poll_ms),
+        enqueued: webhooks_enqueued,
+        metrics: state.metrics.clone(),
+    };
+    Ok(vec![tokio::spawn(relay.run(stopped.clone())), tokio::spawn(dispatcher.run(stopped))])
 }
 
 /// How often a processor makes the status history's coming months: hourly

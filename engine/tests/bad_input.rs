@@ -290,6 +290,11 @@ static ROUTES: &[Route] = &[
     route("POST", "/v1/admin/clients", Need::Admin),
     route("DELETE", "/v1/admin/clients/{client_id}", Need::Admin),
     route("GET", "/v1/admin/transfer-conflicts", Need::Admin),
+    route("GET", "/v1/admin/webhooks", Need::Admin),
+    route("POST", "/v1/admin/webhooks", Need::Admin),
+    route("DELETE", "/v1/admin/webhooks/{webhook_id}", Need::Admin),
+    route("GET", "/v1/admin/webhooks/{webhook_id}/deliveries", Need::Admin),
+    route("POST", "/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/resend", Need::Admin),
     route("GET", "/healthz", Need::Nothing),
     route("GET", "/readyz", Need::Nothing),
     route("GET", "/metrics", Need::Nothing),
@@ -571,10 +576,12 @@ struct Footprint {
     clients: (i64, i64),
     /// Digests of the plugin versions (with which is active) and of the validation order, the shadows and canaries, and the plugin generation.
     plugins: (String, String, i64),
+    /// Digest of the webhooks (with which are deleted) and of their deliveries' states and schedules.
+    webhooks: String,
 }
 
 async fn footprint(pool: &PgPool, with_ledger: bool) -> Footprint {
-    let row: (i64, String, i64, String, i64, i64, String, String, i64) = sqlx::query_as(
+    let row: (i64, String, i64, String, i64, i64, String, String, i64, String) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM accounts),
                 (SELECT coalesce(md5(string_agg(account_id || ':' || metadata::text, ',' ORDER BY account_id)), '') FROM accounts),
                 (SELECT count(*) FROM transfers),
@@ -587,18 +594,22 @@ async fn footprint(pool: &PgPool, with_ledger: bool) -> Footprint {
                           FROM plugin_shadows)
                     || (SELECT coalesce(md5(string_agg(name || ':' || version || ':' || percent || ':' || coalesce(stop_reason, 'running'), ',' ORDER BY id)), '')
                           FROM plugin_canaries),
-                (SELECT generation FROM plugin_generation)",
+                (SELECT generation FROM plugin_generation),
+                (SELECT coalesce(md5(string_agg(webhook_id || ':' || url || ':' || (deleted_at IS NULL), ',' ORDER BY webhook_id)), '') FROM webhooks)
+                    || (SELECT coalesce(md5(string_agg(delivery_id || ':' || state || ':' || next_attempt_at || ':' || retry_until, ',' ORDER BY delivery_id)), '')
+                          FROM webhook_deliveries)",
     )
     .fetch_one(pool)
     .await
     .expect("the footprint query runs");
-    let (accounts, metadata, transfers, balances, clients, revoked, plugins, order, generation) = row;
+    let (accounts, metadata, transfers, balances, clients, revoked, plugins, order, generation, webhooks) = row;
     Footprint {
         accounts,
         metadata,
         ledger: with_ledger.then_some((transfers, balances)),
         clients: (clients, revoked),
         plugins: (plugins, order, generation),
+        webhooks,
     }
 }
 
@@ -1893,6 +1904,22 @@ fn every_route_refuses_unfit_credentials_with_exact_codes_and_no_change_then_ser
         let victim = create_client(&app.db.pool, "victim", &[Scope::AccountsRead], None).await;
         (deposited["transfer_id"].as_str().unwrap().to_owned(), client_id_of(&victim))
     });
+    // A webhook with a failed delivery, for the fit webhook requests (an API
+    // engine runs no relay, so the delivery is written as the relay would).
+    let (webhook, delivery) = f.block_on(async {
+        let hook = json!({"url": "http://127.0.0.1:9/hook", "events": ["transfer.completed"]});
+        let created: Value = app.admin_post("/v1/admin/webhooks", &hook).await.json().await.unwrap();
+        let webhook = created["webhook_id"].as_str().unwrap().to_owned();
+        let delivery: i64 = sqlx::query_scalar(
+            "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, state, next_attempt_at, retry_until, finished_at)
+             VALUES ($1::uuid, gen_random_uuid(), 'transfer.completed', '{}', 'failed', now(), now(), now()) RETURNING delivery_id",
+        )
+        .bind(&webhook)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        (webhook, delivery)
+    });
     let component = base64::engine::general_purpose::STANDARD.encode(plugin_bytes("limits"));
     let not_json: &[u8] = b"{not json";
     let by_hand = |endpoint, target: &str, body: Option<Value>, fit, fit_status, bad| ByHand {
@@ -2060,6 +2087,39 @@ fn every_route_refuses_unfit_credentials_with_exact_codes_and_no_change_then_ser
             204,
             Some(("/v1/admin/clients/not-a-uuid", b"", 404, "client_not_found")),
         ),
+        by_hand("GET /v1/admin/webhooks", "/v1/admin/webhooks", None, Credentials::Admin, 200, None),
+        by_hand(
+            "POST /v1/admin/webhooks",
+            "/v1/admin/webhooks",
+            Some(json!({"url": "https://hooks.example.com/in", "events": ["transfer.completed"]})),
+            Credentials::Admin,
+            201,
+            Some(("/v1/admin/webhooks", br#"{"url": "ftp://example.com/", "events": ["transfer.completed"]}"#, 422, "webhook_url_invalid")),
+        ),
+        by_hand(
+            "GET /v1/admin/webhooks/{webhook_id}/deliveries",
+            &format!("/v1/admin/webhooks/{webhook}/deliveries"),
+            None,
+            Credentials::Admin,
+            200,
+            Some(("/v1/admin/webhooks/not-a-uuid/deliveries", b"", 404, "webhook_not_found")),
+        ),
+        by_hand(
+            "POST /v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/resend",
+            &format!("/v1/admin/webhooks/{webhook}/deliveries/{delivery}/resend"),
+            None,
+            Credentials::Admin,
+            202,
+            Some(("/v1/admin/webhooks/not-a-uuid/deliveries/1/resend", b"", 404, "delivery_not_found")),
+        ),
+        by_hand(
+            "DELETE /v1/admin/webhooks/{webhook_id}",
+            &format!("/v1/admin/webhooks/{webhook}"),
+            None,
+            Credentials::Admin,
+            204,
+            Some(("/v1/admin/webhooks/not-a-uuid", b"", 404, "webhook_not_found")),
+        ),
         by_hand("GET /healthz", "/healthz", None, Credentials::Missing, 200, None),
         by_hand("GET /readyz", "/readyz", None, Credentials::Missing, 200, None),
         by_hand("GET /metrics", "/metrics", None, Credentials::Missing, 200, None),
@@ -2197,6 +2257,8 @@ async fn admin_routes_refuse_missing_wrong_or_misplaced_credentials_with_401_and
         (Method::GET, "/v1/admin/clients", None),
         (Method::POST, "/v1/admin/clients", Some(json!({"name": "sneaky", "scopes": ["transfers:write"]}))),
         (Method::DELETE, &revoke, None),
+        (Method::GET, "/v1/admin/webhooks", None),
+        (Method::POST, "/v1/admin/webhooks", Some(json!({"url": "https://sneaky.example/in", "events": ["transfer.completed"]}))),
     ];
     let mut tried = 0;
     for (method, path, body) in &routes {

@@ -290,7 +290,7 @@ async fn the_engine_refuses_to_start_with_a_setting_that_turns_idempotency_off()
 async fn topics_get_the_partitions_and_replicas_asked_for_or_the_clusters_defaults() {
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let asked = format!("asked-{unique}");
-    kafka::ensure_topics(&kafka_brokers(), &asked, &format!("{asked}.dlq"), Some(3), Some(1)).await.unwrap();
+    kafka::ensure_topics(&kafka_brokers(), &asked, &format!("{asked}.dlq"), None, Some(3), Some(1)).await.unwrap();
     let replicas = kafka::partition_replicas(&kafka_brokers(), &asked).await.unwrap();
     assert_eq!(replicas.iter().map(|&(p, _)| p).collect::<std::collections::BTreeSet<_>>(), (0..3).collect());
     assert!(replicas.iter().all(|&(_, n)| n == 1), "{replicas:?}");
@@ -298,10 +298,10 @@ async fn topics_get_the_partitions_and_replicas_asked_for_or_the_clusters_defaul
     assert_eq!(dlq.len(), 1, "the dead-letter topic has one partition: {dlq:?}");
 
     let defaulted = format!("defaulted-{unique}");
-    kafka::ensure_topics(&kafka_brokers(), &defaulted, &format!("{defaulted}.dlq"), None, None).await.unwrap();
+    kafka::ensure_topics(&kafka_brokers(), &defaulted, &format!("{defaulted}.dlq"), None, None, None).await.unwrap();
     let replicas = kafka::partition_replicas(&kafka_brokers(), &defaulted).await.unwrap();
     assert!(!replicas.is_empty() && replicas.iter().all(|&(_, n)| n >= 1), "created with the cluster's defaults: {replicas:?}");
     // Creating again leaves the topic as it is.
-    kafka::ensure_topics(&kafka_brokers(), &asked, &format!("{asked}.dlq"), Some(5), None).await.unwrap();
+    kafka::ensure_topics(&kafka_brokers(), &asked, &format!("{asked}.dlq"), None, Some(5), None).await.unwrap();
     assert_eq!(kafka::partition_replicas(&kafka_brokers(), &asked).await.unwrap().len(), 3);
 }

@@ -18,6 +18,7 @@ mod health;
 mod openapi;
 pub(crate) mod schema;
 pub mod transfers;
+mod webhooks;
 mod whole;
 
 use std::sync::Arc;
@@ -117,6 +118,10 @@ fn api_routes(state: &AppState) -> Router<AppState> {
             get(clients::list).post(clients::create).layer(DefaultBodyLimit::max(clients::create_body_bytes_max(&state.settings))),
         )
         .route("/v1/admin/clients/{client_id}", delete(clients::revoke))
+        .route("/v1/admin/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/v1/admin/webhooks/{webhook_id}", delete(webhooks::delete))
+        .route("/v1/admin/webhooks/{webhook_id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/resend", post(webhooks::resend))
         .route("/v1/admin/transfer-conflicts", get(transfers::conflicts));
     // A time limit on each API request and a limit on requests in progress at
     // once (one semaphore shared by all these routes). A request past the

@@ -45,6 +45,11 @@ use crate::config::Settings;
         super::clients::create,
         super::clients::list,
         super::clients::revoke,
+        super::webhooks::create,
+        super::webhooks::list,
+        super::webhooks::delete,
+        super::webhooks::deliveries,
+        super::webhooks::resend,
     ),
     components(
         schemas(ErrorBody, CurrencyCode, DecimalAmount, OwnerIdSchema, PluginNameSchema, crate::auth::Scope),
@@ -55,6 +60,7 @@ use crate::config::Settings;
         (name = "accounts", description = "Open accounts, read balances, set their metadata; deposits and withdrawals (admin token)."),
         (name = "plugins", description = "Policy plugins (admin token)."),
         (name = "clients", description = "API clients and their keys (admin token)."),
+        (name = "webhooks", description = "Endpoints that receive the engine's events, signed (admin token)."),
     ),
     modifiers(&BearerAuth)
 )]
@@ -206,7 +212,7 @@ mod tests {
     fn every_operation_declares_the_bearer_scheme_and_the_answers_of_its_extractors() {
         let doc = served();
         let operations = operations(&doc);
-        assert_eq!(operations.len(), 22);
+        assert_eq!(operations.len(), 27);
         for (method, path, operation) in operations {
             let name = format!("{method} {path}");
             assert_eq!(operation["security"], serde_json::json!([{"bearer": []}]), "{name}");

@@ -280,6 +280,34 @@ pub fn plugin_names() -> Schema {
         .into()
 }
 
+/// `CreateWebhook.url`: the checks `webhooks::check_target` makes that a schema can state.
+pub fn webhook_url() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::Custom("uri".into())))
+        .pattern(Some("^[Hh][Tt][Tt][Pp][Ss]?://"))
+        .min_length(Some(1))
+        .max_length(Some(crate::events::webhooks::URL_CHARS_MAX))
+        .description(Some(
+            "Where deliveries are POSTed: an http or https URL with a host and no user name or password, at most 2,048 \
+             characters, whose host the engine's `webhook_hosts_allowed` admits when it is set.",
+        ))
+        .examples(["https://hooks.example.com/transfers"])
+        .into()
+}
+
+/// `CreateWebhook.events`: one to twelve distinct event types.
+pub fn webhook_events() -> Schema {
+    let types = ObjectBuilder::new().schema_type(Type::String).enum_values(Some(crate::events::EVENT_TYPES));
+    ArrayBuilder::new()
+        .items(types)
+        .min_items(Some(1))
+        .max_items(Some(crate::events::EVENT_TYPES.len()))
+        .unique_items(true)
+        .description(Some("The event types to receive, each at most once."))
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

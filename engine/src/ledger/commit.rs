@@ -380,6 +380,10 @@ impl Ledger {
 
         // 4. Write, one statement per table.
         write_rows(&mut tx, &rows, now).await?;
+        let wrote_events = self.events.is_some() && !rows.transfer_id.is_empty();
+        if wrote_events {
+            write_events(&mut tx, &rows.transfer_id, now).await?;
+        }
         let mut balances = Vec::new();
         let (mut ids, mut new_balances, mut versions) = (Vec::new(), Vec::new(), Vec::new());
         for ((owner_id, currency), account) in &accounts {
@@ -410,6 +414,9 @@ impl Ledger {
             .await?;
         }
         tx.commit().await?;
+        if let (true, Some(written)) = (wrote_events, &self.events) {
+            written.notify_one();
+        }
         let (validated_ahead, validated_in_commit) =
             foresight.map_or((0, 0), |f| (f.used.swap(0, Ordering::Relaxed), f.asked.swap(0, Ordering::Relaxed)));
         remember(&self.memory, logs, &locked, &hits, &rows, accounts, foresight.and_then(Foresight::batch));
@@ -968,6 +975,18 @@ pub(super) fn decisions_json(decisions: &[Decision]) -> Option<String> {
         return None;
     }
     Some(serde_json::to_string(decisions).expect("decisions serialise"))
+}
+
+/// The event outbox's row for the new transfers of a commit: each gets its
+/// versions 1 (initiated) to 2 (final), as `write_rows` writes them.
+async fn write_events(tx: &mut sqlx::PgConnection, transfer_ids: &[uuid::Uuid], now: DateTime<Utc>) -> Result<(), LedgerError> {
+    sqlx::query("INSERT INTO event_outbox (transfer_ids, from_version, to_version, written_at) VALUES ($1, 1, $2, $3)")
+        .bind(transfer_ids)
+        .bind(FINAL_VERSION_NEW)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 async fn write_rows(tx: &mut sqlx::PgConnection, rows: &NewRows, now: DateTime<Utc>) -> Result<(), LedgerError> {

@@ -109,11 +109,26 @@ pub struct Ledger {
     /// account's version proves them exact (see `debit_log`), and what the
     /// processor predicts of the accounts it validates (see `foresight`).
     memory: Arc<Mutex<Memory>>,
+    /// Whether a commit writes its status versions to the event outbox
+    /// (`events_enabled`), and whom it wakes when it has.
+    events: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Ledger {
+    /// A ledger that writes every commit's events to the outbox.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, memory: Arc::default() }
+        Self { pool, memory: Arc::default(), events: Some(Arc::default()) }
+    }
+
+    /// A ledger whose commits write no events (`events_enabled = false`).
+    pub fn without_events(self) -> Self {
+        Self { events: None, ..self }
+    }
+
+    /// Woken after each commit that wrote events, for a relay in this
+    /// process to publish them at once; `None` when the ledger writes none.
+    pub fn events_written(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.events.clone()
     }
 
     pub fn pool(&self) -> &PgPool {
