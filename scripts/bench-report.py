@@ -261,6 +261,24 @@ def main():
             f"| 11 | an admin change (activate) until both of two processor engines decide with it, {switched['switches']} changes "
             f"| p50 {switched['p50_ms']:.0f} ms, max {switched['max_ms']:.0f} ms | | < 1 s: {goal(switched['max_ms'] < 1000)} |"
         )
+    off_runs = rounds(directory, "events_off")
+    if off_runs and passthrough_runs:
+        ratio = none / mean_rate(off_runs) if mean_rate(off_runs) else 0
+        drains = [load(directory, f"passthrough{n}.drain") for n in range(1, len(passthrough_runs) + 1)]
+        drained = " and ".join(str(d["drain_s"]) for d in drains if d)
+        lines.append(
+            f"| 12 | (3), events on (outbox in the commit, relay to `<topic>.events`, 2 events per transfer), A B B A with events off "
+            f"({fmt(mean_rate(off_runs))} tr/s{spread(off_runs)}); the outbox drained {drained} s after the last transfer was final "
+            f"| {fmt(none)} tr/s{spread(passthrough_runs)} | {ratio:.2f} of events off | ≥ 0.85: {goal(ratio >= 0.85)} |"
+        )
+    timed = load(directory, "http.events")
+    if timed and http:
+        lines.append(
+            f"| 12′ | (4) at {http['args']['rate']:,}/s: from the commit to the event's arrival at `events tail`, "
+            f"{timed['final_events']:,} final-status events ({timed['events']:,} events, {timed['distinct_event_ids']:,} distinct ids) "
+            f"| p50 {timed['p50_ms']:.1f} / p90 {timed['p90_ms']:.1f} / p99 {timed['p99_ms']:.1f} / max {timed['max_ms']:.0f} ms | "
+            f"| p99 < 200 ms: {goal(timed['p99_ms'] < 200)} |"
+        )
     if hot:
         ratio = rate(hot) / one if one else 0
         lines.append(f"| 5 | one hot sender (every transfer debits one account) | {fmt(rate(hot))} tr/s | {ratio:.2f} of (2) | ≥ 0.5 of (2): {goal(ratio >= 0.5)} |")
@@ -277,6 +295,7 @@ def main():
         + [("7", r) for r in velocity_runs]
         + [(f"8, {lang}", r) for lang, r in languages]
         + [("9", r) for r in shadow_runs]
+        + [("12, events off", r) for r in off_runs]
         + [("8, Rust again", load(directory, "lang_rust2"))]
     )
     for name, report in runs:
