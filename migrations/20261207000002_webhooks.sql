@@ -10,7 +10,8 @@ CREATE TABLE webhooks (
     secret     BYTEA       NOT NULL CHECK (length(secret) = 32),
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     -- Set once: a deleted webhook gets no new deliveries, its pending ones
-    -- are cancelled, and its past ones stay readable.
+    -- are cancelled, and the API answers 404 for it and its deliveries
+    -- (their rows stay, for an operator's query, until retention).
     deleted_at TIMESTAMPTZ
 );
 

@@ -383,6 +383,11 @@ async fn a_webhook_receiver_that_is_down_gets_every_event_signed_once_it_recover
     assert_eq!(status, 204);
     let (status, body) = admin(&app, reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{webhook}"), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("webhook_not_found")));
+    // A deleted webhook is gone for the API, with its deliveries.
+    let (status, body) = admin(&app, reqwest::Method::GET, &deliveries_path, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("webhook_not_found")));
+    let (status, body) = admin(&app, reqwest::Method::POST, &format!("{deliveries_path}/{delivery_id}/resend"), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("delivery_not_found")));
     app.stop().await;
 }
 

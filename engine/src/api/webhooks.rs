@@ -95,7 +95,7 @@ pub async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<Webhoo
     security(("bearer" = [])),
     params(("webhook_id" = String, Path, format = Uuid, description = "The webhook's id")),
     responses(
-        (status = 204, description = "Deleted: no new deliveries, pending ones cancelled; its deliveries stay readable"),
+        (status = 204, description = "Deleted: no new deliveries, pending ones cancelled; the webhook and its deliveries answer 404 from now on"),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
@@ -136,7 +136,7 @@ const DELIVERIES_PAGE_SIZE_DEFAULT: i64 = 50;
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
-        (status = 404, body = ErrorBody, description = "`webhook_not_found`"),
+        (status = 404, body = ErrorBody, description = "`webhook_not_found` (also for a deleted one)"),
         (status = 422, body = ErrorBody, description = "`invalid_query`: `limit` is not a 64-bit integer, or another parameter was given"),
         (status = 503, response = Unavailable),
     ))]
@@ -164,8 +164,7 @@ pub async fn deliveries(
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, body = ErrorBody, description = "`scope_missing`: the admin token only"),
-        (status = 404, body = ErrorBody, description = "`delivery_not_found`: no such delivery of this webhook"),
-        (status = 409, body = ErrorBody, description = "`webhook_deleted`: the webhook was deleted"),
+        (status = 404, body = ErrorBody, description = "`delivery_not_found`: no such delivery of this webhook (or the webhook was deleted)"),
         (status = 503, response = Unavailable),
     ))]
 pub async fn resend(
@@ -183,7 +182,6 @@ pub async fn resend(
             Ok(StatusCode::ACCEPTED)
         }
         Err(ResendError::NotFound) => Err(not_found()),
-        Err(e @ ResendError::WebhookDeleted) => Err(ApiError::Conflict { code: "webhook_deleted", message: e.to_string() }),
         Err(ResendError::Ledger(e)) => Err(e.into()),
     }
 }

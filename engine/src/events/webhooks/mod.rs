@@ -141,10 +141,9 @@ pub struct DeliveryInfo {
 /// Why a delivery cannot be sent again.
 #[derive(Debug, thiserror::Error)]
 pub enum ResendError {
+    /// No such delivery of this webhook, or the webhook was deleted.
     #[error("no such delivery of this webhook")]
     NotFound,
-    #[error("the webhook was deleted")]
-    WebhookDeleted,
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 }
@@ -197,10 +196,13 @@ type DeliveryRow = (i64, uuid::Uuid, String, String, i32, DateTime<Utc>, DateTim
 /// (delivery_id, attempt, at, http_status, error, latency_ms)
 type AttemptRow = (i64, i32, DateTime<Utc>, Option<i32>, Option<String>, i32);
 
-/// A webhook's latest `limit` deliveries, newest first; `None` if the webhook never existed.
+/// A webhook's latest `limit` deliveries, newest first; `None` if there is
+/// no such webhook (a deleted one is gone for the API; its rows stay until retention).
 pub async fn deliveries(pool: &PgPool, webhook_id: uuid::Uuid, limit: i64) -> Result<Option<Vec<DeliveryInfo>>, LedgerError> {
-    let exists: Option<(uuid::Uuid,)> =
-        sqlx::query_as("SELECT webhook_id FROM webhooks WHERE webhook_id = $1").bind(webhook_id).fetch_optional(pool).await?;
+    let exists: Option<(uuid::Uuid,)> = sqlx::query_as("SELECT webhook_id FROM webhooks WHERE webhook_id = $1 AND deleted_at IS NULL")
+        .bind(webhook_id)
+        .fetch_optional(pool)
+        .await?;
     if exists.is_none() {
         return Ok(None);
     }
@@ -248,29 +250,21 @@ pub async fn deliveries(pool: &PgPool, webhook_id: uuid::Uuid, limit: i64) -> Re
 /// Makes a delivery due now, with a new retry window, whatever its state
 /// (a delivered one is sent again, with the same `webhook-id`).
 pub async fn resend(pool: &PgPool, webhook_id: uuid::Uuid, delivery_id: i64, retry_window: Duration) -> Result<(), ResendError> {
-    let deleted: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
-        "SELECT w.deleted_at FROM webhook_deliveries d JOIN webhooks w USING (webhook_id) WHERE d.delivery_id = $1 AND d.webhook_id = $2",
+    let resent = sqlx::query(
+        "UPDATE webhook_deliveries d SET state = 'pending', finished_at = NULL, next_attempt_at = now(),
+                retry_until = now() + make_interval(secs => $3)
+           FROM webhooks w
+          WHERE d.delivery_id = $1 AND d.webhook_id = $2 AND w.webhook_id = d.webhook_id AND w.deleted_at IS NULL",
     )
     .bind(delivery_id)
     .bind(webhook_id)
-    .fetch_optional(pool)
-    .await
-    .map_err(LedgerError::from)?;
-    match deleted {
-        None => return Err(ResendError::NotFound),
-        Some((Some(_),)) => return Err(ResendError::WebhookDeleted),
-        Some((None,)) => {}
-    }
-    sqlx::query(
-        "UPDATE webhook_deliveries SET state = 'pending', finished_at = NULL, next_attempt_at = now(),
-                retry_until = now() + make_interval(secs => $2)
-          WHERE delivery_id = $1",
-    )
-    .bind(delivery_id)
     .bind(retry_window.as_secs_f64())
     .execute(pool)
     .await
     .map_err(LedgerError::from)?;
+    if resent.rows_affected() == 0 {
+        return Err(ResendError::NotFound);
+    }
     Ok(())
 }
 
