@@ -167,6 +167,16 @@ async fn commit_one(db: &TestDb, reference: &str) -> uuid::Uuid {
     id.0
 }
 
+/// The relay holding `claim` dies: PostgreSQL ends its session, which
+/// releases the claimed rows once it has exited (a dropped transaction would release
+/// them only when its connection is next used).
+async fn die(db: &TestDb, mut claim: outbox::Claim) {
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(claim.transaction()).await.unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)").bind(pid).fetch_one(&db.pool).await.unwrap();
+    assert!(ended);
+    drop(claim);
+}
+
 #[tokio::test]
 async fn a_relay_that_dies_after_publishing_and_before_marking_sent_publishes_again_with_the_same_ids() {
     let db = TestDb::new().await;
@@ -181,7 +191,7 @@ async fn a_relay_that_dies_after_publishing_and_before_marking_sent_publishes_ag
     for (event, _) in &claim.events {
         publisher.publish(&topic, &event.transfer_id.to_string(), &serde_json::to_vec(event).unwrap(), None).await.unwrap();
     }
-    drop(claim);
+    die(&db, claim).await;
     assert_eq!(outbox::unsent_rows(&db.pool).await.unwrap(), 1, "the row is still unsent");
 
     // The next relay publishes the row again; the duplicates carry the same ids.
@@ -207,7 +217,7 @@ async fn two_relays_claim_different_outbox_rows_and_never_the_same_one() {
     assert_eq!(ids(&a), HashSet::from([first]));
     assert_eq!(ids(&b), HashSet::from([second]));
     a.mark_sent().await.unwrap();
-    drop(b);
+    die(&db, b).await;
     let c = outbox::claim(&db.pool, 16).await.unwrap().expect("the released row");
     assert_eq!(ids(&c), HashSet::from([second]));
     c.mark_sent().await.unwrap();
