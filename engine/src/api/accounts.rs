@@ -1,13 +1,13 @@
 //! Accounts, balances, their metadata, an account's transfers; deposits and withdrawals (admin).
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{AccountsRead, AccountsWrite, Authorized, require_owner};
-use super::error::{ErrorBody, JsonBody, PathParams};
+use super::error::{ErrorBody, JsonBody, PathParams, QueryParams};
 use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType};
 use super::schema::{self, CurrencyCode, DecimalAmount, OwnerIdSchema};
 use super::transfers::{decimal_text, metadata, metadata_or_none, owner};
@@ -226,9 +226,8 @@ pub async fn transfers(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AccountsRead>,
     PathParams((owner_id, currency)): PathParams<(String, String)>,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<TransferPageBody>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
     let owner = path_owner(&owner_id)?;
     require_owner(&caller, owner)?;
     let currency = Currency::parse(&currency)?;

@@ -1,9 +1,10 @@
 //! Every error the API answers is JSON `{"error": {"code", "message"}}` with
 //! a status that says whose fault it is. Bad input is always a 4xx.
-//! `JsonBody` and `PathParams` wrap axum's extractors, whose own rejections are plain text.
+//! `JsonBody`, `PathParams` and `QueryParams` wrap axum's extractors, whose own
+//! rejections are plain text.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -179,6 +180,29 @@ where
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
         let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::invalid("invalid_query", rejection.body_text())
+    }
+}
+
+/// Extracts query parameters, answering our JSON error shape (422 `invalid_query`)
+/// on any failure, such as a `limit` that is not a number or an unknown parameter.
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for QueryParams<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
     }
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -25,7 +25,7 @@ use tracing::warn;
 use utoipa::ToSchema;
 
 use super::auth::{Authorized, TransfersRead, TransfersWrite, require_owner};
-use super::error::{ErrorBody, JsonBody, PathParams};
+use super::error::{ErrorBody, JsonBody, PathParams, QueryParams};
 use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType};
 use super::schema::{self, CurrencyCode, DecimalAmount, OwnerIdSchema};
 use super::{Admin, ApiError, AppState, whole};
@@ -548,9 +548,8 @@ const CONFLICT_PAGE_SIZE_DEFAULT: i64 = 50;
 pub async fn conflicts(
     State(state): State<AppState>,
     _: Admin,
-    query: Result<Query<ConflictPageQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(query): QueryParams<ConflictPageQuery>,
 ) -> Result<Json<ConflictPageBody>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
     let page = state.ledger.transfer_conflicts(query.before, query.limit.unwrap_or(CONFLICT_PAGE_SIZE_DEFAULT)).await?;
     let conflicts = page
         .conflicts

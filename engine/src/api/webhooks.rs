@@ -2,12 +2,12 @@
 //! them, delete one, read its recent deliveries, and send a delivery again.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{ErrorBody, JsonBody, PathParams};
+use super::error::{ErrorBody, JsonBody, PathParams, QueryParams};
 use super::openapi::{BadRequest, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType};
 use super::{Admin, ApiError, AppState, schema};
 use crate::events::webhooks::{self, DeliveryInfo, ResendError, TargetError, WebhookInfo};
@@ -144,9 +144,8 @@ pub async fn deliveries(
     State(state): State<AppState>,
     _: Admin,
     PathParams(id): PathParams<String>,
-    query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+    QueryParams(query): QueryParams<DeliveriesQuery>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
     let id = webhook_id(&id)?;
     let limit = query.limit.unwrap_or(DELIVERIES_PAGE_SIZE_DEFAULT);
     let deliveries = webhooks::deliveries(state.ledger.pool(), id, limit).await?.ok_or_else(webhook_not_found)?;
