@@ -36,6 +36,15 @@ impl Claim {
         Ok(())
     }
 
+    /// Ends the claim without marking its rows, releasing their locks at once
+    /// so that this or another relay can claim them again.
+    pub async fn release(self) {
+        if let Err(e) = self.tx.rollback().await {
+            // The connection is broken: PostgreSQL ends its session and with it the locks.
+            tracing::debug!(error = %e, "Could not roll back an outbox claim.");
+        }
+    }
+
     /// The claimed rows: their count, and the transaction that holds them.
     pub fn rows(&self) -> usize {
         self.outbox_ids.len()

@@ -106,15 +106,9 @@ impl Relay {
             .iter()
             .map(|(event, _)| (event.transfer_id.to_string(), serde_json::to_vec(event).expect("events serialise")))
             .collect();
-        let sends = claimed.iter().zip(&payloads).map(|((event, _), (key, payload))| {
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "event-id", value: Some(&event.event_id.to_string()) })
-                .insert(Header { key: "event-type", value: Some(&event.event_type) })
-                .insert(Header { key: "schema-version", value: Some(&super::SCHEMA_VERSION.to_string()) });
-            self.publisher.publish(&self.topic, key, payload, Some(headers))
-        });
-        for sent in join_all(sends).await {
-            sent?;
+        if let Err(e) = self.publish(&claimed, &payloads).await {
+            claim.release().await;
+            return Err(e.into());
         }
         let published = Utc::now();
         for (_, written_at) in &claimed {
@@ -124,7 +118,13 @@ impl Relay {
         let (rows, events) = (claim.rows(), claimed.len());
         let bodies: Vec<(&super::Event, &[u8])> =
             claimed.iter().zip(&payloads).map(|((event, _), (_, body))| (event, body.as_slice())).collect();
-        let deliveries = webhooks::enqueue(claim.transaction(), &bodies, self.webhook_retry_window).await?;
+        let deliveries = match webhooks::enqueue(claim.transaction(), &bodies, self.webhook_retry_window).await {
+            Ok(deliveries) => deliveries,
+            Err(e) => {
+                claim.release().await;
+                return Err(e.into());
+            }
+        };
         claim.mark_sent().await?;
         if deliveries > 0 {
             self.webhooks_enqueued.notify_one();
@@ -132,6 +132,18 @@ impl Relay {
         self.metrics.events_published.inc_by(events as u64);
         debug!(rows, events, "Relayed events.");
         Ok(events)
+    }
+
+    /// Publishes the claim's events and waits for every acknowledgement.
+    async fn publish(&self, claimed: &[(super::Event, chrono::DateTime<Utc>)], payloads: &[(String, Vec<u8>)]) -> Result<(), PublishError> {
+        let sends = claimed.iter().zip(payloads).map(|((event, _), (key, payload))| {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "event-id", value: Some(&event.event_id.to_string()) })
+                .insert(Header { key: "event-type", value: Some(&event.event_type) })
+                .insert(Header { key: "schema-version", value: Some(&super::SCHEMA_VERSION.to_string()) });
+            self.publisher.publish(&self.topic, key, payload, Some(headers))
+        });
+        join_all(sends).await.into_iter().collect()
     }
 
     async fn observe_backlog(&self) {
