@@ -16,7 +16,7 @@ use crate::auth::ClientStore;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::events::relay::Relay;
-use crate::events::webhooks::dispatch::Dispatcher;
+use crate::events::webhooks::dispatch::{DeliveryClient, Dispatcher};
 use crate::hooks::HookSet;
 use crate::kafka;
 use crate::ledger::{self, Ledger};
@@ -97,7 +97,10 @@ impl Application {
         kafka::ensure_engine_topics(&settings)
             .await
             .context("could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)")?;
-        kafka::warn_on_single_replicas(&settings.kafka_brokers, &[&settings.topic, &settings.dlq_topic()]).await;
+        let (dlq_topic, events_topic) = (settings.dlq_topic(), settings.events_enabled.then(|| settings.events_topic()));
+        let topics: Vec<&str> =
+            [Some(settings.topic.as_str()), Some(dlq_topic.as_str()), events_topic.as_deref()].into_iter().flatten().collect();
+        kafka::warn_on_single_replicas(&settings.kafka_brokers, &topics).await;
         let publisher =
             kafka::Publisher::new(&settings.kafka_brokers, settings.publish_timeout_ms).context("could not create the Kafka producer")?;
         let listener =
@@ -217,13 +220,12 @@ fn spawn_events(state: &AppState, stopped: watch::Receiver<bool>) -> anyhow::Res
         webhook_retry_window: settings.webhook_retry_policy().window,
         webhooks_enqueued: webhooks_enqueued.clone(),
     };
-    let timeout = Duration::from_millis(settings.webhook_timeout_ms);
     let dispatcher = Dispatcher {
         pool: state.ledger.pool().clone(),
-        client: Dispatcher::client(timeout).context("could not create the webhooks' HTTP client")?,
+        http: DeliveryClient::new(Duration::from_millis(settings.webhook_timeout_ms))
+            .context("could not create the webhooks' HTTP client")?,
         retry: settings.webhook_retry_policy(),
         allowed: settings.webhook_allow_list(),
-        timeout,
         concurrent_max: settings.webhook_deliveries_concurrent_max,
         poll: Duration::from_millis(settings.webhook_poll_ms),
         enqueued: webhooks_enqueued,

@@ -52,12 +52,32 @@ impl RetryPolicy {
     }
 }
 
+/// The HTTP client for deliveries with its time limit per attempt, which
+/// also sets how long a taken delivery is leased.
+pub struct DeliveryClient {
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl DeliveryClient {
+    /// No redirects (a redirect could lead past the allow-list), the
+    /// attempt's time limit, no proxy from the environment.
+    pub fn new(timeout: Duration) -> reqwest::Result<Self> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .no_proxy()
+            .user_agent(concat!("transfer-engine-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { client, timeout })
+    }
+}
+
 pub struct Dispatcher {
     pub pool: PgPool,
-    pub client: reqwest::Client,
+    pub http: DeliveryClient,
     pub retry: RetryPolicy,
     pub allowed: Option<HostAllowList>,
-    pub timeout: Duration,
     pub concurrent_max: usize,
     pub poll: Duration,
     /// Woken when this engine's relay wrote deliveries.
@@ -85,17 +105,6 @@ impl Attempt {
 }
 
 impl Dispatcher {
-    /// A client for deliveries: no redirects (a redirect could lead past the
-    /// allow-list), the attempt's time limit, no proxy from the environment.
-    pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .no_proxy()
-            .user_agent(concat!("transfer-engine-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-    }
-
     /// Dispatches until `stopped` turns true; attempts in flight finish first.
     pub async fn run(self, mut stopped: watch::Receiver<bool>) {
         let this = Arc::new(self);
@@ -131,7 +140,7 @@ impl Dispatcher {
     }
 
     async fn take_and_send(self: &Arc<Self>, n: usize, slots: &Arc<Semaphore>, in_flight: &mut JoinSet<()>) -> Result<usize, LedgerError> {
-        let lease = self.timeout + LEASE_MARGIN;
+        let lease = self.http.timeout + LEASE_MARGIN;
         let due: Vec<Due> = sqlx::query_as(
             "UPDATE webhook_deliveries d
                 SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
@@ -181,6 +190,7 @@ impl Dispatcher {
         let timestamp = at.timestamp();
         let signature = SigningKey::from_stored(secret).sign(&id, timestamp, body.as_bytes());
         let sent = self
+            .http
             .client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
