@@ -116,6 +116,7 @@ async fn every_status_version_reaches_the_events_topic_once_in_order_and_the_out
     let refused = event(&rejected, 2);
     assert_eq!((refused["type"].as_str(), refused["reason_code"].as_str()), (Some("transfer.rejected"), Some("insufficient_funds")));
     assert!(refused["reason_message"].is_string() && refused.get("original_currency").is_none(), "{refused}");
+    assert_eq!(refused["metadata"], json!({}), "an object even when none was given, as the API shows it");
     assert_eq!(events.iter().filter(|(_, _, e)| e["type"] == "deposit.completed").count(), 1);
 
     wait_until_outbox_drains(&app.db.pool).await;

@@ -93,8 +93,8 @@ pub struct Event {
     pub original_currency: Option<String>,
     pub reason_code: Option<String>,
     pub reason_message: Option<String>,
-    /// The transfer's metadata as submitted (a JSON object), or `null`.
-    pub metadata: Option<Box<RawValue>>,
+    /// The transfer's metadata as submitted: a JSON object, `{}` when none was given.
+    pub metadata: Box<RawValue>,
     /// When the status took effect: the submission for `initiated`, the commit for a final status.
     pub occurred_at: DateTime<Utc>,
 }

@@ -161,11 +161,9 @@ fn build(t: &TransferRow, version: i32, history: &HashMap<(uuid::Uuid, i32), His
         let status = Status::parse(&h.2).ok_or_else(|| corrupt("has an unknown status in its history"))?;
         (status, h.3.clone(), h.4.clone(), h.5)
     };
+    // `{}` when none was given, as the API's views show it: consumers read one shape.
     let metadata =
-        t.12.as_deref()
-            .map(|text| RawValue::from_string(text.to_owned()))
-            .transpose()
-            .map_err(|_| corrupt("has metadata that is not JSON"))?;
+        RawValue::from_string(t.12.clone().unwrap_or_else(|| "{}".to_owned())).map_err(|_| corrupt("has metadata that is not JSON"))?;
     Ok(Event {
         schema_version: SCHEMA_VERSION,
         event_id: event_id(t.0, version),
