@@ -81,7 +81,7 @@ struct Listed {
 
 pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Result<()> {
     let pool = crate::startup::connect_database(settings).await?;
-    let ledger = Ledger::new(pool);
+    let ledger = crate::startup::ledger_for(pool, settings);
     match command {
         DeadLetterCommand::List { limit, include_replayed, json } => list(settings, &ledger, limit, include_replayed, json).await,
         DeadLetterCommand::Replay { dead_letters, quarantined, all_quarantined } => {

@@ -228,7 +228,7 @@ pub async fn run(settings: &Settings, args: LoadArgs) -> anyhow::Result<Report> 
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let pool = crate::startup::connect_database(settings).await?;
-    let ledger = Ledger::new(pool.clone());
+    let ledger = crate::startup::ledger_for(pool.clone(), settings);
     let cache = Cache::from_settings(settings)?;
     if !args.no_seed {
         seed(&ledger, &cache, &owners, &currencies, args.balance_minor, args.quiet).await?;

@@ -54,6 +54,14 @@ pub struct Application {
 /// The engine's pool: every connection carries `statement_timeout` and
 /// `lock_timeout`, so a stuck statement or a lock held elsewhere costs a
 /// request or a batch its time limit, never a connection for good.
+/// The ledger over `pool` as the settings ask: its commits write events
+/// unless `events_enabled` is off. Every process that commits (the engine,
+/// the load generator's deposits, dead-letter replays) takes it from here, so
+/// that no outbox row is written where no relay would ever publish it.
+pub fn ledger_for(pool: sqlx::PgPool, settings: &Settings) -> Ledger {
+    if settings.events_enabled { Ledger::new(pool) } else { Ledger::new(pool).without_events() }
+}
+
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     let options = connect_options(settings)?.options([
         ("statement_timeout", settings.database_statement_timeout_ms.to_string()),
@@ -119,7 +127,7 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let clients = Arc::new(ClientStore::new(pool.clone(), Duration::from_millis(settings.client_cache_ttl_ms)));
         let processor = ProcessorHealth::new(Duration::from_millis(settings.processor_stall_limit_ms));
-        let ledger = if settings.events_enabled { Ledger::new(pool) } else { Ledger::new(pool).without_events() };
+        let ledger = ledger_for(pool, &settings);
         let state = AppState { settings: Arc::new(settings), ledger, cache, publisher, metrics, plugins, clients, processor };
         Ok(Self { listener, metrics_listener, state, role, hooks, plugin_generation })
     }

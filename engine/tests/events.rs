@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
+use clap::Parser;
 use common::{ADMIN_TOKEN, TestApp, TestDb, amount, eur, owner, seed, test_settings};
 use hmac::{Hmac, Mac};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -21,6 +22,7 @@ use transfer_engine::domain::{Requested, Submission, TransferId, TransferKind};
 use transfer_engine::events::{self, outbox, relay::Relay};
 use transfer_engine::kafka;
 use transfer_engine::ledger::CommitItem;
+use transfer_engine::loadgen::{self, LoadArgs};
 use transfer_engine::metrics::Metrics;
 use transfer_engine::startup::Role;
 
@@ -252,6 +254,22 @@ async fn an_engine_with_events_off_writes_no_outbox_rows() {
     let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers WHERE kind = 'transfer'").fetch_one(&db.pool).await.unwrap();
     assert_eq!(committed, 1, "the transfer itself committed");
     db.drop_database().await;
+}
+
+#[tokio::test]
+async fn with_events_off_neither_the_engine_nor_its_load_generator_writes_outbox_rows() {
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db);
+    settings.events_enabled = false;
+    let app = TestApp::spawn_with(db, settings, Role::All).await;
+    // The load generator seeds its accounts with deposits, committed by its own ledger.
+    let args =
+        LoadArgs::parse_from(["loadgen", "--quiet", "--via", "topic", "--accounts", "5", "--transfers", "20", "--amount-max-minor", "100"]);
+    let report = loadgen::run(&app.settings, args).await.unwrap();
+    assert_eq!(report.final_count, 20);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox").fetch_one(app.ledger().pool()).await.unwrap();
+    assert_eq!(rows, 0, "no row that no relay would ever publish");
+    app.stop().await;
 }
 
 /// What the test receiver got: each request's headers and body.
