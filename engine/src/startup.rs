@@ -51,9 +51,6 @@ pub struct Application {
     plugin_generation: i64,
 }
 
-/// The engine's pool: every connection carries `statement_timeout` and
-/// `lock_timeout`, so a stuck statement or a lock held elsewhere costs a
-/// request or a batch its time limit, never a connection for good.
 /// The ledger over `pool` as the settings ask: its commits write events
 /// unless `events_enabled` is off. Every process that commits (the engine,
 /// the load generator's deposits, dead-letter replays) takes it from here, so
@@ -62,6 +59,9 @@ pub fn ledger_for(pool: sqlx::PgPool, settings: &Settings) -> Ledger {
     if settings.events_enabled { Ledger::new(pool) } else { Ledger::new(pool).without_events() }
 }
 
+/// The engine's pool: every connection carries `statement_timeout` and
+/// `lock_timeout`, so a stuck statement or a lock held elsewhere costs a
+/// request or a batch its time limit, never a connection for good.
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     let options = connect_options(settings)?.options([
         ("statement_timeout", settings.database_statement_timeout_ms.to_string()),
