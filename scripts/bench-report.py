@@ -19,6 +19,8 @@ START = "<!-- results:start (written by scripts/bench; edits here are overwritte
 END = "<!-- results:end -->"
 # The stages of a submit in `submit_stage_seconds` (engine/src/metrics.rs), in the order they run.
 STAGES = ("redis_claim", "ledger_read", "precheck_fill", "publish", "mark_published")
+# The stages of an event relay's claim in `event_relay_stage_seconds`, in the order they run.
+RELAY_STAGES = ("claim", "read", "publish", "mark")
 SAMPLE = re.compile(r'^(?P<name>\w+)\{(?P<labels>[^}]*)\} (?P<value>\S+)')
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 
@@ -48,11 +50,10 @@ def scrape(directory, name):
     return samples
 
 
-def stage_means(directory, name, since=None):
-    """Mean ms of each submit stage in run `name` (sum / count), less what the scrape
-    `since` (its warm-up, in the same engine) had counted; the mean of the whole
-    request for 202 answers as "request". None if the engine had no such metric
-    (a baseline built before it) or the scrape is missing."""
+def mean_ms_of(directory, name, since):
+    """A function giving the mean ms of a histogram (by metric and labels) in run
+    `name`, less what the scrape `since` (its warm-up, in the same engine) had
+    counted; None when the scrape is missing."""
     now = scrape(directory, name)
     if not now:
         return None
@@ -67,6 +68,27 @@ def stage_means(directory, name, since=None):
         count -= before.get((f"{metric}_count", key), 0.0)
         return total / count * 1000 if count > 0 else None
 
+    return mean_ms
+
+
+def relay_stage_means(directory, name, since=None):
+    """Mean ms of each stage of the event relay's claims in run `name`; None
+    without the metric (an engine from before it) or the scrape."""
+    mean_ms = mean_ms_of(directory, name, since)
+    if not mean_ms:
+        return None
+    means = {stage: mean_ms("transfer_engine_event_relay_stage_seconds", {"stage": stage}) for stage in RELAY_STAGES}
+    return None if all(m is None for m in means.values()) else means
+
+
+def stage_means(directory, name, since=None):
+    """Mean ms of each submit stage in run `name` (sum / count), less what the scrape
+    `since` (its warm-up, in the same engine) had counted; the mean of the whole
+    request for 202 answers as "request". None if the engine had no such metric
+    (a baseline built before it) or the scrape is missing."""
+    mean_ms = mean_ms_of(directory, name, since)
+    if not mean_ms:
+        return None
     means = {stage: mean_ms("transfer_engine_submit_stage_seconds", {"stage": stage}) for stage in STAGES}
     if all(m is None for m in means.values()):
         return None
@@ -85,6 +107,14 @@ def stages_text(runs):
 
     stages = " / ".join(f"{stage} {each(stage)}" for stage in STAGES)
     return f"{stages} ms (whole request, 202: {each('request')} ms)"
+
+
+def relay_text(means):
+    """The relay's stage means as a clause of the (12′) row, or "" without them."""
+    if not means:
+        return ""
+    stages = " / ".join(f"{stage} {'-' if means[stage] is None else f'{means[stage]:.2f}'}" for stage in RELAY_STAGES)
+    return f"; relay stages, engine-side mean per claim: {stages} ms"
 
 
 def memory_gib():
@@ -276,7 +306,8 @@ def main():
         lines.append(
             f"| 12′ | (4) at {http['args']['rate']:,}/s: from the commit to the event's arrival at `events tail`, "
             f"{timed['final_events']:,} final-status events ({timed['events']:,} events, {timed['distinct_event_ids']:,} distinct ids) "
-            f"| p50 {timed['p50_ms']:.1f} / p90 {timed['p90_ms']:.1f} / p99 {timed['p99_ms']:.1f} / max {timed['max_ms']:.0f} ms | "
+            f"| p50 {timed['p50_ms']:.1f} / p90 {timed['p90_ms']:.1f} / p99 {timed['p99_ms']:.1f} / max {timed['max_ms']:.0f} ms"
+            f"{relay_text(relay_stage_means(directory, 'http', 'http_warmup'))} | "
             f"| p99 < 200 ms: {goal(timed['p99_ms'] < 200)} |"
         )
     if hot:

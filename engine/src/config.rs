@@ -161,6 +161,11 @@ pub struct Settings {
     pub events_poll_ms: u64,
     /// Outbox rows one claim of the relay takes (each holds one commit's events).
     pub events_claim_rows_max: i64,
+    /// Claims a relay publishes at once, each holding a database connection
+    /// while the broker acknowledges: rows committed during one claim go out
+    /// in the next instead of waiting for it. At most half of
+    /// `database_connections_max` (at least one) are used: commits need them too.
+    pub events_claims_in_flight_max: u32,
     /// How long sent outbox rows are kept before they are deleted.
     pub events_retention_s: u64,
     /// The hosts webhooks may target, comma-separated: exact names, or
@@ -251,6 +256,7 @@ impl Default for Settings {
             events_poll_ms: 100,
             // A commit of 500 transfers holds 1,000 events: 16 rows are at most 16,000 events in flight.
             events_claim_rows_max: 16,
+            events_claims_in_flight_max: 3,
             events_retention_s: 3_600,
             webhook_hosts_allowed: None,
             webhook_timeout_ms: 10_000,
@@ -391,6 +397,7 @@ impl Settings {
         )?;
         require(self.events_poll_ms >= 1, "events_poll_ms", "must be at least 1")?;
         require((1..=1_000).contains(&self.events_claim_rows_max), "events_claim_rows_max", "must be from 1 to 1000")?;
+        require((1..=16).contains(&self.events_claims_in_flight_max), "events_claims_in_flight_max", "must be from 1 to 16")?;
         require(self.events_retention_s >= 1, "events_retention_s", "must be at least 1")?;
         if let Some(hosts) = &self.webhook_hosts_allowed {
             crate::events::webhooks::HostAllowList::parse(hosts)
@@ -450,9 +457,20 @@ impl Settings {
         }
     }
 
+    /// Claims the relay publishes at once: `events_claims_in_flight_max`, but
+    /// holding at most half of the database connections (at least one).
+    pub fn events_claims_in_flight(&self) -> usize {
+        self.events_claims_in_flight_max.min((self.database_connections_max / 2).max(1)) as usize
+    }
+
     /// The events topic: `events_topic`, or `<topic>.events`.
     pub fn events_topic(&self) -> String {
         self.events_topic.clone().unwrap_or_else(|| format!("{}.events", self.topic))
+    }
+
+    /// The events topic, when events are on (the engine creates and publishes to it only then).
+    pub fn events_topic_if_enabled(&self) -> Option<String> {
+        self.events_enabled.then(|| self.events_topic())
     }
 }
 
@@ -561,6 +579,8 @@ mod tests {
             ("events_poll_ms", Settings { events_poll_ms: 0, ..d() }),
             ("events_claim_rows_max", Settings { events_claim_rows_max: 0, ..d() }),
             ("events_claim_rows_max", Settings { events_claim_rows_max: 1_001, ..d() }),
+            ("events_claims_in_flight_max", Settings { events_claims_in_flight_max: 0, ..d() }),
+            ("events_claims_in_flight_max", Settings { events_claims_in_flight_max: 17, ..d() }),
             ("events_retention_s", Settings { events_retention_s: 0, ..d() }),
             ("webhook_hosts_allowed", Settings { webhook_hosts_allowed: Some("a.example,,b.example".into()), ..d() }),
             ("webhook_hosts_allowed", Settings { webhook_hosts_allowed: Some("https://a.example".into()), ..d() }),

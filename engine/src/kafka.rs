@@ -66,7 +66,7 @@ pub async fn ensure_topics(
 /// dead-letter topic, and the events topic when events are on).
 pub async fn ensure_engine_topics(settings: &crate::config::Settings) -> Result<(), KafkaError> {
     let (partitions, replication) = (settings.topic_partitions, settings.topic_replication_factor);
-    let events_topic = settings.events_enabled.then(|| settings.events_topic());
+    let events_topic = settings.events_topic_if_enabled();
     ensure_topics(&settings.kafka_brokers, &settings.topic, &settings.dlq_topic(), events_topic.as_deref(), partitions, replication).await
 }
 

@@ -105,7 +105,7 @@ impl Application {
         kafka::ensure_engine_topics(&settings)
             .await
             .context("could not reach the Kafka broker to create topics (TRANSFER_ENGINE_KAFKA_BROKERS)")?;
-        let (dlq_topic, events_topic) = (settings.dlq_topic(), settings.events_enabled.then(|| settings.events_topic()));
+        let (dlq_topic, events_topic) = (settings.dlq_topic(), settings.events_topic_if_enabled());
         let topics: Vec<&str> =
             [Some(settings.topic.as_str()), Some(dlq_topic.as_str()), events_topic.as_deref()].into_iter().flatten().collect();
         kafka::warn_on_single_replicas(&settings.kafka_brokers, &topics).await;
@@ -221,6 +221,7 @@ fn spawn_events(state: &AppState, stopped: watch::Receiver<bool>) -> anyhow::Res
             .context("could not create the events producer")?,
         topic: settings.events_topic(),
         claim_rows_max: settings.events_claim_rows_max,
+        claims_in_flight_max: settings.events_claims_in_flight(),
         poll: Duration::from_millis(settings.events_poll_ms),
         retention: Duration::from_secs(settings.events_retention_s),
         written: state.ledger.events_written(),

@@ -132,6 +132,7 @@ fn relay(db: &TestDb, topic: &str) -> Relay {
         publisher: kafka::Publisher::new(&common::kafka_brokers(), 10_000).unwrap(),
         topic: topic.to_owned(),
         claim_rows_max: 16,
+        claims_in_flight_max: 1,
         poll: Duration::from_millis(50),
         retention: Duration::from_secs(3600),
         written: None,
@@ -189,9 +190,9 @@ async fn a_relay_that_dies_after_publishing_and_before_marking_sent_publishes_ag
     let id = commit_one(&db, "crash").await;
 
     // A relay claims and publishes, then dies before its transaction commits.
-    let claim = outbox::claim(&db.pool, 16).await.unwrap().expect("a row to claim");
+    let mut claim = outbox::claim(&db.pool, 16).await.unwrap().expect("a row to claim");
     let publisher = kafka::Publisher::new(&common::kafka_brokers(), 10_000).unwrap();
-    for (event, _) in &claim.events {
+    for (event, _) in &claim.read_events().await.unwrap() {
         publisher.publish(&topic, &event.transfer_id.to_string(), &serde_json::to_vec(event).unwrap(), None).await.unwrap();
     }
     die(&db, claim).await;
@@ -213,18 +214,50 @@ async fn two_relays_claim_different_outbox_rows_and_never_the_same_one() {
     seeded(&db).await;
     let first = commit_one(&db, "one").await;
     let second = commit_one(&db, "two").await;
-    let a = outbox::claim(&db.pool, 1).await.unwrap().expect("the first row");
-    let b = outbox::claim(&db.pool, 1).await.unwrap().expect("the second row, skipping the locked one");
+    let mut a = outbox::claim(&db.pool, 1).await.unwrap().expect("the first row");
+    let mut b = outbox::claim(&db.pool, 1).await.unwrap().expect("the second row, skipping the locked one");
     assert!(outbox::claim(&db.pool, 1).await.unwrap().is_none(), "both rows are held");
-    let ids = |c: &outbox::Claim| c.events.iter().map(|(e, _)| e.transfer_id).collect::<HashSet<_>>();
-    assert_eq!(ids(&a), HashSet::from([first]));
-    assert_eq!(ids(&b), HashSet::from([second]));
+    async fn ids(c: &mut outbox::Claim) -> HashSet<uuid::Uuid> {
+        c.read_events().await.unwrap().iter().map(|(e, _)| e.transfer_id).collect()
+    }
+    assert_eq!(ids(&mut a).await, HashSet::from([first]));
+    assert_eq!(ids(&mut b).await, HashSet::from([second]));
     a.mark_sent().await.unwrap();
     die(&db, b).await;
-    let c = outbox::claim(&db.pool, 16).await.unwrap().expect("the released row");
-    assert_eq!(ids(&c), HashSet::from([second]));
+    let mut c = outbox::claim(&db.pool, 16).await.unwrap().expect("the released row");
+    assert_eq!(ids(&mut c).await, HashSet::from([second]));
     c.mark_sent().await.unwrap();
     assert_eq!(outbox::unsent_rows(&db.pool).await.unwrap(), 0);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_relay_with_several_claims_in_flight_publishes_every_event_once_and_each_transfer_in_version_order() {
+    let db = TestDb::new().await;
+    seeded(&db).await;
+    let topic = format!("events-{}", uuid::Uuid::new_v4().simple());
+    kafka::ensure_topics(&common::kafka_brokers(), &topic, &format!("{topic}.dlq"), None, Some(3), None).await.unwrap();
+    let mut committed = Vec::new();
+    for n in 0..40 {
+        committed.push(commit_one(&db, &format!("in-flight-{n}")).await);
+    }
+    // One row per claim, four claims at once: the claims race for rows.
+    let relay = Relay { claim_rows_max: 1, claims_in_flight_max: 4, ..relay(&db, &topic) };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(relay.run(stopped));
+    wait_until_outbox_drains(&db.pool).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+
+    let events = read_events(&common::kafka_brokers(), &topic, 80).await;
+    let ids: HashSet<&str> = events.iter().map(|(_, _, e)| e["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 80, "no event published twice by racing claims");
+    let mut versions: HashMap<String, Vec<i64>> = HashMap::new();
+    for (_, _, event) in &events {
+        versions.entry(event["transfer_id"].as_str().unwrap().to_owned()).or_default().push(event["version"].as_i64().unwrap());
+    }
+    assert_eq!(versions.len(), committed.len());
+    assert!(versions.values().all(|v| v == &[1, 2]), "each transfer's versions in order: {versions:?}");
     db.drop_database().await;
 }
 

@@ -17,42 +17,10 @@ use super::{Event, SCHEMA_VERSION, event_id, event_type};
 use crate::domain::{Status, TransferKind};
 use crate::ledger::LedgerError;
 
-/// Events of a claim, in the order to publish them, with the rows they came from.
+/// Outbox rows locked by one relay, in the open transaction that holds them.
 pub struct Claim {
     tx: Transaction<'static, Postgres>,
-    outbox_ids: Vec<i64>,
-    /// Each event with when its commit wrote it.
-    pub events: Vec<(Event, DateTime<Utc>)>,
-}
-
-impl Claim {
-    /// Marks the claimed rows sent, in the claim's transaction, and ends it.
-    pub async fn mark_sent(mut self) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE event_outbox SET sent_at = now() WHERE outbox_id = ANY($1)")
-            .bind(&self.outbox_ids)
-            .execute(&mut *self.tx)
-            .await?;
-        self.tx.commit().await?;
-        Ok(())
-    }
-
-    /// Ends the claim without marking its rows, releasing their locks at once
-    /// so that this or another relay can claim them again.
-    pub async fn release(self) {
-        if let Err(e) = self.tx.rollback().await {
-            // The connection is broken: PostgreSQL ends its session and with it the locks.
-            tracing::debug!(error = %e, "Could not roll back an outbox claim.");
-        }
-    }
-
-    /// The claimed rows: their count, and the transaction that holds them.
-    pub fn rows(&self) -> usize {
-        self.outbox_ids.len()
-    }
-
-    pub fn transaction(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.tx
-    }
+    rows: Vec<OutboxRow>,
 }
 
 /// (outbox_id, transfer_ids, from_version, to_version, written_at)
@@ -82,7 +50,7 @@ type TransferRow = (
 type HistoryRow = (uuid::Uuid, i32, String, Option<String>, Option<String>, DateTime<Utc>);
 
 /// Claims up to `rows_max` unsent rows, oldest first, that no other relay
-/// holds, and builds their events; `None` when there is none to claim.
+/// holds; `None` when there is none to claim.
 pub async fn claim(pool: &PgPool, rows_max: i64) -> Result<Option<Claim>, LedgerError> {
     let mut tx = pool.begin().await?;
     let rows: Vec<OutboxRow> = sqlx::query_as(
@@ -98,54 +66,89 @@ pub async fn claim(pool: &PgPool, rows_max: i64) -> Result<Option<Claim>, Ledger
         tx.commit().await?;
         return Ok(None);
     }
-    let ids: Vec<uuid::Uuid> = rows.iter().flat_map(|r| r.1.iter().copied()).collect();
-    let transfers: Vec<TransferRow> = sqlx::query_as(
-        "SELECT transfer_id, kind, sender_id, receiver_id, amount_minor, currency, original_amount_minor,
+    Ok(Some(Claim { tx, rows }))
+}
+
+impl Claim {
+    /// Marks the claimed rows sent, in the claim's transaction, and ends it.
+    pub async fn mark_sent(mut self) -> Result<(), LedgerError> {
+        let outbox_ids: Vec<i64> = self.rows.iter().map(|r| r.0).collect();
+        sqlx::query("UPDATE event_outbox SET sent_at = now() WHERE outbox_id = ANY($1)").bind(&outbox_ids).execute(&mut *self.tx).await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends the claim without marking its rows, releasing their locks at once
+    /// so that this or another relay can claim them again.
+    pub async fn release(self) {
+        if let Err(e) = self.tx.rollback().await {
+            // The connection is broken: PostgreSQL ends its session and with it the locks.
+            tracing::debug!(error = %e, "Could not roll back an outbox claim.");
+        }
+    }
+
+    /// The claimed rows: their count, and the transaction that holds them.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn transaction(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
+
+    /// The claimed rows' events, in the order to publish them, each with when
+    /// its commit wrote it: read back from the transfers the rows name.
+    pub async fn read_events(&mut self) -> Result<Vec<(Event, DateTime<Utc>)>, LedgerError> {
+        let (tx, rows) = (&mut self.tx, &self.rows);
+        let ids: Vec<uuid::Uuid> = rows.iter().flat_map(|r| r.1.iter().copied()).collect();
+        let transfers: Vec<TransferRow> = sqlx::query_as(
+            "SELECT transfer_id, kind, sender_id, receiver_id, amount_minor, currency, original_amount_minor,
                 original_currency, status, status_version, reason_code, reason_message, metadata::text, created_at, committed_at
            FROM transfers WHERE transfer_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    let transfers: HashMap<uuid::Uuid, TransferRow> = transfers.into_iter().map(|t| (t.0, t)).collect();
-    // A transfer's first and latest versions are on its row; any other
-    // version (none today: a transfer is decided in the commit that
-    // records it) is read from the history.
-    let between: Vec<uuid::Uuid> = rows
-        .iter()
-        .flat_map(|r| r.1.iter().map(move |id| (id, r.2, r.3)))
-        .filter(|(id, from, to)| transfers.get(id).is_some_and(|t| (*from..=*to).any(|v| v != 1 && v != t.9)))
-        .map(|(id, _, _)| *id)
-        .collect();
-    let history: HashMap<(uuid::Uuid, i32), HistoryRow> = if between.is_empty() {
-        HashMap::new()
-    } else {
-        let rows: Vec<HistoryRow> = sqlx::query_as(
+        )
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        let transfers: HashMap<uuid::Uuid, TransferRow> = transfers.into_iter().map(|t| (t.0, t)).collect();
+        // A transfer's first and latest versions are on its row; any other
+        // version (none today: a transfer is decided in the commit that
+        // records it) is read from the history.
+        let between: Vec<uuid::Uuid> = rows
+            .iter()
+            .flat_map(|r| r.1.iter().map(move |id| (id, r.2, r.3)))
+            .filter(|(id, from, to)| transfers.get(id).is_some_and(|t| (*from..=*to).any(|v| v != 1 && v != t.9)))
+            .map(|(id, _, _)| *id)
+            .collect();
+        let history: HashMap<(uuid::Uuid, i32), HistoryRow> = if between.is_empty() {
+            HashMap::new()
+        } else {
+            let rows: Vec<HistoryRow> = sqlx::query_as(
             "SELECT transfer_id, version, status, reason_code, reason_message, at FROM transfer_status_history WHERE transfer_id = ANY($1)",
         )
         .bind(&between)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
-        rows.into_iter().map(|h| ((h.0, h.1), h)).collect()
-    };
-    let mut events = Vec::with_capacity(ids.len() * 2);
-    for (_, transfer_ids, from_version, to_version, written_at) in &rows {
-        for id in transfer_ids {
-            let Some(transfer) = transfers.get(id) else {
-                // The commit that wrote the row inserted the transfer; only a
-                // hand-made row names one that is not there. Its other events go out.
-                tracing::error!(transfer_id = %id, "An event outbox row names a transfer the ledger does not hold; its events are skipped.");
-                continue;
-            };
-            for version in *from_version..=*to_version {
-                match build(transfer, version, &history) {
-                    Ok(event) => events.push((event, *written_at)),
-                    Err(e) => tracing::error!(transfer_id = %id, version, error = %e, "An event could not be built; it is skipped."),
+            rows.into_iter().map(|h| ((h.0, h.1), h)).collect()
+        };
+        let mut events = Vec::with_capacity(ids.len() * 2);
+        for (_, transfer_ids, from_version, to_version, written_at) in rows {
+            for id in transfer_ids {
+                let Some(transfer) = transfers.get(id) else {
+                    // The commit that wrote the row inserted the transfer; only a
+                    // hand-made row names one that is not there. Its other events go out.
+                    tracing::error!(transfer_id = %id, "An event outbox row names a transfer the ledger does not hold; its events are skipped.");
+                    continue;
+                };
+                for version in *from_version..=*to_version {
+                    match build(transfer, version, &history) {
+                        Ok(event) => events.push((event, *written_at)),
+                        Err(e) => tracing::error!(transfer_id = %id, version, error = %e, "An event could not be built; it is skipped."),
+                    }
                 }
             }
         }
+        Ok(events)
     }
-    Ok(Some(Claim { tx, outbox_ids: rows.iter().map(|r| r.0).collect(), events }))
 }
 
 fn build(t: &TransferRow, version: i32, history: &HashMap<(uuid::Uuid, i32), HistoryRow>) -> Result<Event, LedgerError> {

@@ -1,14 +1,21 @@
 //! The relay: publishes the outbox's events to the events topic, in every
 //! engine that runs a processor.
 //!
-//! One claim at a time: claim rows, publish all their events with the
-//! engine's idempotent producer and wait for every acknowledgement, hand
-//! them to the webhooks, then mark the rows sent in the claim's transaction.
-//! A failure anywhere before that commit leaves the rows unsent, to be
-//! claimed again: an event may reach the topic twice, always with its id,
-//! and never zero times. Events of one transfer are in one row (one commit
-//! wrote them), published in version order on one partition (keyed by the
-//! transfer id), so a consumer sees a transfer's versions in order.
+//! A claim: lock rows, read their events, publish them all with the engine's
+//! idempotent producer and wait for every acknowledgement, hand them to the
+//! webhooks, then mark the rows sent in the claim's transaction. A failure
+//! anywhere before that commit leaves the rows unsent, to be claimed again:
+//! an event may reach the topic twice, always with its id, and never zero
+//! times.
+//!
+//! Up to `claims_in_flight_max` claims run at once (`SKIP LOCKED` gives
+//! each its own rows), so rows committed while one claim waits for the
+//! broker go out in the next instead of after it: a row's wait is at most
+//! about one claim, not two. Claims may finish in any order. That keeps a
+//! transfer's versions in order only because they are all in one row (the
+//! commit that records a transfer decides it), published in version order
+//! on one partition (keyed by the transfer id). A change that decides a
+//! transfer in a later commit must keep its rows in one claim at a time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,10 +30,12 @@ use tracing::{debug, warn};
 use super::{outbox, webhooks};
 use crate::kafka::{PublishError, Publisher};
 use crate::ledger::LedgerError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RelayStage};
 
 /// Outbox rows sent longer ago than the retention are deleted this often, this many at a time.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the unsent rows are counted for `event_outbox_unsent_rows`.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
 const RETENTION_ROWS_PER_DELETE_MAX: i64 = 10_000;
 /// After a failed claim or publish, the relay waits this long, doubling to the maximum.
 const RETRY_BACKOFF_MS_MIN: u64 = 100;
@@ -39,6 +48,8 @@ pub struct Relay {
     pub topic: String,
     /// Outbox rows per claim (each holds one commit's events).
     pub claim_rows_max: i64,
+    /// Claims published at once, each holding a database connection.
+    pub claims_in_flight_max: usize,
     /// How often to look for rows other engines' commits wrote (this
     /// engine's commits wake the relay at once through `written`).
     pub poll: Duration,
@@ -60,33 +71,33 @@ pub enum RelayError {
 }
 
 impl Relay {
-    /// Relays until `stopped` turns true; the claim in progress finishes first.
-    pub async fn run(self, mut stopped: watch::Receiver<bool>) {
+    /// Relays until `stopped` turns true; the claims in progress finish first.
+    pub async fn run(self, stopped: watch::Receiver<bool>) {
+        let claimers = (0..self.claims_in_flight_max.max(1)).map(|_| self.claim_until_stopped(stopped.clone()));
+        futures::future::join(join_all(claimers), self.housekeep_until_stopped(stopped)).await;
+    }
+
+    /// One claim after another; waits for a commit's wake-up (or the poll)
+    /// when there was nothing to claim, and backs off after a failure.
+    async fn claim_until_stopped(&self, mut stopped: watch::Receiver<bool>) {
         let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
-        let mut retention_due = Instant::now();
         while !*stopped.borrow() {
             let wait = match self.relay_once().await {
                 Ok(0) => {
                     backoff_ms = RETRY_BACKOFF_MS_MIN;
-                    self.observe_backlog().await;
-                    Some(self.poll)
+                    self.poll
                 }
                 Ok(_) => {
                     backoff_ms = RETRY_BACKOFF_MS_MIN;
-                    None
+                    continue;
                 }
                 Err(e) => {
                     warn!(error = %e, retry_ms = backoff_ms, "Events could not be relayed; the outbox keeps them.");
                     let wait = Duration::from_millis(backoff_ms);
                     backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
-                    Some(wait)
+                    wait
                 }
             };
-            if Instant::now() >= retention_due {
-                retention_due = Instant::now() + RETENTION_INTERVAL;
-                self.apply_retention().await;
-            }
-            let Some(wait) = wait else { continue };
             let written = self.written.clone();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -96,17 +107,48 @@ impl Relay {
         }
     }
 
+    /// Counts the backlog every second and applies the retention every minute.
+    async fn housekeep_until_stopped(&self, mut stopped: watch::Receiver<bool>) {
+        let mut retention_due = Instant::now();
+        while !*stopped.borrow() {
+            self.observe_backlog().await;
+            if Instant::now() >= retention_due {
+                retention_due = Instant::now() + RETENTION_INTERVAL;
+                self.apply_retention().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(BACKLOG_INTERVAL) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+    }
+
     /// Relays one claim; returns how many events it published (0: nothing to claim).
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
-        let Some(mut claim) = outbox::claim(&self.pool, self.claim_rows_max).await? else {
+        let started = Instant::now();
+        let claimed = outbox::claim(&self.pool, self.claim_rows_max).await;
+        self.metrics.observe_relay_stage(RelayStage::Claim, started);
+        let Some(mut claim) = claimed? else {
             return Ok(0);
         };
-        let claimed = std::mem::take(&mut claim.events);
+        let started = Instant::now();
+        let claimed = claim.read_events().await;
+        self.metrics.observe_relay_stage(RelayStage::Read, started);
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                claim.release().await;
+                return Err(e.into());
+            }
+        };
         let payloads: Vec<(String, Vec<u8>)> = claimed
             .iter()
             .map(|(event, _)| (event.transfer_id.to_string(), serde_json::to_vec(event).expect("events serialise")))
             .collect();
-        if let Err(e) = self.publish(&claimed, &payloads).await {
+        let started = Instant::now();
+        let published = self.publish(&claimed, &payloads).await;
+        self.metrics.observe_relay_stage(RelayStage::Publish, started);
+        if let Err(e) = published {
             claim.release().await;
             return Err(e.into());
         }
@@ -118,6 +160,7 @@ impl Relay {
         let (rows, events) = (claim.rows(), claimed.len());
         let bodies: Vec<(&super::Event, &[u8])> =
             claimed.iter().zip(&payloads).map(|((event, _), (_, body))| (event, body.as_slice())).collect();
+        let started = Instant::now();
         let deliveries = match webhooks::enqueue(claim.transaction(), &bodies, self.webhook_retry_window).await {
             Ok(deliveries) => deliveries,
             Err(e) => {
@@ -125,7 +168,9 @@ impl Relay {
                 return Err(e.into());
             }
         };
-        claim.mark_sent().await?;
+        let marked = claim.mark_sent().await;
+        self.metrics.observe_relay_stage(RelayStage::Mark, started);
+        marked?;
         if deliveries > 0 {
             self.webhooks_enqueued.notify_one();
         }
