@@ -228,9 +228,12 @@ fn a_python_and_a_javascript_plugin_run_within_their_default_limits() {
 #[test]
 fn a_component_importing_wasi_http_is_refused_saying_what_to_change() {
     let sandbox = sandbox();
-    // What componentize-js's default features add: an import of wasi:http.
-    let wat = r#"(component (import "wasi:http/outgoing-handler@0.2.3" (instance (export "handle" (func)))))"#;
-    let component = wasmtime::component::Component::new(&sandbox.engine, wat).unwrap();
+    // What componentize-js's default features add: an import of wasi:http. The
+    // component `(component (import "wasi:http/outgoing-handler@0.2.3" (instance
+    // (export "handle" (func)))))`, encoded by `jco parse` (the engine is built
+    // without wasmtime's `wat` feature: it accepts binaries only).
+    let bytes = b"\x00\x61\x73\x6d\x0d\x00\x01\x00\x07\x13\x01\x42\x02\x01\x40\x00\x01\x00\x04\x00\x06\x68\x61\x6e\x64\x6c\x65\x01\x00\x0a\x25\x01\x00\x20\x77\x61\x73\x69\x3a\x68\x74\x74\x70\x2f\x6f\x75\x74\x67\x6f\x69\x6e\x67\x2d\x68\x61\x6e\x64\x6c\x65\x72\x40\x30\x2e\x32\x2e\x33\x05\x00";
+    let component = sandbox.compile(bytes).unwrap();
     let meta = PluginMeta {
         name: "fetcher".into(),
         version: 1,
