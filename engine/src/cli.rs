@@ -326,7 +326,10 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
 pub async fn replay(settings: &Settings, command: PluginCommand) -> anyhow::Result<()> {
     let PluginCommand::Replay { file, kind: k, config, name, version, since, until, json, limits } = command else { bail!("not a replay") };
     let pool = crate::startup::connect_database(settings).await?;
-    let sandbox = Sandbox::new(SandboxLimits { instances_max: 16, ..settings.sandbox_limits() })?;
+    let sandbox = Sandbox::with_compiled_dir(
+        SandboxLimits { instances_max: 16, ..settings.sandbox_limits() },
+        settings.plugin_compiled_dir.as_deref(),
+    )?;
     let candidate = match (file, name, version) {
         (Some(file), _, _) => {
             let (config, kind) = (read_config(&config)?, kind(k.as_deref())?);

@@ -122,6 +122,12 @@ pub struct Settings {
     pub plugin_slot_memory_bytes_max: usize,
     /// Plugin instances live at once (pooling allocator slots).
     pub plugin_instances_max: u32,
+    /// Where compiled plugins are kept, so that a restarted engine loads its
+    /// plugins without compiling them again (seconds each for a Python or
+    /// JavaScript one). Unset: compiled at every start. The engine runs the
+    /// files as code: it creates the directory with mode 0700 and refuses
+    /// one its group or others may write.
+    pub plugin_compiled_dir: Option<std::path::PathBuf>,
     /// Largest component an upload may carry (the body limit of the upload route).
     pub plugin_upload_bytes_max: usize,
     /// The longest an upload may take, compiling included (seconds for a
@@ -241,6 +247,7 @@ impl Default for Settings {
             plugin_memory_bytes_max: SandboxLimits::default().memory_bytes_max,
             plugin_slot_memory_bytes_max: SandboxLimits::default().slot_memory_bytes_max,
             plugin_instances_max: SandboxLimits::default().instances_max,
+            plugin_compiled_dir: None,
             plugin_upload_bytes_max: 32 << 20,
             plugin_upload_timeout_ms: 300_000,
             plugin_failure_mode: None,

@@ -117,7 +117,7 @@ impl Application {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("could not listen on {addr} (metrics_addr)"))?),
             None => None,
         };
-        let sandbox = Sandbox::new(settings.sandbox_limits())?;
+        let sandbox = Sandbox::with_compiled_dir(settings.sandbox_limits(), settings.plugin_compiled_dir.as_deref())?;
         crate::plugins::settings::removed_in_use(&settings).iter().for_each(|warning| tracing::warn!("{warning}"));
         let plugins = Arc::new(Registry::new(pool.clone(), sandbox, settings.description_chars_max, settings.rollback_settings()));
         // Fail closed at start too: an engine that cannot load its policy does not process.

@@ -19,11 +19,17 @@ use transfer_engine::domain::{Amount, Currency};
 use transfer_engine::plugins::bindings::types;
 use transfer_engine::plugins::{LoadedPlugin, PluginKind, PluginMeta, Sandbox, SandboxLimits};
 
-/// One sandbox for the whole binary, and each component compiled once in it:
-/// compiling an 18 MB Python component takes seconds.
+/// One sandbox for the whole binary, and each component compiled once in it
+/// (compiling an 18 MB Python component takes seconds), or once across runs
+/// (`common::compiled_dir`).
 fn sandbox() -> Arc<Sandbox> {
     static SANDBOX: OnceLock<Arc<Sandbox>> = OnceLock::new();
-    SANDBOX.get_or_init(|| Sandbox::new(SandboxLimits { instances_max: 16, ..SandboxLimits::default() }).unwrap()).clone()
+    SANDBOX
+        .get_or_init(|| {
+            Sandbox::with_compiled_dir(SandboxLimits { instances_max: 16, ..SandboxLimits::default() }, Some(&common::compiled_dir()))
+                .unwrap()
+        })
+        .clone()
 }
 
 fn compiled(sandbox: &Arc<Sandbox>, file_stem: &str) -> Result<(wasmtime::component::Component, usize), String> {

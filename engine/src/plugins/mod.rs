@@ -2,6 +2,7 @@
 //!
 //! - `bindings`: the one `bindgen!` site, for `wit/plugin.wit` (0.2.0) and the frozen `wit/0.1.0/plugin.wit`.
 //! - `sandbox`: the wasmtime engine, linker and limits (fuel, memory) every plugin runs under.
+//! - `precompiled`: compiled components kept on disk between runs (`plugin_compiled_dir`).
 //! - `wasi`: the WASI a plugin sees: present, granting nothing, deterministic.
 //! - `guard`: bounds and cleans what a plugin hands back (texts, log lines, log rate).
 //! - `loaded`: one plugin version, instantiated fresh for every call.
@@ -16,6 +17,7 @@ pub mod bindings;
 pub mod compiled;
 pub mod guard;
 pub mod loaded;
+pub mod precompiled;
 pub mod registry;
 pub mod replay;
 pub mod rollback;

@@ -11,10 +11,12 @@
 //! (`WALL_CLOCK_BACKSTOP_MS`, far above what any budget of fuel takes) so that
 //! a host-side bug cannot hang a processor.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
@@ -23,6 +25,7 @@ use wasmtime::{
 
 use super::bindings::{v0_1, v0_2};
 use super::guard::{self, LogBudget, LogPermit};
+use super::precompiled::PrecompiledDir;
 use super::wasi::{self, CallStamp, WasiState};
 use super::{PluginError, PluginKind};
 
@@ -323,12 +326,21 @@ pub struct Sandbox {
     pub engine: Engine,
     pub linker: Linker<HostState>,
     pub limits: SandboxLimits,
+    /// Where compiled components are kept between runs, if anywhere.
+    precompiled: Option<PrecompiledDir>,
     /// Stops the ticker thread when the sandbox goes away.
     ticker_stop: Arc<AtomicBool>,
 }
 
 impl Sandbox {
     pub fn new(limits: SandboxLimits) -> Result<Arc<Self>, PluginError> {
+        Self::with_compiled_dir(limits, None)
+    }
+
+    /// A sandbox that keeps compiled components in `compiled_dir` (see
+    /// `precompiled`), and loads them from it instead of compiling again.
+    pub fn with_compiled_dir(limits: SandboxLimits, compiled_dir: Option<&Path>) -> Result<Arc<Self>, PluginError> {
+        let precompiled = compiled_dir.map(PrecompiledDir::open).transpose()?;
         let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
         let keep_resident = if pagemap { KEEP_RESIDENT_WRITTEN_BYTES } else { KEEP_RESIDENT_BYTES };
         let mut pool = PoolingAllocationConfig::default();
@@ -379,7 +391,7 @@ impl Sandbox {
                 }
             })
             .map_err(|e| PluginError::Sandbox(e.to_string()))?;
-        Ok(Arc::new(Self { engine, linker, limits, ticker_stop }))
+        Ok(Arc::new(Self { engine, linker, limits, precompiled, ticker_stop }))
     }
 
     /// Compiles component bytes; refuses anything that is not a component.
@@ -387,8 +399,18 @@ impl Sandbox {
         if !bytes.starts_with(b"\0asm") {
             return Err(PluginError::Invalid("not a WebAssembly binary".into()));
         }
-        Component::new(&self.engine, bytes)
-            .map_err(|e| PluginError::Invalid(format!("not a valid component: {}", guard::clean(&format!("{e:#}"), 1_000))))
+        let sha256: Option<[u8; 32]> = self.precompiled.as_ref().map(|_| Sha256::digest(bytes).into());
+        if let (Some(dir), Some(sha256)) = (&self.precompiled, &sha256)
+            && let Some(component) = dir.load(&self.engine, sha256)
+        {
+            return Ok(component);
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PluginError::Invalid(format!("not a valid component: {}", guard::clean(&format!("{e:#}"), 1_000))))?;
+        if let (Some(dir), Some(sha256)) = (&self.precompiled, &sha256) {
+            dir.store(&self.engine, sha256, &component);
+        }
+        Ok(component)
     }
 
     /// Which of our worlds a component implements, if any.

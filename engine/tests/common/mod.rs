@@ -118,6 +118,12 @@ pub struct TestApp {
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// Compiled plugins kept between test runs and shared by the test binaries
+/// (a Python or JavaScript component takes seconds to compile).
+pub fn compiled_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compiled-plugins")
+}
+
 /// Settings for a test: unique topic and group, port 0, its own database.
 pub fn test_settings(db: &TestDb) -> Settings {
     let unique = uuid::Uuid::new_v4().simple().to_string();
@@ -132,6 +138,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
         consumer_group: format!("group-{unique}"),
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
         database_connections_max: 8,
+        plugin_compiled_dir: Some(compiled_dir()),
         ..Settings::default()
     }
 }
