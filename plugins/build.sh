@@ -4,8 +4,17 @@
 # and JavaScript plugins (below). Needs Debian's rustc-web toolchain (see
 # README.md), python3 and node with npm, and crates.io, PyPI and npm. Cargo's own caching makes a rebuild with no changes
 # take about a second; dist/ files are only rewritten when they changed.
+#
+#   plugins/build.sh              everything
+#   plugins/build.sh --rust-only  the Rust plugins only (no Python or JavaScript toolchain needed)
 set -euo pipefail
 cd "$(dirname "$0")"
+rust_only=0
+case "${1:-}" in
+    "") ;;
+    --rust-only) rust_only=1 ;;
+    *) echo "build.sh: unknown argument $1 (see the head of this script)" >&2; exit 2 ;;
+esac
 
 apt_packages="rustc-web cargo-web rust-web-src rust-web-llvm lld-22"
 component_ld=/usr/lib/rustlib/x86_64-unknown-linux-gnu/bin/wasm-component-ld
@@ -52,6 +61,8 @@ for member in $(sed -n '/^members = \[/,/^\]/s/^ *"\([^"]*\)",\{0,1\}$/\1/p' Car
     cmp -s "$built" "dist/$name.wasm" || cp "$built" "dist/$name.wasm"
     printf '%-28s %8d bytes\n' "dist/$name.wasm" "$(stat -c %s "dist/$name.wasm")"
 done
+
+[[ $rust_only == 0 ]] || exit 0
 
 # Python (componentize-py) and JavaScript (componentize-js) plugins: each
 # directory named *-py or *-js holds one validator (app.py or <name>.js).

@@ -167,7 +167,13 @@ ensure_broker() {
     || { tail -n 20 "$STACK_DIR/broker.log" >&2; die "the broker did not open $BROKER_ADDR_DEFAULT within 30 s"; }
 }
 
-ensure_plugins() {
+ensure_plugins() { # [--rust-only: the Rust examples, without the Python and JavaScript toolchains]
+  if [ "${1:-}" = --rust-only ]; then
+    step "Plugin toolchain (Debian rustc-web) and the Rust example plugins"
+    apt_install rustc-web cargo-web rust-web-src rust-web-llvm lld-22
+    "$ROOT/plugins/build.sh" --rust-only || die "building the example plugins failed"
+    return
+  fi
   step "Plugin toolchains (Debian rustc-web; componentize-py, componentize-js) and example plugins"
   apt_install rustc-web cargo-web rust-web-src rust-web-llvm lld-22
   # Python and JavaScript plugins: plugins/build.sh installs the pinned tools
