@@ -34,6 +34,8 @@ use crate::metrics::{Metrics, RelayStage};
 
 /// Outbox rows sent longer ago than the retention are deleted this often, this many at a time.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Claimers beyond the first poll this many times less often when idle.
+const EXTRA_CLAIMER_POLL_FACTOR: u32 = 10;
 /// How often the unsent rows are counted for `event_outbox_unsent_rows`.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
 const RETENTION_ROWS_PER_DELETE_MAX: i64 = 10_000;
@@ -73,19 +75,25 @@ pub enum RelayError {
 impl Relay {
     /// Relays until `stopped` turns true; the claims in progress finish first.
     pub async fn run(self, stopped: watch::Receiver<bool>) {
-        let claimers = (0..self.claims_in_flight_max.max(1)).map(|_| self.claim_until_stopped(stopped.clone()));
+        // The first claimer polls for rows other engines wrote; the others
+        // mostly wait for this engine's commits, so an idle relay's queries
+        // do not grow with the claims it may keep in flight.
+        let claimers = (0..self.claims_in_flight_max.max(1)).map(|n| {
+            let idle_poll = if n == 0 { self.poll } else { self.poll * EXTRA_CLAIMER_POLL_FACTOR };
+            self.claim_until_stopped(idle_poll, stopped.clone())
+        });
         futures::future::join(join_all(claimers), self.housekeep_until_stopped(stopped)).await;
     }
 
-    /// One claim after another; waits for a commit's wake-up (or the poll)
+    /// One claim after another; waits for a commit's wake-up (or `idle_poll`)
     /// when there was nothing to claim, and backs off after a failure.
-    async fn claim_until_stopped(&self, mut stopped: watch::Receiver<bool>) {
+    async fn claim_until_stopped(&self, idle_poll: Duration, mut stopped: watch::Receiver<bool>) {
         let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
         while !*stopped.borrow() {
             let wait = match self.relay_once().await {
                 Ok(0) => {
                     backoff_ms = RETRY_BACKOFF_MS_MIN;
-                    self.poll
+                    idle_poll
                 }
                 Ok(_) => {
                     backoff_ms = RETRY_BACKOFF_MS_MIN;
