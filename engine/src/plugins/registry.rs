@@ -295,7 +295,7 @@ impl Registry {
         if let Some(c) = self.compiled.lock().expect("not poisoned").get(&sha256) {
             return Ok(c);
         }
-        let component = self.sandbox.compile(bytes)?;
+        let component = self.sandbox.compile_keyed(Some(sha256), bytes)?;
         let active = self.active_components();
         self.compiled.lock().expect("not poisoned").insert(sha256, component.clone(), &active);
         Ok(component)

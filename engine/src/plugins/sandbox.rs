@@ -396,10 +396,16 @@ impl Sandbox {
 
     /// Compiles component bytes; refuses anything that is not a component.
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+        let sha256 = self.precompiled.as_ref().map(|_| Sha256::digest(bytes).into());
+        self.compile_keyed(sha256, bytes)
+    }
+
+    /// As `compile`, for a caller that already holds the bytes' sha256 (the
+    /// registry keys its versions by it): the key of `plugin_compiled_dir`.
+    pub fn compile_keyed(&self, sha256: Option<[u8; 32]>, bytes: &[u8]) -> Result<Component, PluginError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(PluginError::Invalid("not a WebAssembly binary".into()));
         }
-        let sha256: Option<[u8; 32]> = self.precompiled.as_ref().map(|_| Sha256::digest(bytes).into());
         if let (Some(dir), Some(sha256)) = (&self.precompiled, &sha256)
             && let Some(component) = dir.load(&self.engine, sha256)
         {
