@@ -225,22 +225,16 @@ impl Default for Metrics {
             "How long records have waited with no batch finished (0 unless stalled)",
             processor_stalled_seconds.clone(),
         );
-        // 50 µs to 1.6 s: a Redis round trip on an idle machine to a publish near its timeout.
-        let submit_stages =
-            Family::<StageLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16)));
-        registry.register(
+        let submit_stages = register_stages(
+            &mut registry,
             "submit_stage_seconds",
             "Time in each stage of POST /v1/transfers that the request reached (a stage that failed included)",
-            submit_stages.clone(),
         );
         let submit_stage_duration = SubmitStage::ALL.map(|stage| submit_stages.get_or_create_owned(&StageLabels { stage: stage.label() }));
-        // 50 µs to 1.6 s, as the submit's stages: the broker's acknowledgement dominates both.
-        let relay_stages =
-            Family::<StageLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16)));
-        registry.register(
+        let relay_stages = register_stages(
+            &mut registry,
             "event_relay_stage_seconds",
             "Time in each stage of an event relay's claim that the claim reached (a stage that failed included)",
-            relay_stages.clone(),
         );
         let relay_stage_duration = RelayStage::ALL.map(|stage| relay_stages.get_or_create_owned(&StageLabels { stage: stage.label() }));
         let plugin_calls = Family::<PluginCallLabels, Counter>::default();
@@ -305,6 +299,15 @@ impl Default for Metrics {
             plugin_labels: Mutex::default(),
         }
     }
+}
+
+/// A histogram per stage, from 50 µs to 1.6 s: a Redis round trip on an idle
+/// machine to a broker's acknowledgement near the publish timeout (which
+/// dominates both the submit's and the relay's stages).
+fn register_stages(registry: &mut Registry, name: &str, help: &str) -> Family<StageLabels, Histogram> {
+    let stages = Family::<StageLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16)));
+    registry.register(name, help, stages.clone());
+    stages
 }
 
 impl Metrics {
