@@ -310,6 +310,17 @@ def main():
             f"{relay_text(relay_stage_means(directory, 'http', 'http_warmup'))} | "
             f"| p99 < 200 ms: {goal(timed['p99_ms'] < 200)} |"
         )
+    paced = load(directory, "events_paced")
+    paced_timed = load(directory, "events_paced.events")
+    if paced and paced_timed:
+        lines.append(
+            f"| 12″ | as 12′ without the HTTP path: {paced['args']['rate']:,}/s produced straight to the topic, the same plugins, "
+            f"one processor engine; {paced_timed['final_events']:,} final-status events ({paced_timed['events']:,} events, "
+            f"{paced_timed['distinct_event_ids']:,} distinct ids) "
+            f"| p50 {paced_timed['p50_ms']:.1f} / p90 {paced_timed['p90_ms']:.1f} / p99 {paced_timed['p99_ms']:.1f} / max {paced_timed['max_ms']:.0f} ms"
+            f"{relay_text(relay_stage_means(directory, 'events_paced', 'events_paced_warmup'))} "
+            f"| {fmt(rate(paced))} tr/s committed | p99 < 200 ms: {goal(paced_timed['p99_ms'] < 200)} |"
+        )
     if hot:
         ratio = rate(hot) / one if one else 0
         lines.append(f"| 5 | one hot sender (every transfer debits one account) | {fmt(rate(hot))} tr/s | {ratio:.2f} of (2) | ≥ 0.5 of (2): {goal(ratio >= 0.5)} |")
@@ -327,6 +338,7 @@ def main():
         + [(f"8, {lang}", r) for lang, r in languages]
         + [("9", r) for r in shadow_runs]
         + [("12, events off", r) for r in off_runs]
+        + [("12″", paced)]
         + [("8, Rust again", load(directory, "lang_rust2"))]
     )
     for name, report in runs:
