@@ -10,6 +10,8 @@ use common::{ADMIN_TOKEN, TestApp, TestDb, create_client, test_settings};
 use proptest::prelude::*;
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use transfer_engine::auth::Scope;
 use transfer_engine::cache::Cache;
 use transfer_engine::domain::TransferId;
@@ -119,6 +121,58 @@ async fn a_client_lacking_a_scope_gets_403_scope_missing_and_changes_nothing() {
     assert_eq!(moved, 1, "only the writer's transfer exists");
     let opened: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts WHERE owner_id = 9").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(opened, 0);
+    app.stop().await;
+}
+
+/// One HTTP/1.1 response (its head, and a body of `content-length` bytes), or
+/// None if the connection ends first. By hand: the test needs the connection
+/// itself, which an HTTP client hides.
+async fn read_response(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8(head).ok()?.to_ascii_lowercase();
+    let body_bytes: usize = head.lines().find_map(|line| line.strip_prefix("content-length:"))?.trim().parse().ok()?;
+    let mut body = vec![0; body_bytes];
+    stream.read_exact(&mut body).await.ok()?;
+    Some((head, body))
+}
+
+#[tokio::test]
+async fn an_upload_refused_while_still_arriving_is_read_to_its_end_and_its_connection_serves_the_next_request() {
+    // The credential is judged before the body is read, so the 401 goes out
+    // while the client is still sending. Were the connection closed then with
+    // the body unread, the kernel would reset it (the client can lose the
+    // 401), or a client that had the 401 would send its next request on a
+    // closed connection (`IncompleteMessage`, seen in CI).
+    let app = api_only().await;
+    let mut stream = TcpStream::connect(app.address.trim_start_matches("http://")).await.unwrap();
+    let (body_bytes, first_bytes) = (4usize << 20, 64usize << 10);
+    let head = format!(
+        "POST /v1/admin/plugins HTTP/1.1\r\nhost: engine\r\nauthorization: Bearer not-the-admin-token\r\n\
+         content-type: application/json\r\ncontent-length: {body_bytes}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b' '; first_bytes]).await.unwrap();
+    let (head, body) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut stream))
+        .await
+        .expect("the answer comes before the body is whole")
+        .expect("an answer");
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert_eq!(code(&serde_json::from_slice(&body).unwrap()), "unauthorized");
+    assert!(!head.contains("connection: close"), "{head}");
+    stream.write_all(&vec![b' '; body_bytes - first_bytes]).await.expect("the rest of the body is taken");
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: engine\r\n\r\n").await.unwrap();
+    let (head, _) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut stream))
+        .await
+        .expect("the next answer comes")
+        .expect("the same connection serves the next request");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
     app.stop().await;
 }
 

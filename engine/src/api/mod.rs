@@ -8,6 +8,7 @@
 //! - `error`: the JSON error shape and the body extractor.
 //! - `openapi`, `schema`: the OpenAPI document and the request schemas a derive cannot state.
 //! - `whole`: integer body fields read as JSON defines integers (`7.0` is 7).
+//! - `unread`: a body answered before it was read is read and discarded after the answer.
 
 mod accounts;
 mod admin;
@@ -18,6 +19,7 @@ mod health;
 mod openapi;
 pub(crate) mod schema;
 pub mod transfers;
+mod unread;
 mod webhooks;
 mod whole;
 
@@ -93,7 +95,27 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn_with_state(state.clone(), drain_unread_bodies))
         .with_state(state)
+}
+
+/// Outermost, so every route, extractor and refusal sees the wrapped body (see `unread`).
+async fn drain_unread_bodies(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let bytes_max = unread_body_bytes_max(&state.settings);
+    next.run(request.map(|body| unread::DrainOnDrop::wrap(body, bytes_max))).await
+}
+
+/// The largest body any route accepts: a refused body is read this far at most.
+fn unread_body_bytes_max(settings: &Settings) -> u64 {
+    [
+        settings.request_body_bytes_max,
+        admin::upload_body_bytes_max(settings),
+        accounts::metadata_body_bytes_max(settings),
+        clients::create_body_bytes_max(settings),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0) as u64
 }
 
 fn api_routes(state: &AppState) -> Router<AppState> {
