@@ -177,6 +177,10 @@ pub enum PluginCommand {
         kind: Option<String>,
         #[command(flatten)]
         limits: LimitsArgs,
+        /// Keep the compiled component in this directory (as the engine's `plugin_compiled_dir`), so
+        /// testing the same component again skips compiling it (seconds for Python and JavaScript).
+        #[arg(long, env = "TRANSFER_ENGINE_PLUGIN_COMPILED_DIR")]
+        compiled_dir: Option<PathBuf>,
     },
 }
 
@@ -275,10 +279,10 @@ pub async fn run(command: PluginCommand, remote: Remote) -> anyhow::Result<()> {
         eprintln!("Next:\n{}", scaffold::next_steps(&name, lang));
         return Ok(());
     }
-    if let PluginCommand::Test { file, config, transfers, kind: k, limits } = command {
+    if let PluginCommand::Test { file, config, transfers, kind: k, limits, compiled_dir } = command {
         let (config, kind) = (read_config(&config)?, kind(k.as_deref())?);
         // Off the async runtime: a plugin's WASI calls may block on it.
-        return tokio::task::spawn_blocking(move || test_offline(&file, &config, &transfers, kind, limits.into()))
+        return tokio::task::spawn_blocking(move || test_offline(&file, &config, &transfers, kind, limits.into(), compiled_dir.as_deref()))
             .await
             .context("the offline test panicked")?;
     }
@@ -410,8 +414,15 @@ fn report_text(r: &ShadowReport) -> String {
 }
 
 /// Runs one plugin in the same sandbox the engine uses, without any service.
-fn test_offline(file: &Path, config: &Value, transfers: &Path, kind: Option<PluginKind>, limits: LimitsRequest) -> anyhow::Result<()> {
-    let sandbox = Sandbox::new(SandboxLimits { instances_max: 4, ..SandboxLimits::default() })?;
+fn test_offline(
+    file: &Path,
+    config: &Value,
+    transfers: &Path,
+    kind: Option<PluginKind>,
+    limits: LimitsRequest,
+    compiled_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let sandbox = Sandbox::with_compiled_dir(SandboxLimits { instances_max: 4, ..SandboxLimits::default() }, compiled_dir)?;
     let plugin = load_file(&sandbox, file, config, kind, limits)?;
     let kind = plugin.meta.kind;
     let description_chars_max = crate::config::Settings::default().description_chars_max;
