@@ -374,14 +374,15 @@ fn load_file(
     limits: LimitsRequest,
 ) -> anyhow::Result<Arc<LoadedPlugin>> {
     let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
-    let component = sandbox.compile(&bytes)?;
+    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    let component = sandbox.compile_keyed(Some(sha256), &bytes)?;
     let kind = match kind {
         Some(k) => k,
         None => sandbox.detect_kind(&component).context("the component exports none of the validator, converter or describer worlds")?,
     };
     let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
     let limits = sandbox.limits.resolve(bytes.len(), limits)?;
-    let meta = PluginMeta { name, version: 0, kind, sha256: Sha256::digest(&bytes).into(), config: config.to_string(), limits };
+    let meta = PluginMeta { name, version: 0, kind, sha256, config: config.to_string(), limits };
     let plugin = Arc::new(LoadedPlugin::new(sandbox.clone(), meta, &component)?);
     plugin.check()?;
     Ok(plugin)

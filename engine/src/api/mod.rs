@@ -76,6 +76,7 @@ pub enum Surface {
 
 pub fn router(state: AppState, surface: Surface) -> Router {
     let body_limit = state.settings.request_body_bytes_max;
+    let unread_bytes_max = unread_body_bytes_max(&state.settings);
     let mut router = match surface {
         Surface::Api { .. } => api_routes(&state),
         Surface::HealthOnly { .. } | Surface::MetricsOnly => Router::new(),
@@ -95,14 +96,11 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
-        .layer(middleware::from_fn_with_state(state.clone(), drain_unread_bodies))
+        // Outermost, so every route, extractor and refusal sees the wrapped body (see `unread`).
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            next.run(request.map(|body| unread::DrainOnDrop::wrap(body, unread_bytes_max)))
+        }))
         .with_state(state)
-}
-
-/// Outermost, so every route, extractor and refusal sees the wrapped body (see `unread`).
-async fn drain_unread_bodies(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let bytes_max = unread_body_bytes_max(&state.settings);
-    next.run(request.map(|body| unread::DrainOnDrop::wrap(body, bytes_max))).await
 }
 
 /// The largest body any route accepts: a refused body is read this far at most.
